@@ -1,0 +1,56 @@
+"""Error classes shared by formats, processors and sidecars.
+
+Row errors are values (``RowError``), never exceptions: one bad row must not
+disturb its neighbours. A file-level problem is a ``FileError`` exception: it
+aborts the file's transaction and sends the file to ``failed/``.
+The class strings are part of the partner contract (FORMATS.md): never rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Person Import (FORMATS.md section 1)
+INVALID_MDN_FORMAT = "MobilePhoneErrors::InvalidMDNFormat"
+CUSTOM_FIELD_NOT_FOUND = "PersonErrors::CustomFieldNotFound"
+INVALID_SELECT_CUSTOM_FIELD_VALUE = "PersonErrors::InvalidSelectCustomFieldValue"
+PERSON_NOT_FOUND = "PersonErrors::PersonNotFound"
+MOBILE_PHONE_ALREADY_ASSIGNED = "PersonErrors::MobilePhoneAlreadyAssigned"
+INVALID_PERSON_ID = "PersonErrors::InvalidPersonID"
+INVALID_PERSON_KEY = "PersonErrors::InvalidPersonKey"
+MDN_CHANGE_NOT_ALLOWED = "PersonErrors::MdnChangeNotAllowed"
+PERSON_CREATE_REQUIRES = "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId"
+UNIQUE_VIOLATION = "PG::UniqueViolation"
+TRANSIENT_LOOKUP_FAILURE = "CarrierLookupService::TransientLookupFailureError"
+PERMANENT_LOOKUP_FAILURE = "CarrierLookupService::PermanentLookupFailureError"
+MALFORMED_ROW = "ImportErrors::MalformedRow"
+
+# File level
+INVALID_IMPORT_FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
+INVALID_SCHEMA_NAME = "TenantEngine::SchemaErrors::InvalidSchemaNameError"
+UNKNOWN_8BIT_ENCODING = "FileEngine::EncodingDetection::Unknown8BitEncodingDetected"
+UNSUPPORTED_FILE = "ingestd::UnsupportedFile"
+NOT_A_REGULAR_FILE = "ingestd::NotARegularFile"
+EMPTY_FILE = "ingestd::EmptyFile"
+CONTACTS_GLOBAL = "ContactsImport::GlobalError"
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """Why one record was rejected: an error class and a human message."""
+
+    error_class: str
+    message: str
+
+
+class FileError(Exception):
+    """A problem with the whole file: nothing of it is applied."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(f"{error_class}: {message}")
+        self.error_class = error_class
+        self.message = message
+
+
+class FileChangedError(Exception):
+    """The file changed while it was being read: roll back and try again later."""
