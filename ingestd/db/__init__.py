@@ -1,0 +1,1 @@
+"""Everything that talks SQL: pool, migrations, ledger, company schemas."""

@@ -1,0 +1,71 @@
+"""Companies: one PostgreSQL schema each, named after the validated company id."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ingestd.db import migrations
+from ingestd.processors.base import Company
+
+# Lowercase so the schema name needs no case games; no leading pg_ (reserved by PostgreSQL).
+COMPANY_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+RESERVED = {"ingestd", "public", "information_schema"}
+
+
+class CompanyError(ValueError):
+    pass
+
+
+def validate_company_id(company_id: str) -> str:
+    if not COMPANY_ID.match(company_id) or company_id.startswith("pg_") \
+            or company_id in RESERVED:
+        raise CompanyError(
+            f"invalid company id {company_id!r}: use 1-63 characters a-z, 0-9 and _, "
+            "starting with a letter (not pg_, ingestd, public)"
+        )
+    return company_id
+
+
+def add_company(conn: psycopg.Connection[Any], company_id: str, default_region: str = "US") -> bool:
+    """Create the company and its schema; False if it already existed. Idempotent."""
+    validate_company_id(company_id)
+    conn.autocommit = True
+    conn.execute("SELECT pg_advisory_lock(%s)", (migrations.LOCK_KEY,))
+    try:
+        conn.autocommit = False
+        with conn.transaction():
+            created = conn.execute(
+                "INSERT INTO ingestd.companies (id, schema_name, default_region)"
+                " VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (company_id, company_id, default_region.upper()),
+            ).fetchone() is not None
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(company_id))
+            )
+        migrations.upgrade_company(conn, company_id)
+    finally:
+        conn.autocommit = True
+        conn.execute("SELECT pg_advisory_unlock(%s)", (migrations.LOCK_KEY,))
+        conn.autocommit = False
+    return created
+
+
+def get_company(conn: psycopg.Connection[Any], company_id: str) -> Company | None:
+    if not COMPANY_ID.match(company_id):
+        return None
+    row = conn.execute(
+        "SELECT id, schema_name, default_region FROM ingestd.companies WHERE id = %s",
+        (company_id,),
+    ).fetchone()
+    return Company(row[0], row[1], row[2]) if row else None
+
+
+def list_companies(conn: psycopg.Connection[Any]) -> list[Company]:
+    rows = conn.execute(
+        "SELECT id, schema_name, default_region FROM ingestd.companies ORDER BY id"
+    ).fetchall()
+    return [Company(*r) for r in rows]

@@ -1,0 +1,125 @@
+"""A private PostgreSQL under the state directory, for running without INGESTD_DATABASE_URL.
+
+The binaries come from the ``pgserver`` wheel (PostgreSQL 16), or from PATH.
+We manage the server ourselves rather than through pgserver's Python API
+because, started as root, that API loosens the permissions of every parent of
+its data directory and stops cleaning up after a ``kill -9`` of its parent.
+
+PostgreSQL refuses to run as root. Instead of creating a system user and opening
+directories to it, a root caller runs the server inside a new user namespace
+(``unshare --user --map-user=1000``): inside, the server is uid 1000; outside,
+its files are still root's, so nothing outside the state directory changes.
+
+The server listens on a unix socket inside the data directory only (no TCP), and
+is reused by the next start if still running, for example after ``kill -9``.
+Only the process that started it stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
+
+
+def _bindir() -> Path:
+    try:
+        import pgserver  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        candidate = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    except ImportError:
+        pass
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    raise RuntimeError(
+        "no PostgreSQL binaries: install the 'pgserver' package or set INGESTD_DATABASE_URL"
+    )
+
+
+def _wrap(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise RuntimeError(
+            "running as root needs util-linux 'unshare' for the embedded PostgreSQL; "
+            "or set INGESTD_DATABASE_URL"
+        )
+    return [unshare, "--user", "--map-user=1000", "--map-group=1000", *cmd]
+
+
+class EmbeddedPostgres:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = (state_dir / "postgres").resolve()
+        self.data = self.root / "data"
+        self.socket_dir = self.root / "run"
+        self.log_file = self.root / "server.log"
+        self.bindir = _bindir()
+        self.started_here = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={self.socket_dir}&port={PORT}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = _wrap([str(self.bindir / args[0]), *args[1:]])
+        return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+    def _responding(self) -> bool:
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start (or reuse) the server and return its URL."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.socket_dir.mkdir(exist_ok=True, mode=0o700)
+        if not (self.data / "PG_VERSION").exists():
+            if self.data.exists():
+                shutil.rmtree(self.data)  # a half-made initdb from an earlier crash
+            log.info("db.embedded.initdb", data=str(self.data))
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                      "-E", "UTF8", "--no-sync")
+        if self._responding():
+            log.info("db.embedded.reused", data=str(self.data))
+            return self.url
+        opts = (
+            f"-c listen_addresses='' -k {self.socket_dir} -p {PORT}"
+            " -c max_connections=200 -c fsync=on"
+        )
+        # pg_ctl copes with a stale postmaster.pid left by a kill -9 of the whole tree.
+        result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_file),
+                           "-o", opts, "-w", "-t", str(int(timeout)), "start", check=False)
+        if result.returncode != 0 and not self._responding():
+            tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
+            raise RuntimeError(f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
+        deadline = time.monotonic() + timeout
+        while not self._responding():
+            if time.monotonic() > deadline:
+                raise RuntimeError("embedded PostgreSQL started but does not answer")
+            time.sleep(0.1)
+        self.started_here = True
+        log.info("db.embedded.started", data=str(self.data))
+        return self.url
+
+    def stop(self) -> None:
+        if not self.started_here:
+            return
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+        self.started_here = False
+        log.info("db.embedded.stopped", data=str(self.data))
