@@ -33,7 +33,7 @@ PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 def _bindir() -> Path:
     try:
-        import pgserver  # type: ignore[import-untyped]  # noqa: PLC0415
+        import pgserver  # type: ignore[import-untyped]
 
         candidate = Path(pgserver.__file__).parent / "pginstall" / "bin"
         if (candidate / "pg_ctl").exists():
@@ -106,8 +106,11 @@ class EmbeddedPostgres:
         result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_file),
                            "-o", opts, "-w", "-t", str(int(timeout)), "start", check=False)
         if result.returncode != 0 and not self._responding():
-            tail = self.log_file.read_text(errors="replace")[-2000:] if self.log_file.exists() else ""
-            raise RuntimeError(f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
+            tail = ""
+            if self.log_file.exists():
+                tail = self.log_file.read_text(errors="replace")[-2000:]
+            raise RuntimeError(
+                f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
         deadline = time.monotonic() + timeout
         while not self._responding():
             if time.monotonic() > deadline:

@@ -1,0 +1,121 @@
+"""The ledger: one row per claimed file (ingestd.files) and its stored row outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+
+@dataclass
+class LedgerEntry:
+    id: int
+    company: str
+    name: str
+    claim_id: str
+    format: str | None
+    status: str
+    result: dict[str, Any]
+    meta: dict[str, Any]
+    final_path: str | None
+    finished_at: datetime | None
+
+
+def insert(conn: psycopg.Connection[Any], *, company: str, name: str, claim_id: str,
+           fmt: str | None, sha256: str, size: int, started_at: datetime) -> int:
+    row = conn.execute(
+        "INSERT INTO ingestd.files (company, name, claim_id, format, sha256, size, status,"
+        " started_at) VALUES (%s, %s, %s, %s, %s, %s, 'failed', %s) RETURNING id",
+        (company, name, claim_id, fmt, sha256, size, started_at),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def find_duplicate(conn: psycopg.Connection[Any], company: str, sha256: str,
+                   file_id: int) -> tuple[int, str] | None:
+    """An earlier file of this company with the same content that was applied."""
+    row = conn.execute(
+        "SELECT id, name FROM ingestd.files WHERE company = %s AND sha256 = %s"
+        " AND status = 'done' AND duplicate_of IS NULL AND id <> %s ORDER BY id LIMIT 1",
+        (company, sha256, file_id),
+    ).fetchone()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def complete(conn: psycopg.Connection[Any], file_id: int, result: dict[str, Any],
+             meta: dict[str, Any], duplicate_of: int | None) -> None:
+    error = result.get("error") or {}
+    conn.execute(
+        "UPDATE ingestd.files SET status = %s, rows = %s, accepted = %s, rejected = %s,"
+        " rejected_by_class = %s, error_class = %s, error_message = %s, duplicate_of = %s,"
+        " result = %s, meta = %s, committed_at = now() WHERE id = %s",
+        (result["status"], result["rows"], result["accepted"], result["rejected"],
+         Jsonb(result["rejected_by_class"]), error.get("class"), error.get("message"),
+         duplicate_of, Jsonb(result), Jsonb(meta), file_id),
+    )
+
+
+def by_claim(conn: psycopg.Connection[Any], claim_id: str) -> LedgerEntry | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT id, company, name, claim_id, format, status, result, meta, final_path,"
+            " finished_at FROM ingestd.files WHERE claim_id = %s", (claim_id,),
+        ).fetchone()
+    return LedgerEntry(**row) if row else None
+
+
+def set_final_path(conn: psycopg.Connection[Any], file_id: int, final_path: str) -> None:
+    conn.execute("UPDATE ingestd.files SET final_path = %s WHERE id = %s", (final_path, file_id))
+
+
+def set_finished(conn: psycopg.Connection[Any], file_id: int) -> None:
+    conn.execute("UPDATE ingestd.files SET finished_at = now() WHERE id = %s", (file_id,))
+
+
+def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
+                  error_class: str | None = None) -> Iterator[tuple[int, str, str, list[str]]]:
+    """Stream rejected rows in record order (server-side cursor: constant memory)."""
+    query = ("SELECT record, error_class, message, fields FROM ingestd.row_results"
+             " WHERE file_id = %s AND NOT accepted")
+    params: tuple[Any, ...] = (file_id,)
+    if error_class is not None:
+        query += " AND error_class = %s"
+        params = (file_id, error_class)
+    with conn.cursor(name=f"rej_{file_id}") as cur:
+        cur.execute(query + " ORDER BY record", params)
+        for rec, cls, msg, fields in cur:
+            yield int(rec), str(cls), str(msg), list(fields)
+
+
+def accepted_rows(conn: psycopg.Connection[Any],
+                  file_id: int) -> Iterator[tuple[int, str, list[str]]]:
+    with conn.cursor(name=f"acc_{file_id}") as cur:
+        cur.execute("SELECT record, ref, fields FROM ingestd.row_results"
+                    " WHERE file_id = %s AND accepted ORDER BY record", (file_id,))
+        for rec, ref, fields in cur:
+            yield int(rec), str(ref), list(fields)
+
+
+def recent(conn: psycopg.Connection[Any], company: str, limit: int = 5) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT name, status, format, rows, accepted, rejected, error_class, error_message,"
+            " duplicate_of IS NOT NULL AS duplicate, committed_at, finished_at, final_path"
+            " FROM ingestd.files WHERE company = %s ORDER BY id DESC LIMIT %s",
+            (company, limit),
+        ).fetchall()
+
+
+def counts_since(conn: psycopg.Connection[Any], company: str, seconds: float) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT status, count(*) FROM ingestd.files WHERE company = %s"
+        " AND committed_at > now() - make_interval(secs => %s) GROUP BY status",
+        (company, seconds),
+    ).fetchall()
+    return {str(s): int(n) for s, n in rows}

@@ -1,0 +1,134 @@
+"""The landing folder's layout and naming rules (DESIGN.md "Landing layout").
+
+LANDING_ROOT/<company>/inbox/NAME is a drop; .processing/<claim>/NAME while it is
+applied; done/ or failed/ afterwards. Nothing here opens a file's content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+INBOX = "inbox"
+PROCESSING = ".processing"
+DONE = "done"
+FAILED = "failed"
+
+IN_FLIGHT_SUFFIXES = (".part", ".filepart", ".tmp", ".partial", "~")
+HEADERS_SUFFIX = ".headers"  # NAME.csv.headers travels with NAME.csv
+MARKER_SUFFIX = ".done"  # NAME.done in marker mode
+FORMATS = {".persons": "persons", ".csv": "contacts"}
+
+
+def is_in_flight(name: str) -> bool:
+    """Names an upload client uses while writing; never touched."""
+    return name.startswith(".") or name.endswith(IN_FLIGHT_SUFFIXES)
+
+
+def is_companion(name: str) -> bool:
+    """Companions travel with their file and are never drops themselves."""
+    return name.endswith(".csv" + HEADERS_SUFFIX) or name.endswith(MARKER_SUFFIX)
+
+
+def format_for(name: str) -> str | None:
+    return FORMATS.get(Path(name).suffix.lower())
+
+
+def companions(directory: Path, name: str) -> list[Path]:
+    """Existing companion files of ``name`` in ``directory``."""
+    found = []
+    for suffix in (HEADERS_SUFFIX, MARKER_SUFFIX):
+        p = directory / (name + suffix)
+        if os.path.lexists(p):
+            found.append(p)
+    return found
+
+
+def company_of(inbox_path: Path, landing_root: Path) -> str | None:
+    """The company whose inbox holds this path, or None if it is not in an inbox."""
+    try:
+        rel = inbox_path.resolve(strict=False).relative_to(landing_root.resolve())
+    except ValueError:
+        rel = None
+    if rel is None:
+        try:
+            rel = inbox_path.absolute().relative_to(landing_root.absolute())
+        except ValueError:
+            return None
+    parts = rel.parts
+    if len(parts) == 3 and parts[1] == INBOX:
+        return parts[0]
+    return None
+
+
+def is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def new_claim_id() -> str:
+    # time first so claims sort by age when an operator lists .processing/
+    return f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class CompanyDirs:
+    root: Path
+
+    @property
+    def company(self) -> str:
+        return self.root.name
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / INBOX
+
+    @property
+    def processing(self) -> Path:
+        return self.root / PROCESSING
+
+    @property
+    def done(self) -> Path:
+        return self.root / DONE
+
+    @property
+    def failed(self) -> Path:
+        return self.root / FAILED
+
+    def ensure(self) -> None:
+        """Create our folders; .processing is the daemon's alone (0700)."""
+        self.processing.mkdir(mode=0o700, exist_ok=True)
+        for d in (self.done, self.failed):
+            d.mkdir(exist_ok=True)
+
+
+def sidecar_names(name: str) -> list[str]:
+    return [name + s for s in (".result.json", ".errors.csv", ".accepted.csv",
+                               ".rejected.csv", ".global.csv", ".retry.persons",
+                               HEADERS_SUFFIX, MARKER_SUFFIX)]
+
+
+def unique_name(directory: Path, name: str) -> str:
+    """``name`` if neither it nor its sidecars exist in ``directory``, else ``stem~N.ext``.
+
+    The suffix goes before the extension so the file keeps its type; ``~N`` cannot
+    clash with a partner's in-flight names because those end in ``~``.
+    """
+    def free(candidate: str) -> bool:
+        return not any(os.path.lexists(directory / n)
+                       for n in [candidate, *sidecar_names(candidate)])
+
+    if free(name):
+        return name
+    p = Path(name)
+    stem, ext = (p.stem, p.suffix) if p.suffix else (name, "")
+    n = 2
+    while not free(f"{stem}~{n}{ext}"):
+        n += 1
+    return f"{stem}~{n}{ext}"

@@ -1,0 +1,99 @@
+"""Writing the files a partner reads beside their drop. Each is written under a
+temporary dot-name and renamed into place, so a partner never sees half a sidecar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
+    def fill(fh: TextIO) -> None:
+        json.dump(result, fh, indent=2, ensure_ascii=False, default=str)
+        fh.write("\n")
+    return write_atomic(directory / f"{name}.result.json", fill)
+
+
+def _csv(directory: Path, filename: str, header: Sequence[str] | None,
+         rows: Iterable[Sequence[Any]], delimiter: str = ",") -> Path:
+    def fill(fh: TextIO) -> None:
+        w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        if header is not None:
+            w.writerow(header)
+        w.writerows(rows)
+    return write_atomic(directory / filename, fill)
+
+
+def persons_errors(directory: Path, name: str, columns: Sequence[str],
+                   rejected: Iterable[tuple[int, str, str, Sequence[str]]]) -> Path:
+    """NAME.errors.csv: record, error_class, error_message, then the row's fields."""
+    return _csv(directory, f"{name}.errors.csv",
+                ["record", "error_class", "error_message", *columns],
+                ((rec, cls, msg, *fields) for rec, cls, msg, fields in rejected))
+
+
+def persons_retry(directory: Path, name: str, columns: Sequence[str], delimiter: str,
+                  multi_select_delimiter: str, rows: Iterable[Sequence[str]]) -> Path:
+    """NAME.retry.persons: the rows that failed the carrier lookup transiently, ready to drop again.
+
+    A header block is written only when the original used non-default delimiters,
+    since a header row alone cannot carry them.
+    """
+    def fill(fh: TextIO) -> None:
+        if delimiter != "," or multi_select_delimiter != "|":
+            fh.write(f"Fields: {','.join(columns)}\n")
+            fh.write(f"Delimiter: {'tab' if delimiter == chr(9) else delimiter}\n")
+            fh.write(f"Multi-Select-Delimiter: {multi_select_delimiter}\n\n")
+            header = False
+        else:
+            header = True
+        w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        if header:
+            w.writerow(columns)
+        w.writerows(rows)
+    return write_atomic(directory / f"{name}.retry.persons", fill)
+
+
+def contacts_accepted(directory: Path, name: str,
+                      rows: Iterable[tuple[int, str, Sequence[str]]]) -> Path:
+    """NAME.accepted.csv: record, contact id, the row's columns (no header row, like the API)."""
+    return _csv(directory, f"{name}.accepted.csv", None,
+                ((rec, ref, *fields) for rec, ref, fields in rows))
+
+
+def contacts_rejected(directory: Path, name: str,
+                      rows: Iterable[tuple[int, Sequence[str], str]]) -> Path:
+    """NAME.rejected.csv: record, the section's first row, the message."""
+    return _csv(directory, f"{name}.rejected.csv", None,
+                ((rec, *fields, msg) for rec, fields, msg in rows))
+
+
+def contacts_global(directory: Path, name: str, rows: Iterable[tuple[str, str]]) -> Path:
+    """NAME.global.csv: responseTrackingCode or '*', message."""
+    return _csv(directory, f"{name}.global.csv", None, rows)
+
+
+def render_csv_line(fields: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()
