@@ -34,6 +34,13 @@ NOT_A_REGULAR_FILE = "ingestd::NotARegularFile"
 EMPTY_FILE = "ingestd::EmptyFile"
 CONTACTS_GLOBAL = "ContactsImport::GlobalError"
 
+# Subject contacts rows (FORMATS.md section 2 leaves the classes open; the rejected
+# CSV shows only the message, these only sort the counts in result.json).
+CONTACTS_REJECTED = "ContactsImport::SectionRejected"  # a row of the section is invalid
+CONTACTS_UPDATE_REJECTED = "ContactsImport::UpdateRejected"  # immutable column / unknown treatment
+CONTACTS_PRECONDITION_REQUIRED = "ContactsImport::PreconditionRequired"  # HTTP 428
+CONTACTS_PRECONDITION_FAILED = "ContactsImport::PreconditionFailed"  # HTTP 412
+
 
 @dataclass(frozen=True, slots=True)
 class RowError:

@@ -1,0 +1,434 @@
+"""Subject contacts CSV (FORMATS.md section 2): header check, typed values, sections.
+
+A file is one header row and data rows. Contiguous rows with the same non-blank
+``responseTrackingCode`` form a *section* (one contact, one treatment a row). This
+module knows nothing of the database: it streams the file, groups rows into
+sections and gives each section its first validation error (or ``None``). Whether a
+section creates or updates a contact is the processor's business.
+
+Decisions where FORMATS.md is silent (documented here and in the report):
+
+- Required non-blank columns: ``responseTrackingCode`` (the source says so),
+  ``subjectId`` (a contact is about a subject) and ``treatmentId`` (it keys the
+  treatment that updates are matched by). Any other column may be blank.
+- ``creationTimeStamp`` is treated as a contact-level column: it must agree across
+  the rows of a section, like ``responseTrackingCode``…``pathTraversed``.
+- ``ruleFired`` is "a 0/1 string": one or more ``0``/``1`` digits (the example has
+  ``00010`` and ``111101``), or blank.
+- Timestamps: ``YYYY-MM-DDTHH:MM[:SS[.fraction]]`` then ``Z``, ``±HH``, ``±HHMM`` or
+  ``±HH:MM``; a value without an offset is UTC (the format's values are UTC). A
+  fraction finer than microseconds is truncated (PostgreSQL's precision).
+- Booleans: ``true``/``false``, case-insensitive. Blank means null.
+- ``objectVariables``: tuples split on ``;``, each exactly ``name~~~value~~~dataType``
+  with a non-empty name and dataType (the value may be empty).
+- Header names are trimmed of spaces; a UTF-8 byte-order mark is tolerated. An
+  unknown or repeated column name is a global error (silently dropping a column
+  would lose data). ``id``/``ID`` (any case) is ignored.
+- Empty lines are skipped and not counted as records.
+- Rows of one section must not repeat a ``treatmentId`` (treatments are keyed by it).
+- A NUL character in any field is invalid (PostgreSQL text cannot hold it).
+- Messages name the failing record when it is not the section's first row (the
+  rejected line shows only the first row).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from pathlib import Path
+from typing import TextIO
+
+from ingestd.errors import CONTACTS_GLOBAL, FileError
+
+# A typed cell: text, boolean, timestamp, or None for a blank cell.
+Value = str | bool | datetime | None
+
+
+class Kind(Enum):
+    TEXT = "text"
+    TIMESTAMP = "timestamp"
+    BOOLEAN = "boolean"
+    RULE_FIRED = "rule_fired"
+    OBJECT_VARIABLES = "object_variables"
+
+
+class Level(Enum):
+    CONTACT = "contact"  # repeated on every row of a section
+    TREATMENT = "treatment"  # one treatment a row
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    level: Level
+    kind: Kind
+    immutable: bool  # FORMATS.md's list: must be identical when a contact is updated
+    required: bool = False  # must be non-blank
+
+
+_C, _T = Level.CONTACT, Level.TREATMENT
+
+# In the documented header order. Immutable = exactly the seed's list.
+COLUMNS: tuple[Column, ...] = (
+    Column("creationTimeStamp", _C, Kind.TIMESTAMP, immutable=True),
+    Column("responseTrackingCode", _C, Kind.TEXT, immutable=True, required=True),
+    Column("subjectId", _C, Kind.TEXT, immutable=True, required=True),
+    Column("subjectLevel", _C, Kind.TEXT, immutable=True),
+    Column("excludeFromContactRule", _C, Kind.BOOLEAN, immutable=False),
+    Column("conclusionResponseValue", _C, Kind.TEXT, immutable=False),
+    Column("conclusionResponseType", _C, Kind.TEXT, immutable=False),
+    Column("objectUri", _C, Kind.TEXT, immutable=True),
+    Column("objectRevisionId", _C, Kind.TEXT, immutable=True),
+    Column("objectType", _C, Kind.TEXT, immutable=True),
+    Column("objectVariables", _C, Kind.OBJECT_VARIABLES, immutable=True),
+    Column("receiverId", _C, Kind.TEXT, immutable=True),
+    Column("receiverRole", _C, Kind.TEXT, immutable=True),
+    Column("channel", _C, Kind.TEXT, immutable=True),
+    Column("ruleFired", _C, Kind.RULE_FIRED, immutable=True),
+    Column("pathTraversed", _C, Kind.TEXT, immutable=True),
+    Column("abTests", _C, Kind.TEXT, immutable=True),
+    Column("treatmentId", _T, Kind.TEXT, immutable=True, required=True),
+    Column("treatmentRevisionId", _T, Kind.TEXT, immutable=True),
+    Column("treatmentGroupId", _T, Kind.TEXT, immutable=True),
+    Column("treatmentGroupRevisionId", _T, Kind.TEXT, immutable=True),
+    Column("objectNodeId", _T, Kind.TEXT, immutable=True),
+    Column("presented", _T, Kind.BOOLEAN, immutable=False),
+    Column("presentedTimeStamp", _T, Kind.TIMESTAMP, immutable=False),
+    Column("respondedTimeStamp", _T, Kind.TIMESTAMP, immutable=False),
+    Column("responseValue", _T, Kind.TEXT, immutable=False),
+    Column("responseType", _T, Kind.TEXT, immutable=False),
+    Column("responseChannel", _T, Kind.TEXT, immutable=False),
+)
+COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+OPTIONAL_COLUMNS = frozenset({"abTests"})  # the API page adds it; older exports lack it
+CODE = "responseTrackingCode"
+TREATMENT_ID = "treatmentId"
+
+# The SAS API's own wording (formats/sas-example-rejected.csv), reused verbatim.
+OBJECT_VARIABLES_MESSAGE = (
+    "The value for the objectVariables column is not proper. It must be zero or more "
+    "groups of name~~~value~~~dataType tuple using semicolon as the delimiter."
+)
+BLANK_CODE_MESSAGE = "The responseTrackingCode column cannot be blank."
+IF_UNMODIFIED_SINCE = "if-unmodified-since"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRow:
+    """One data row: its record number, its fields as given, and them by column name."""
+
+    record: int
+    fields: list[str]
+    values: dict[str, str]  # known columns only; empty when the field count is wrong
+
+
+@dataclass(slots=True)
+class Section:
+    """Contiguous rows of one contact; ``error`` is the first validation error, if any.
+
+    For a valid section, ``contact`` holds the typed contact-level values (only the
+    columns the header has) and ``treatments`` one typed dict a row, in row order.
+    """
+
+    code: str
+    rows: list[ContactRow] = field(default_factory=list)
+    error: str | None = None
+    contact: dict[str, Value] = field(default_factory=dict)
+    treatments: list[dict[str, Value]] = field(default_factory=list)
+
+    @property
+    def first(self) -> ContactRow:
+        return self.rows[0]
+
+
+# --- values -------------------------------------------------------------------------
+
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    r"(Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.ASCII,
+)
+_RULE_FIRED = re.compile(r"[01]+", re.ASCII)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An ISO-8601 timestamp as an aware datetime (no offset = UTC); None if invalid."""
+    m = _TIMESTAMP.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = m.groups()
+    micro = int((fraction or "")[:6].ljust(6, "0"))
+    try:
+        return datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
+            micro, tzinfo=_zone(zone),
+        )
+    except ValueError:  # not a calendar date or time, or an offset of 24h or more
+        return None
+
+
+def _zone(zone: str | None) -> timezone:
+    if zone is None or zone == "Z":
+        return UTC
+    digits = zone[1:].replace(":", "")
+    delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+    return timezone(-delta if zone[0] == "-" else delta)
+
+
+def _object_variables_ok(text: str) -> bool:
+    for group in text.split(";"):
+        parts = group.split("~~~")
+        if len(parts) != 3 or not parts[0] or not parts[2]:
+            return False
+    return True
+
+
+def _typed(column: Column, raw: str) -> tuple[Value, str | None]:
+    """The cell's typed value, or an error message."""
+    if "\x00" in raw:
+        return None, f"The value for the {column.name} column must not contain a NUL character."
+    if not raw.strip():
+        if column.required:
+            return None, f"The {column.name} column cannot be blank."
+        return None, None
+    kind = column.kind
+    if kind is Kind.TIMESTAMP:
+        stamp = parse_timestamp(raw)
+        if stamp is None:
+            return None, (
+                f"The value for the {column.name} column is not proper. It must be an "
+                "ISO-8601 timestamp such as 2018-05-13T15:02:40.719Z."
+            )
+        return stamp, None
+    if kind is Kind.BOOLEAN:
+        lowered = raw.lower()
+        if lowered not in ("true", "false"):
+            return None, (
+                f"The value for the {column.name} column is not proper. It must be true or false."
+            )
+        return lowered == "true", None
+    if kind is Kind.RULE_FIRED and not _RULE_FIRED.fullmatch(raw):
+        return None, (
+            "The value for the ruleFired column is not proper. It must be a string of 0 "
+            "and 1 digits."
+        )
+    if kind is Kind.OBJECT_VARIABLES and not _object_variables_ok(raw):
+        return None, OBJECT_VARIABLES_MESSAGE
+    return raw, None
+
+
+# --- header -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each known column sits in a row."""
+
+    width: int
+    index: dict[str, int]  # known column name -> position (the id column excluded)
+
+    @classmethod
+    def from_header(cls, header: list[str]) -> _Layout:
+        index: dict[str, int] = {}
+        seen: set[str] = set()
+        for position, given in enumerate(header):
+            name = given.strip()
+            key = name.lower() if name.lower() == "id" else name
+            if key in seen:
+                raise FileError(CONTACTS_GLOBAL, f"The header has the column {name!r} twice.")
+            seen.add(key)
+            if key == "id":
+                continue  # ignored: a new id is generated (FORMATS.md)
+            if name not in COLUMN_BY_NAME:
+                raise FileError(CONTACTS_GLOBAL, f"The header has an unknown column {name!r}.")
+            index[name] = position
+        missing = [c.name for c in COLUMNS if c.name not in OPTIONAL_COLUMNS | index.keys()]
+        if missing:
+            listed = ", ".join(missing)
+            raise FileError(CONTACTS_GLOBAL, f"The header lacks the required columns: {listed}.")
+        return cls(width=len(header), index=index)
+
+    def code_of(self, fields: list[str]) -> str:
+        """The row's tracking code, even from a row of the wrong width (to find its section)."""
+        position = self.index[CODE]
+        return fields[position] if position < len(fields) else ""
+
+
+# --- rows and sections --------------------------------------------------------------
+
+
+class _SectionBuilder:
+    """Collects a section's rows, validating each as it comes (first error wins)."""
+
+    def __init__(self, layout: _Layout, code: str) -> None:
+        self._layout = layout
+        self._treatment_ids: set[Value] = set()
+        self.section = Section(code=code)
+
+    def add(self, record: int, fields: list[str]) -> None:
+        section = self.section
+        layout = self._layout
+        values = (
+            {name: fields[i] for name, i in layout.index.items()}
+            if len(fields) == layout.width
+            else {}
+        )
+        section.rows.append(ContactRow(record, fields, values))
+        if section.error is not None:
+            return  # the section is rejected already; keep its rows for the counts
+        error = self._check(fields, values)
+        if error is not None:
+            first = len(section.rows) == 1
+            section.error = error if first else f"{error} (record {record})"
+            section.contact.clear()
+            section.treatments.clear()
+
+    def _check(self, fields: list[str], values: dict[str, str]) -> str | None:
+        layout = self._layout
+        if len(fields) != layout.width:
+            return f"The row has {len(fields)} fields; the header has {layout.width}."
+        if not values[CODE].strip():
+            return BLANK_CODE_MESSAGE
+        contact: dict[str, Value] = {}
+        treatment: dict[str, Value] = {}
+        for name in layout.index:
+            column = COLUMN_BY_NAME[name]
+            value, error = _typed(column, values[name])
+            if error is not None:
+                return error
+            (contact if column.level is Level.CONTACT else treatment)[name] = value
+        return self._check_section(contact, treatment)
+
+    def _check_section(self, contact: dict[str, Value], treatment: dict[str, Value]) -> str | None:
+        section = self.section
+        if not section.treatments:
+            section.contact = contact
+        else:
+            for name, value in contact.items():
+                if section.contact[name] != value:
+                    return f"The rows of this contact disagree on the {name} column."
+        treatment_id = treatment[TREATMENT_ID]
+        if treatment_id in self._treatment_ids:
+            return f"The treatmentId {treatment_id} appears more than once in this contact."
+        self._treatment_ids.add(treatment_id)
+        section.treatments.append(treatment)
+        return None
+
+
+class ContactsReader:
+    """Streams a contacts CSV: the header is checked on construction, then ``sections()``.
+
+    Raises ``FileError(CONTACTS_GLOBAL, …)`` for an empty file, a bad header, bytes
+    that are not UTF-8 or a CSV the parser cannot read, whenever it meets them.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._records = self._data(stream)
+        header = next(self._records, None)
+        if header is None:
+            raise FileError(CONTACTS_GLOBAL, "The file is empty: a header row is required.")
+        header[0] = header[0].removeprefix("\ufeff")
+        self.columns: list[str] = header
+        self._layout = _Layout.from_header(header)
+
+    @classmethod
+    def from_text(cls, text: str) -> ContactsReader:
+        return cls(io.StringIO(text, newline=""))
+
+    @staticmethod
+    def _data(stream: TextIO) -> Iterator[list[str]]:
+        """Non-empty CSV records, with decoding and parsing problems made global errors."""
+        reader = csv.reader(stream)
+        try:
+            for fields in reader:
+                if fields:
+                    yield fields
+        except UnicodeDecodeError as exc:
+            # The decoder works ahead of the CSV parser, so no line number is reliable.
+            bad = exc.object[exc.start]
+            raise FileError(
+                CONTACTS_GLOBAL, f"The file is not UTF-8 text (byte 0x{bad:02x} cannot be decoded)."
+            ) from None
+        except csv.Error as exc:
+            raise FileError(
+                CONTACTS_GLOBAL, f"The CSV cannot be read near line {reader.line_num}: {exc}."
+            ) from None
+
+    def sections(self) -> Iterator[Section]:
+        """Sections in file order; a blank-code row is a rejected section of its own."""
+        builder: _SectionBuilder | None = None
+        for record, fields in enumerate(self._records, start=1):
+            code = self._layout.code_of(fields)
+            blank = not code.strip()
+            if builder is not None and not blank and code == builder.section.code:
+                builder.add(record, fields)
+                continue
+            if builder is not None:
+                yield builder.section
+            builder = _SectionBuilder(self._layout, code)
+            builder.add(record, fields)
+            if blank:  # blank codes form no section: the row stands (and fails) alone
+                yield builder.section
+                builder = None
+        if builder is not None:
+            yield builder.section
+
+
+@contextmanager
+def open_contacts(path: Path) -> Iterator[ContactsReader]:
+    """Open a contacts file for streaming (UTF-8, a byte-order mark tolerated)."""
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        yield ContactsReader(stream)
+
+
+# --- NAME.csv.headers ---------------------------------------------------------------
+
+
+def parse_headers_file(text: str) -> datetime | None:
+    """The ``If-Unmodified-Since`` of a ``NAME.csv.headers`` file, or None if absent.
+
+    Lines are ``Name: value`` (names case-insensitive, as in HTTP); blank lines and
+    other header names are ignored. The value is an HTTP date or an ISO-8601
+    timestamp; a bad value, a line that is not ``Name: value`` or the header given
+    twice is a global error.
+    """
+    found: datetime | None = None
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name.strip()):
+            raise FileError(
+                CONTACTS_GLOBAL, f"Line {number} of the headers file is not 'Name: value'."
+            )
+        if name.strip().lower() != IF_UNMODIFIED_SINCE:
+            continue
+        if found is not None:
+            raise FileError(CONTACTS_GLOBAL, "The headers file gives If-Unmodified-Since twice.")
+        found = _precondition_time(value.strip())
+    return found
+
+
+def _precondition_time(value: str) -> datetime:
+    stamp = parse_timestamp(value)
+    if stamp is not None:
+        return stamp
+    try:
+        stamp = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        stamp = None
+    if stamp is None:
+        raise FileError(
+            CONTACTS_GLOBAL,
+            f"If-Unmodified-Since {value!r} is neither an HTTP date nor an ISO-8601 timestamp.",
+        )
+    # An HTTP date is GMT; "-0000" (unknown zone) gives a naive datetime: read it as UTC.
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
