@@ -61,3 +61,15 @@ class FileError(Exception):
 
 class FileChangedError(Exception):
     """The file changed while it was being read: roll back and try again later."""
+
+
+# Messages of the Person Import row errors, as in the seed's table.
+MSG_CUSTOM_FIELD_NOT_FOUND = "Custom field not found"
+MSG_PERSON_NOT_FOUND = "Person not found"
+MSG_MOBILE_PHONE_ALREADY_ASSIGNED = "Mobile Phone Already Assigned"
+MSG_MDN_CHANGE_NOT_ALLOWED = "mdn change not allowed"
+MSG_PERSON_CREATE_REQUIRES = "Creating a Person requires a device or an external person id"
+MSG_UNIQUE_VIOLATION = "duplicate key value violates unique constraint"
+MSG_NO_IDENTIFYING_COLUMN = (
+    "Couldn't find a person_id, external_person_id, mdn, or vives_device_id field"
+)

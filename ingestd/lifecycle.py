@@ -133,34 +133,36 @@ class Pipeline:
 
     # -- the whole path for one ready file ---------------------------------------------
 
-    def process(self, path: Path) -> Outcome:
+    def process(self, path: Path, name: str | None = None) -> Outcome:
+        """Claim, apply and finish one ready file. ``name``: the name to keep, when
+        ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere)."""
         company = path.parent.parent.name
         dirs = CompanyDirs(path.parent.parent)
         with self.company_lock(company) as conn:
             if conn is None:
                 return Outcome("busy")
             self._recover_locked(conn, dirs)
-            claim = self.claim(dirs, path)
+            claim = self.claim(dirs, path, name)
             if claim is None:
                 return Outcome("gone")
             return self._apply_and_finish(conn, claim)
 
-    def claim(self, dirs: CompanyDirs, path: Path) -> Claim | None:
+    def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
         dirs.ensure()
-        claim = Claim(dirs, landing.new_claim_id(), path.name)
+        claim = Claim(dirs, landing.new_claim_id(), name or path.name)
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
         for comp in landing.companions(path.parent, path.name):
             try:
-                os.rename(comp, claim.dir / comp.name)
+                os.rename(comp, claim.dir / (claim.name + comp.name[len(path.name):]))
             except FileNotFoundError:
                 pass
         try:
             os.rename(path, claim.path)
         except FileNotFoundError:
             for comp in claim.dir.iterdir():  # give companions back
-                os.rename(comp, path.parent / comp.name)
+                os.rename(comp, path.parent / (path.name + comp.name[len(claim.name):]))
             claim.dir.rmdir()
             return None
         log.info("file.claimed", company=dirs.company, file=path.name, claim=claim.claim_id)

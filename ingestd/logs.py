@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -12,9 +12,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
+def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto",
+              stream: TextIO | None = None) -> None:
     """(Re)configure logging; safe to call again on SIGHUP to change the level."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
+    stream = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if use_console
         else structlog.processors.JSONRenderer()
@@ -29,6 +31,6 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

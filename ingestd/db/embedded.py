@@ -33,7 +33,7 @@ PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 def _bindir() -> Path:
     try:
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
 
         candidate = Path(pgserver.__file__).parent / "pginstall" / "bin"
         if (candidate / "pg_ctl").exists():

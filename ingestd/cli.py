@@ -1,0 +1,279 @@
+"""The `ingestd` command. Each subcommand is a thin shell over the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ingestd import landing, logs
+from ingestd.db.database import Database
+from ingestd.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger("ingestd.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "landing_root", None):
+        overrides["landing_root"] = Path(args.landing_root)
+    return load_settings(**overrides)
+
+
+def _db(settings: Settings) -> Database:
+    db = Database(settings, pool_size=2)
+    db.upgrade()
+    return db
+
+
+# -- subcommands ------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.daemon import run
+
+    return run(settings)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    with Database(settings, pool_size=1) as db:
+        applied = db.upgrade()
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.db.companies import CompanyError, add_company
+
+    with _db(settings) as db, db.connect() as conn:
+        try:
+            created = add_company(conn, args.id, args.region or settings.default_region)
+        except CompanyError as exc:
+            print(f"ingestd: {exc}", file=sys.stderr)
+            return 2
+    landing.CompanyDirs(settings.landing_root / args.id).root.mkdir(parents=True, exist_ok=True)
+    dirs = landing.CompanyDirs(settings.landing_root / args.id)
+    dirs.inbox.mkdir(exist_ok=True)
+    dirs.ensure()
+    print(f"company {args.id} {'added' if created else 'already exists'}")
+    return 0
+
+
+def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.db.companies import list_companies
+
+    with _db(settings) as db, db.connect() as conn:
+        for c in list_companies(conn):
+            print(f"{c.id}\tregion={c.default_region}")
+    return 0
+
+
+def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.custom_fields import load_definitions
+    from ingestd.db.companies import get_company
+    from ingestd.db.fields import replace_fields
+
+    try:
+        definitions = load_definitions(Path(args.file))
+    except (OSError, ValueError) as exc:
+        print(f"ingestd: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    with _db(settings) as db, db.connect() as conn:
+        if get_company(conn, args.company) is None:
+            print(f"ingestd: company {args.company!r} is not set up", file=sys.stderr)
+            return 2
+        replace_fields(conn, args.company, definitions)
+        conn.commit()
+    print(f"loaded {len(definitions)} field(s) for {args.company}")
+    return 0
+
+
+def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.db.fields import list_fields
+
+    with _db(settings) as db, db.connect() as conn:
+        for d in list_fields(conn, args.company):
+            extra = f" charset={d.charset}" if d.type == "string" else ""
+            if d.options:
+                extra += " options=" + ",".join(d.options)
+            print(f"{d.name}\t{d.type}{extra}")
+    return 0
+
+
+def _company_for(path: Path, settings: Settings, given: str | None) -> str | None:
+    return given or landing.company_of(path, settings.landing_root)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.carrier import make_carrier
+    from ingestd.lifecycle import Pipeline
+
+    path = Path(args.path)
+    if not os.path.lexists(path):
+        print(f"ingestd: {path}: no such file", file=sys.stderr)
+        return 2
+    company = _company_for(path, settings, args.company)
+    if company is None:
+        print(f"ingestd: {path} is not in a company inbox under {settings.landing_root};"
+              " name the company with --company", file=sys.stderr)
+        return 2
+    dirs = landing.CompanyDirs(settings.landing_root / company)
+    dirs.inbox.mkdir(parents=True, exist_ok=True)
+    if path.parent.absolute() != dirs.inbox.absolute():
+        # Copied in under an in-flight name so a running daemon leaves it alone.
+        staged = dirs.inbox / f".ingest-{landing.new_claim_id()}-{path.name}"
+        for comp in landing.companions(path.parent, path.name):
+            shutil.copy2(comp, dirs.inbox / (staged.name + comp.name[len(path.name):]))
+        shutil.copy2(path, staged, follow_symlinks=False)
+        source, name = staged, path.name
+    else:
+        source, name = path, path.name
+    with Database(settings, pool_size=2) as db:
+        db.upgrade()
+        pipeline = Pipeline(settings, db, make_carrier(settings))
+        while True:
+            outcome = pipeline.process(source, name=name)
+            if outcome.status != "busy":
+                break
+            time.sleep(0.5)  # a daemon is working on this company; wait our turn
+    if outcome.status == "gone":
+        print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
+        return 1
+    _print_result(outcome.result, outcome.final_path)
+    return 0 if outcome.status == "done" else 1
+
+
+def _print_result(result: dict[str, Any], final: Path | None) -> None:
+    line = (f"{result.get('status')}: {result.get('file')} ({result.get('format')}) "
+            f"rows={result.get('rows')} accepted={result.get('accepted')} "
+            f"rejected={result.get('rejected')}")
+    if final:
+        line += f" -> {final}"
+    print(line)
+    if "error" in result:
+        print(f"  {result['error']['class']}: {result['error']['message']}")
+    for rec, err in result.get("_sample_errors", []):
+        print(f"  record {rec}: {err.error_class}: {err.message}")
+    for w in result.get("warnings", []):
+        print(f"  warning: {w}")
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.carrier import make_carrier
+    from ingestd.lifecycle import Pipeline
+
+    path = Path(args.path)
+    if not os.path.lexists(path):
+        print(f"ingestd: {path}: no such file", file=sys.stderr)
+        return 2
+    company = _company_for(path, settings, args.company)
+    if company is None:
+        print(f"ingestd: name the company with --company ({path} is not in an inbox)",
+              file=sys.stderr)
+        return 2
+    with Database(settings, pool_size=1) as db:
+        db.upgrade()
+        result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
+    _print_result(result, None)
+    return 0 if result["status"] == "done" and not result["rejected"] else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.status import collect, render
+
+    with _db(settings) as db, db.connect() as conn:
+        report = collect(conn, settings)
+    if args.json:
+        print(json.dumps(report, indent=2, default=_json_default))
+    else:
+        print(render(report))
+    return 0
+
+
+def _json_default(o: object) -> str:
+    return o.isoformat() if isinstance(o, datetime) else str(o)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ingestd",
+        description="Ingest partner file drops into PostgreSQL, exactly once. Settings come "
+                    "from INGESTD_* environment variables and the TOML file named by "
+                    "INGESTD_CONFIG.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    r = add("run", cmd_run, "run the daemon: watch the landing root and apply every drop")
+    r.add_argument("--landing-root", help="override INGESTD_LANDING_ROOT")
+    i = add("ingest", cmd_ingest, "put one file through the same pipeline now "
+                                  "(exit 0 done, 1 failed)")
+    i.add_argument("path")
+    i.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
+    c = add("check", cmd_check, "validate a file against the database; write nothing, "
+                                "print the errors")
+    c.add_argument("path")
+    c.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
+    s = add("status", cmd_status, "per company: backlog, recent files and outcomes")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    db = add("db", _usage, "database maintenance")
+    dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    add("upgrade", cmd_db_upgrade, "apply pending migrations", dbsub)
+
+    co = add("company", _usage, "set up companies")
+    cosub = co.add_subparsers(dest="company_command", required=True, metavar="COMMAND")
+    ca = add("add", cmd_company_add, "add a company (its schema and landing folders)", cosub)
+    ca.add_argument("id", help="company id: a-z, 0-9, _ ; starts with a letter")
+    ca.add_argument("--region", help="default region for 10-digit mdns (default: setting)")
+    add("list", cmd_company_list, "list companies", cosub)
+
+    fi = add("fields", _usage, "custom field definitions")
+    fisub = fi.add_subparsers(dest="fields_command", required=True, metavar="COMMAND")
+    fl = add("load", cmd_fields_load, "replace a company's custom fields with a TOML file's",
+             fisub)
+    fl.add_argument("file")
+    fl.add_argument("--company", required=True)
+    fls = add("list", cmd_fields_list, "list a company's custom fields", fisub)
+    fls.add_argument("--company", required=True)
+    return p
+
+
+def _usage(args: argparse.Namespace, settings: Settings) -> int:
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 2
+    if args.fn is cmd_run:
+        logs.configure(settings.log_level, settings.log_format)
+    else:
+        # One-off commands print their answer on stdout; keep their logs out of it.
+        level = "info" if args.fn is cmd_ingest else "warning"
+        logs.configure(level, settings.log_format, stream=sys.stderr)
+    fn: Handler = args.fn
+    try:
+        return fn(args, settings)
+    except KeyboardInterrupt:
+        return 130

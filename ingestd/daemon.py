@@ -1,0 +1,140 @@
+"""`ingestd run`: wires watcher → scheduler → pipeline, and talks to systemd.
+
+The main thread only supervises: it pings the systemd watchdog while the watcher
+and workers are healthy, refreshes STATUS= and the gauges, and handles signals.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+import structlog
+
+from ingestd import logs, metrics
+from ingestd.carrier import make_carrier
+from ingestd.db.database import Database
+from ingestd.lifecycle import Outcome, Pipeline
+from ingestd.notify import Notifier
+from ingestd.scheduler import Scheduler
+from ingestd.settings import Settings, load_settings
+from ingestd.watcher import Watcher
+
+log = structlog.get_logger("ingestd.daemon")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.notifier = Notifier()
+        self.db_ok = True
+        self.started = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_event.set()
+        else:
+            self.stop_event.set()
+
+    def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
+        if outcome.status not in ("done", "failed"):
+            return
+        r = outcome.result
+        kind = "duplicate" if "duplicate_of" in r else outcome.status
+        metrics.record_file(company, r.get("format") or "unknown", kind,  # type: ignore[arg-type]
+                            r.get("accepted", 0), r.get("rejected_by_class"),
+                            r.get("duration_s"))
+
+    def run(self) -> int:
+        settings = self.settings
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        db = Database(settings, pool_size=max(settings.pool_max_size, settings.workers + 4))
+        try:
+            db.upgrade()
+            carrier = make_carrier(settings)
+            pipeline = Pipeline(settings, db, carrier)
+            scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
+                                  on_outcome=self._on_outcome)
+
+            def on_rescan() -> None:
+                # Leftover claims (a crash, a failed apply) are recovered under the company lock.
+                for dirs in pipeline.company_dirs():
+                    if dirs.processing.is_dir() and any(dirs.processing.iterdir()):
+                        scheduler.submit_recovery(dirs)
+
+            watcher = Watcher(settings, scheduler.submit, on_rescan)
+            scheduler.start()
+            watcher.start()
+            server = None
+            if settings.metrics_address:
+                server = metrics.start_server(
+                    settings.metrics_address,
+                    health=lambda: {"alive": True, "database": self.db_ok,
+                                    "observer": watcher.alive(), "workers": scheduler.alive()},
+                    ready=lambda: self.started and self.db_ok and watcher.alive(),
+                )
+            self.started = True
+            self.notifier.ready()
+            log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
+                     workers=settings.workers, embedded_db=db.embedded is not None,
+                     observer="polling" if settings.polling_observer else "native")
+            self._supervise(db, watcher, scheduler)
+            log.info("daemon.stopping", in_hand=scheduler.in_hand)
+            self.notifier.stopping()
+            watcher.stop()
+            finished = scheduler.stop(settings.stop_timeout)
+            if not finished:
+                log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
+                            note="unfinished files roll back and are recovered at next start")
+            if server is not None:
+                server.stop()
+        finally:
+            db.close()
+        log.info("daemon.stopped")
+        return 0
+
+    def _supervise(self, db: Database, watcher: Watcher, scheduler: Scheduler) -> None:
+        interval = self.notifier.watchdog_interval or 5.0
+        tick = min(1.0, interval)
+        last_db_check = 0.0
+        while not self.stop_event.wait(tick):
+            now = time.monotonic()
+            if now - last_db_check > 5.0:
+                self.db_ok = db.reachable()
+                last_db_check = now
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self._reload()
+            backlog = scheduler.backlog()
+            for company, n in backlog.items():
+                metrics.set_backlog(company, n)
+            oldest = scheduler.oldest_ready_mtime_ns()
+            metrics.set_oldest_ready_age(time.time() - oldest / 1e9 if oldest else None)
+            # Only a healthy daemon pings: systemd restarts a wedged one.
+            if watcher.alive() and scheduler.alive():
+                self.notifier.watchdog()
+            self.notifier.status(
+                f"backlog {sum(backlog.values())}, in hand {scheduler.in_hand}, "
+                f"done {scheduler.processed}, db {'ok' if self.db_ok else 'DOWN'}")
+
+    def _reload(self) -> None:
+        try:
+            fresh = load_settings()
+        except Exception as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+            return
+        self.settings.log_level = fresh.log_level
+        logs.configure(fresh.log_level, self.settings.log_format)
+        # Custom field definitions are read from the database at the start of each file,
+        # so a `fields load` takes effect with the next file; nothing else to refresh.
+        log.info("daemon.reloaded", log_level=fresh.log_level)
+
+
+def run(settings: Settings) -> int:
+    return Daemon(settings).run()
+

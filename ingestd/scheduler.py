@@ -1,0 +1,140 @@
+"""Per-company FIFO queues and a pool of workers.
+
+One file at a time per company (a later file overrides an earlier one, so order
+matters), companies in parallel. Within a company the next file is the ready one
+with the oldest (mtime, name). Row contents are none of its business.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from ingestd.landing import PROCESSING, CompanyDirs
+from ingestd.lifecycle import Outcome
+
+log = structlog.get_logger("ingestd.scheduler")
+
+RECOVER = PROCESSING  # queue entry name meaning "recover this company's claims first"
+
+
+class Scheduler:
+    def __init__(self, process: Callable[[Path], Outcome],
+                 recover: Callable[[CompanyDirs], None], workers: int,
+                 on_outcome: Callable[[str, Outcome, float], None] | None = None) -> None:
+        self._process = process
+        self._recover = recover
+        self._on_outcome = on_outcome
+        self._cond = threading.Condition()
+        self._ready: dict[str, dict[Path, tuple[int, str]]] = {}  # company -> path -> key
+        self._busy: set[str] = set()
+        self._not_before: dict[str, float] = {}  # company -> monotonic time (back-off)
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, name=f"ingestd-worker-{i}",
+                                          daemon=True) for i in range(workers)]
+        self.processed = 0
+        self.in_hand = 0
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def submit(self, path: Path, mtime_ns: int) -> bool:
+        """Queue a ready file; False if it was already queued."""
+        company = path.parent.name if path.name == RECOVER else path.parent.parent.name
+        with self._cond:
+            queue = self._ready.setdefault(company, {})
+            if path in queue:
+                return False
+            queue[path] = (mtime_ns, path.name)
+            self._cond.notify()
+            return True
+
+    def submit_recovery(self, dirs: CompanyDirs) -> None:
+        """Ask for the company's leftover claims to be finished before its next file."""
+        self.submit(dirs.processing, -1)  # sorts before any real file
+
+    def backlog(self) -> dict[str, int]:
+        with self._cond:
+            return {c: sum(1 for p in q if p.name != RECOVER) for c, q in self._ready.items()}
+
+    def oldest_ready_mtime_ns(self) -> int | None:
+        with self._cond:
+            keys = [k[0] for q in self._ready.values() for p, k in q.items() if p.name != RECOVER]
+        return min(keys) if keys else None
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads) or self._stopping
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking files; wait up to ``timeout`` for files in hand. True if all finished."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    # -- workers ------------------------------------------------------------------
+
+    def _next(self) -> tuple[str, Path] | None:
+        """Wait for a company with work that nobody is working on; None when stopping."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return None
+                now = time.monotonic()
+                wake: float | None = None
+                for company, queue in self._ready.items():
+                    if not queue or company in self._busy:
+                        continue
+                    nb = self._not_before.get(company, 0.0)
+                    if nb > now:
+                        wake = nb if wake is None else min(wake, nb)
+                        continue
+                    path = min(queue, key=queue.__getitem__)
+                    del queue[path]
+                    self._busy.add(company)
+                    self.in_hand += 1
+                    return company, path
+                self._cond.wait(None if wake is None else max(0.01, wake - now))
+
+    def _done(self, company: str, backoff: float = 0.0) -> None:
+        with self._cond:
+            self._busy.discard(company)
+            self.in_hand -= 1
+            if backoff:
+                self._not_before[company] = time.monotonic() + backoff
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            company, path = item
+            backoff = 0.0
+            t0 = time.monotonic()
+            try:
+                if path.name == RECOVER:
+                    self._recover(CompanyDirs(path.parent))
+                    continue
+                outcome = self._process(path)
+                if outcome.status == "busy":
+                    # another instance holds the company: try again shortly
+                    self.submit(path, 0)
+                    backoff = 1.0
+                elif outcome.status in ("done", "failed"):
+                    self.processed += 1
+                if self._on_outcome:
+                    self._on_outcome(company, outcome, time.monotonic() - t0)
+            except Exception:
+                # The database may be down, or the disk full. The file is either still in
+                # the inbox (retried by the next rescan) or claimed (recovered next time).
+                log.exception("file.error", company=company, file=path.name)
+                self.submit_recovery(CompanyDirs(path.parent.parent))
+                backoff = 5.0
+            finally:
+                self._done(company, backoff)

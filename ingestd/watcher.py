@@ -1,0 +1,188 @@
+"""Noticing finished uploads: watchdog events, a start-up scan and a periodic rescan.
+
+Emits paths that are *ready* (DESIGN.md): a regular file whose name passes the
+filters and whose size and mtime have not changed for the settle period. A close
+event alone proves nothing (an aborted SFTP upload closes the file too), so
+events only tell us where to look; readiness is decided by re-stat'ing.
+Non-regular entries (symlinks, FIFOs, devices) are emitted at once, flagged by
+the lifecycle as failures, and never opened here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from ingestd import landing
+from ingestd.settings import Settings
+
+log = structlog.get_logger("ingestd.watcher")
+
+
+@dataclass
+class _Candidate:
+    key: tuple[int, int]  # size, mtime_ns
+    stable_since: float  # monotonic time the key was last seen to change
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for attr in ("src_path", "dest_path"):
+            p = getattr(event, attr, None)
+            if p:
+                self.watcher.poke(Path(os.fsdecode(p)))
+
+
+class Watcher:
+    def __init__(self, settings: Settings, on_ready: Callable[[Path, int], bool],
+                 on_rescan: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.root = settings.landing_root.absolute()
+        self.on_ready = on_ready  # (path, mtime_ns) -> newly queued?
+        self.on_rescan = on_rescan
+        self._pending: set[Path] = set()
+        self._lock = threading.Lock()
+        self._candidates: dict[Path, _Candidate] = {}
+        self._stop = threading.Event()
+        self._scan_now = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ingestd-watcher", daemon=True)
+        self._observer = (PollingObserver(timeout=settings.polling_interval)
+                          if settings.polling_observer else Observer())
+        self.last_loop = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Recursive on the root: company folders created later are watched at once.
+        self._observer.schedule(_Handler(self), str(self.root), recursive=True)
+        self._observer.start()
+        self._scan_now.set()  # the start-up scan
+        self._thread.start()
+        log.info("watcher.started", root=str(self.root),
+                 observer=type(self._observer).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
+
+    def alive(self) -> bool:
+        """Observer thread and our loop both running, and the loop not wedged."""
+        return (self._observer.is_alive() and self._thread.is_alive()
+                and time.monotonic() - self.last_loop < 30)
+
+    def rescan(self) -> None:
+        self._scan_now.set()
+
+    def candidates(self) -> int:
+        return len(self._candidates)
+
+    # -- input --------------------------------------------------------------------
+
+    def poke(self, path: Path) -> None:
+        """Something happened at ``path`` (called from watchdog's thread)."""
+        if path.parent.name != landing.INBOX or path.parent.parent.parent != self.root:
+            return
+        name = path.name
+        if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
+            path = path.with_name(name[: -len(landing.MARKER_SUFFIX)])
+        elif landing.is_in_flight(name) or landing.is_companion(name):
+            return
+        with self._lock:
+            self._pending.add(path)
+
+    def _scan(self) -> None:
+        if not self.root.is_dir():
+            return
+        for company in self.root.iterdir():
+            inbox = company / landing.INBOX
+            if company.name.startswith(".") or not inbox.is_dir() or company.is_symlink():
+                continue
+            try:
+                entries = list(os.scandir(inbox))
+            except OSError:
+                continue
+            for entry in entries:
+                self.poke(Path(entry.path))
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_scan = 0.0
+        while not self._stop.is_set():
+            self.last_loop = time.monotonic()
+            try:
+                if self._scan_now.is_set() or time.monotonic() >= next_scan:
+                    self._scan_now.clear()
+                    self._scan()
+                    next_scan = time.monotonic() + self.settings.rescan_seconds
+                    if self.on_rescan:
+                        self.on_rescan()
+                with self._lock:
+                    pending, self._pending = self._pending, set()
+                for path in pending:
+                    self._observe(path)
+                self._check_settled()
+            except Exception:
+                log.exception("watcher.error")
+            self._stop.wait(min(0.2, max(self.settings.settle_seconds / 4, 0.05)))
+
+    def _observe(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._candidates.pop(path, None)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            # symlink, FIFO, device, socket: never opened; the lifecycle fails it
+            self._candidates.pop(path, None)
+            self._emit(path, st.st_mtime_ns)
+            return
+        key = (st.st_size, st.st_mtime_ns)
+        cand = self._candidates.get(path)
+        if cand is None or cand.key != key:
+            self._candidates[path] = _Candidate(key, time.monotonic())
+
+    def _check_settled(self) -> None:
+        now = time.monotonic()
+        settle = self.settings.settle_seconds
+        for path, cand in list(self._candidates.items()):
+            if now - cand.stable_since < settle:
+                continue
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                del self._candidates[path]
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            if key != cand.key:  # still being written, even if no event told us
+                self._candidates[path] = _Candidate(key, now)
+                continue
+            if time.time() - st.st_mtime < settle:
+                continue  # mtime in the future or just now: wait (clock skew over NFS)
+            if self.settings.marker_mode and not os.path.lexists(
+                    path.with_name(path.name + landing.MARKER_SUFFIX)):
+                continue
+            del self._candidates[path]
+            self._emit(path, st.st_mtime_ns)
+
+    def _emit(self, path: Path, mtime_ns: int) -> None:
+        if self.on_ready(path, mtime_ns):  # False: already queued, seen again by a rescan
+            log.info("file.ready", company=path.parent.parent.name, file=path.name)
