@@ -32,6 +32,7 @@ UNKNOWN_8BIT_ENCODING = "FileEngine::EncodingDetection::Unknown8BitEncodingDetec
 UNSUPPORTED_FILE = "ingestd::UnsupportedFile"
 NOT_A_REGULAR_FILE = "ingestd::NotARegularFile"
 EMPTY_FILE = "ingestd::EmptyFile"
+INTERNAL_ERROR = "ingestd::InternalError"
 CONTACTS_GLOBAL = "ContactsImport::GlobalError"
 
 # Subject contacts rows (FORMATS.md section 2 leaves the classes open; the rejected

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import errors, landing, sidecars
+from ingestd import errors, failpoints, landing, sidecars
 from ingestd.carrier import CarrierLookup
 from ingestd.db import ledger
 from ingestd.db.companies import get_company
@@ -242,12 +242,23 @@ class Pipeline:
                 except FileError as exc:
                     error = exc
                     results = RowResults(None, None)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    raise  # the database is unreachable: leave the claim, recover later
+                except Exception as exc:
+                    # A bug must not wedge the file in .processing/ forever: fail it,
+                    # nothing applied (the savepoint is rolled back), and say why.
+                    log.exception("file.internal_error", company=company_id, file=name)
+                    error = FileError(errors.INTERNAL_ERROR,
+                                      f"internal error: {type(exc).__name__}: {exc}")
+                    results = RowResults(None, None)
                 meta = {"columns": ctx.columns, **ctx.extra}
                 if _stat_key(path) != before:
                     raise FileChangedError(name)
             result = self._result(claim, fmt, sha, started, t0, results, error,
                                   duplicate, warnings)
             ledger.complete(conn, file_id, result, meta, duplicate[0] if duplicate else None)
+            if not dry_run:
+                failpoints.hit(failpoints.BEFORE_COMMIT)
         if not dry_run:
             log.info("file.applied", company=company_id, file=name, status=result["status"],
                      rows=result["rows"], accepted=result["accepted"],
@@ -285,6 +296,7 @@ class Pipeline:
     # -- finish: sidecars, then the move ------------------------------------------------
 
     def _finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
+        failpoints.hit(failpoints.AFTER_COMMIT)
         entry = ledger.by_claim(conn, claim.claim_id)
         conn.commit()
         if entry is None:
@@ -299,6 +311,7 @@ class Pipeline:
             ledger.set_final_path(conn, entry.id, str(final))
             conn.commit()
         self._write_sidecars(conn, entry, final)
+        failpoints.hit(failpoints.AFTER_SIDECARS)
         for p in sorted(claim.dir.iterdir(), key=lambda p: p.name == claim.name):
             # companions first, the file itself last: its arrival means "finished"
             suffix = p.name[len(claim.name):] if p.name.startswith(claim.name) else p.name

@@ -17,6 +17,7 @@ Only the process that started it stops it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,14 +33,12 @@ PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 
 def _bindir() -> Path:
-    try:
-        import pgserver
-
-        candidate = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    # find_spec, not import: pgserver's __init__ does work (and warns) we do not need.
+    spec = importlib.util.find_spec("pgserver")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "pginstall" / "bin"
         if (candidate / "pg_ctl").exists():
             return candidate
-    except ImportError:
-        pass
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent

@@ -29,4 +29,6 @@ def list_fields(conn: psycopg.Connection[Any], company: str) -> list[FieldDefini
         "SELECT name, type, charset, options FROM ingestd.custom_fields WHERE company = %s"
         " ORDER BY position", (company,),
     ).fetchall()
-    return [FieldDefinition(name=n, type=t, charset=c, options=list(o)) for n, t, c, o in rows]
+    return [FieldDefinition(name=n, type=t, options=list(o),
+                            **({"charset": c} if t == "string" else {}))
+            for n, t, c, o in rows]

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 
 @dataclass
@@ -57,7 +57,7 @@ def complete(conn: psycopg.Connection[Any], file_id: int, result: dict[str, Any]
         " result = %s, meta = %s, committed_at = now() WHERE id = %s",
         (result["status"], result["rows"], result["accepted"], result["rejected"],
          Jsonb(result["rejected_by_class"]), error.get("class"), error.get("message"),
-         duplicate_of, Jsonb(result), Jsonb(meta), file_id),
+         duplicate_of, Json(result), Jsonb(meta), file_id),
     )
 
 

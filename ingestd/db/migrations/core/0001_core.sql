@@ -42,7 +42,7 @@ CREATE TABLE ingestd.files (
     error_class        text,
     error_message      text,
     duplicate_of       bigint REFERENCES ingestd.files (id),
-    result             jsonb NOT NULL DEFAULT '{}',   -- what result.json says
+    result             json NOT NULL DEFAULT '{}',    -- what result.json says (json keeps key order)
     meta               jsonb NOT NULL DEFAULT '{}',   -- what sidecars need (columns, delimiters)
     started_at         timestamptz NOT NULL,
     committed_at       timestamptz NOT NULL DEFAULT now(),
