@@ -1,17 +1,153 @@
-"""Carrier lookup: a small port with two adapters (offline, http). PLACEHOLDER until issue 3 lands."""
+"""Carrier lookup: a small port (``CarrierLookup``) with two adapters, chosen by ``carrier_mode``.
+
+``lookup_many`` takes E.164 numbers and returns one ``CarrierResult`` per distinct number.
+It never raises for a lookup problem: every failure is a ``RowError`` value with one of
+
+* ``CarrierLookupService::PermanentLookupFailureError`` -- the number is not an active mobile
+  on a valid carrier; the row is rejected for good;
+* ``CarrierLookupService::TransientLookupFailureError`` -- the service could not answer, even
+  after the retries; the row belongs in the retry file.
+
+The seed's message column is empty for both classes, so their messages are the seed's
+descriptions (``PERMANENT_MESSAGE``, ``TRANSIENT_MESSAGE``), the same for every row; the
+details (status, time-out, attempts) go to the log, not to the partner's errors.csv.
+
+Offline (``carrier_mode = "offline"``, the default)
+    phonenumbers' number type: ``MOBILE`` and ``FIXED_LINE_OR_MOBILE`` (US and other NANP
+    numbers never say which) are accepted, with ``phonenumbers.carrier.name_for_number`` as
+    the carrier (``None`` when the metadata has no name); any other type is permanent.
+
+HTTP (``carrier_mode = "http"``) -- the contract a lookup service must implement
+    Request: ``GET {carrier_url}?mdn=<E.164, URL-encoded>`` (appended with ``&`` when the URL
+    already has a query), header ``Accept: application/json``.
+
+    ============================================  ===========================================
+    response                                      result
+    ============================================  ===========================================
+    2xx, JSON object ``{"carrier": "Name"}``      found; ``carrier`` may be ``""`` or ``null``
+                                                  (name unknown: ``CarrierResult.carrier`` is
+                                                  ``None``)
+    404, 422                                      permanent, never retried
+    408, 429, 5xx, time-out, refused or reset     transient, retried
+    connection, DNS failure, 2xx with a body
+    that is not such a JSON object
+    any other status (400, 401, 403, ...)         transient, not retried: it is a
+                                                  configuration problem that a retry now
+                                                  cannot fix, and the row is kept for later
+    ============================================  ===========================================
+
+    ``carrier_timeout`` is the time-out of each blocking socket operation of one request
+    (connect, each read). Redirects are followed; ``HTTP(S)_PROXY`` / ``NO_PROXY`` are honoured.
+
+Retries (tenacity)
+    Exponential backoff with full jitter (``wait_random_exponential``: the n-th wait is
+    uniform in ``[0, min(carrier_backoff_max, carrier_backoff_initial * 2**(n-1))]``), so the
+    workers that all failed during an outage do not come back in lock-step. A number stops
+    after ``carrier_max_attempts`` attempts, or when the next wait would take it past
+    ``carrier_max_wait`` seconds since its first attempt (``stop_before_delay``: never sleep
+    only to give up afterwards). Each retry logs ``carrier.retry`` (warning) with ``mdn``,
+    ``attempt`` (the attempt that just failed, from 1), ``wait`` (seconds) and ``reason``.
+
+Concurrency and outages -- the choice
+    Several companies' workers share one instance. Two bounds work together:
+
+    * a semaphore of ``carrier_concurrency`` slots, shared by every caller, held only while a
+      request is on the wire (not while a number sleeps between retries): the service never
+      sees more than ``carrier_concurrency`` requests from this process at once;
+    * each ``lookup_many`` call runs its numbers on its own small pool of at most
+      ``carrier_concurrency`` threads, so retry loops overlap and a chunk with N new numbers
+      costs about ``ceil(N / concurrency)`` round trips, not N. A per-call pool (rather than
+      one shared FIFO executor) means a file with 5,000 new numbers queues at most
+      ``carrier_concurrency`` requests at the semaphore, so another company's chunk takes
+      turns with it instead of waiting behind its whole backlog.
+
+    Concurrency alone does not bound an outage: 5,000 numbers that each retry for
+    ``max_wait`` would still take ``5000 / concurrency * max_wait``. So the instance has a
+    circuit breaker: when a number runs out of retries on transient failures, the breaker
+    opens for ``circuit_cooldown`` seconds (default: ``carrier_max_wait``). While it is open,
+    numbers not yet sent fail at once as transient (no request), and numbers sleeping between
+    retries stop at their next check. A chunk that meets an outage therefore returns after
+    about ``max_wait + timeout``, later chunks and other companies' chunks return at once
+    during the cool-down, and workers move on (rows go to the retry file) instead of
+    stalling every company's queue. After the cool-down the next lookups probe the service
+    again. Only retryable failures that ran out trip the breaker, never a 404/422 or an
+    unexpected status.
+
+Observability hook
+    Both adapters accept ``on_event: Callable[[str, str], None]``, called as
+    ``on_event(event, outcome)`` from lookup threads; metrics code adapts it to counters
+    without this module importing prometheus. Events and outcomes (low cardinality, fit for
+    labels):
+
+    * ``("lookup", outcome)`` once per distinct number: ``found``, ``permanent``,
+      ``transient`` (sent, but no answer: out of retries, stopped by the breaker, or an
+      unexpected status), ``circuit_open`` (never sent: the breaker was open);
+    * ``("retry", reason)`` once per retry: ``timeout``, ``connection``, ``http_408``,
+      ``http_429``, ``http_5xx``, ``bad_response``;
+    * ``("circuit", "open")`` when the breaker opens.
+
+    A hook that raises is logged (``carrier.event_hook_failed``) and otherwise ignored: metrics
+    must not fail a lookup.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextvars
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ingestd.errors import RowError
+import phonenumbers
+import structlog
+from phonenumbers import PhoneNumberType
+from phonenumbers import carrier as pn_carrier
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
+
+if TYPE_CHECKING:
+    from ingestd.settings import Settings
+
+# The seed's descriptions of the two classes (its message column is empty), without markup.
+PERMANENT_MESSAGE = "The mdn supplied is not a valid mobile phone active on a valid carrier."
+TRANSIENT_MESSAGE = (
+    "A temporary issue with the carrier lookup service prevented the row from being "
+    "processed. Please try again later."
+)
+
+PERMANENT = RowError(PERMANENT_LOOKUP_FAILURE, PERMANENT_MESSAGE)
+TRANSIENT = RowError(TRANSIENT_LOOKUP_FAILURE, TRANSIENT_MESSAGE)
+
+EventHook = Callable[[str, str], None]
+
+# A carrier name is a few words; a bigger body is not the contract's answer.
+_MAX_BODY = 64 * 1024
+
+_MOBILE_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 
 
 @dataclass(frozen=True, slots=True)
 class CarrierResult:
-    """``error`` is None when the number is an active mobile on a valid carrier."""
+    """``error`` is None when the number is an active mobile on a valid carrier.
+
+    ``carrier`` is the carrier's name when known (``None`` when the source has no name).
+    """
 
     carrier: str | None
     error: RowError | None
@@ -22,3 +158,270 @@ class CarrierLookup(Protocol):
         """Look up E.164 numbers; transient failures are retried inside, and only
         become a TransientLookupFailureError result once retries run out."""
         ...
+
+
+def _emit(on_event: EventHook | None, event: str, outcome: str) -> None:
+    if on_event is None:
+        return
+    try:
+        on_event(event, outcome)
+    except Exception:
+        structlog.get_logger().exception("carrier.event_hook_failed", hook_event=event,
+                                         outcome=outcome)
+
+
+def _found(name: str | None) -> CarrierResult:
+    return CarrierResult(carrier=name or None, error=None)
+
+
+class OfflineCarrierLookup:
+    """phonenumbers' metadata: no network, so nothing is ever transient."""
+
+    def __init__(self, region: str = "US", *, on_event: EventHook | None = None) -> None:
+        # Only used to read a number that lacks the leading "+"; callers pass E.164.
+        self.region = region
+        self._on_event = on_event
+
+    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+        return {mdn: self._lookup(mdn) for mdn in dict.fromkeys(numbers)}
+
+    def _lookup(self, mdn: str) -> CarrierResult:
+        try:
+            number = phonenumbers.parse(mdn, self.region)
+        except phonenumbers.NumberParseException:
+            number = None
+        # An invalid number has type UNKNOWN, so it falls out as permanent too.
+        if number is None or phonenumbers.number_type(number) not in _MOBILE_TYPES:
+            _emit(self._on_event, "lookup", "permanent")
+            return CarrierResult(carrier=None, error=PERMANENT)
+        _emit(self._on_event, "lookup", "found")
+        return _found(pn_carrier.name_for_number(number, "en"))
+
+
+class _Retryable(Exception):
+    """A transient failure worth another attempt."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # the low-cardinality name given to on_event
+
+
+class _GiveUp(Exception):
+    """A transient failure that a retry now cannot fix (an unexpected status)."""
+
+
+class _CircuitOpen(Exception):
+    """The breaker opened: the number is not sent."""
+
+
+class _StopIfCircuitOpen(stop_base):
+    """Stop retrying once another number has opened the breaker: the service is down."""
+
+    def __init__(self, owner: HttpCarrierLookup) -> None:
+        self._owner = owner
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._owner._circuit_is_open()
+
+
+class HttpCarrierLookup:
+    """The HTTP contract of the module docstring, with tenacity retries and a shared bound."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        concurrency: int = 8,
+        max_attempts: int = 5,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        max_wait: float = 30.0,
+        circuit_cooldown: float | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("carrier concurrency must be at least 1")
+        if max_attempts < 1:
+            raise ValueError("carrier max_attempts must be at least 1")
+        self.url = url
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_wait = max_wait
+        self.circuit_cooldown = max_wait if circuit_cooldown is None else circuit_cooldown
+        self._on_event = on_event
+        # Shared by every caller of this instance: the bound on requests on the wire.
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._circuit_lock = threading.Lock()
+        self._open_until = 0.0  # time.monotonic() until which the breaker is open
+        # Our own opener (default handlers: proxies from the environment, redirects), so a
+        # global urllib.request.install_opener elsewhere cannot change this client.
+        self._opener = urllib.request.build_opener()
+
+    # -- the port ---------------------------------------------------------------------------
+
+    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+        unique = list(dict.fromkeys(numbers))
+        if len(unique) <= 1:
+            return {mdn: self._lookup_one(mdn) for mdn in unique}
+        # Copy the caller's context into each task so the log lines keep the company/file
+        # bound with structlog.contextvars by the worker that processes the file.
+        ctx = contextvars.copy_context()
+        workers = min(self.concurrency, len(unique))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="carrier") as pool:
+            futures = {mdn: pool.submit(ctx.copy().run, self._lookup_one, mdn)
+                       for mdn in unique}
+            return {mdn: fut.result() for mdn, fut in futures.items()}
+
+    # -- one number -------------------------------------------------------------------------
+
+    def _lookup_one(self, mdn: str) -> CarrierResult:
+        sent = [0]  # requests put on the wire for this number, to name the outcome
+        try:
+            result, outcome = self._retrying_lookup(mdn, sent)
+        except _CircuitOpen:
+            # Stopped by a breaker that opened while this number waited for a slot or slept.
+            outcome = "transient" if sent[0] else "circuit_open"
+            result = CarrierResult(carrier=None, error=TRANSIENT)
+        except _Retryable as exc:
+            # Out of attempts or of time (or stopped by a breaker another number opened).
+            structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=exc.reason,
+                                           attempts=sent[0])
+            self._trip(exc.reason)
+            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+        except _GiveUp as exc:
+            structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=str(exc),
+                                           attempts=sent[0])
+            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+        except Exception:
+            # A bug of ours must cost the row a retry, not the worker its file.
+            structlog.get_logger().exception("carrier.lookup_error", mdn=mdn)
+            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+        _emit(self._on_event, "lookup", outcome)
+        return result
+
+    def _retrying_lookup(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
+            stop=(stop_after_attempt(self.max_attempts)
+                  | stop_before_delay(self.max_wait)
+                  | _StopIfCircuitOpen(self)),
+            before_sleep=self._log_retry(mdn),
+            reraise=True,
+        )
+        return retrying(self._attempt, mdn, sent)
+
+    def _log_retry(self, mdn: str) -> Callable[[RetryCallState], None]:
+        def log(retry_state: RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            reason = exc.reason if isinstance(exc, _Retryable) else repr(exc)
+            structlog.get_logger().warning(
+                "carrier.retry", mdn=mdn, attempt=retry_state.attempt_number,
+                wait=round(retry_state.upcoming_sleep, 3), reason=reason,
+            )
+            _emit(self._on_event, "retry",
+                  exc.kind if isinstance(exc, _Retryable) else "unknown")
+        return log
+
+    def _attempt(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
+        if self._circuit_is_open():
+            raise _CircuitOpen
+        with self._slots:
+            # The breaker may have opened while this thread waited for a slot.
+            if self._circuit_is_open():
+                raise _CircuitOpen
+            sent[0] += 1
+            return self._request(mdn)
+
+    def _request(self, mdn: str) -> tuple[CarrierResult, str]:
+        request = urllib.request.Request(
+            self._url_for(mdn), headers={"Accept": "application/json"}, method="GET")
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                body = response.read(_MAX_BODY + 1)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # frees the connection; the body is not needed
+            return self._classify_status(exc.code)
+        except urllib.error.URLError as exc:
+            # Raised for connect-phase failures; the cause is in .reason.
+            if isinstance(exc.reason, TimeoutError):
+                raise _Retryable(f"timed out connecting: {exc.reason}", "timeout") from exc
+            raise _Retryable(f"connection failed: {exc.reason}", "connection") from exc
+        except TimeoutError as exc:  # a read after the connect timed out
+            raise _Retryable(f"timed out: {exc}", "timeout") from exc
+        except (OSError, http.client.HTTPException) as exc:  # reset, bad status line, ...
+            raise _Retryable(f"connection failed: {exc!r}", "connection") from exc
+        return self._parse_found(body), "found"
+
+    def _classify_status(self, status: int) -> tuple[CarrierResult, str]:
+        if status in (404, 422):
+            return CarrierResult(carrier=None, error=PERMANENT), "permanent"
+        if status in (408, 429):
+            raise _Retryable(f"HTTP {status}", f"http_{status}")
+        if 500 <= status <= 599:
+            raise _Retryable(f"HTTP {status}", "http_5xx")
+        raise _GiveUp(f"unexpected HTTP {status}")
+
+    @staticmethod
+    def _parse_found(body: bytes) -> CarrierResult:
+        if len(body) > _MAX_BODY:
+            raise _Retryable("bad response: body too large", "bad_response")
+        try:
+            data = json.loads(body)
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise _Retryable(f"bad response: not JSON: {exc}", "bad_response") from exc
+        name = data.get("carrier") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or "carrier" not in data or not (
+                name is None or isinstance(name, str)):
+            raise _Retryable('bad response: expected {"carrier": "..."}', "bad_response")
+        return _found(name)
+
+    def _url_for(self, mdn: str) -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        query = urllib.parse.urlencode({"mdn": mdn})
+        query = f"{parts.query}&{query}" if parts.query else query
+        return urllib.parse.urlunsplit(parts._replace(query=query))
+
+    # -- circuit breaker --------------------------------------------------------------------
+
+    def _circuit_is_open(self) -> bool:
+        # Read without the lock: one float read is atomic, and a stale answer only means
+        # one more (or one fewer) request at the edge of the cool-down.
+        return time.monotonic() < self._open_until
+
+    def _trip(self, reason: str) -> None:
+        if self.circuit_cooldown <= 0:
+            return
+        with self._circuit_lock:
+            now = time.monotonic()
+            if now < self._open_until:
+                return  # already open: numbers it stopped must not extend it
+            self._open_until = now + self.circuit_cooldown
+        structlog.get_logger().warning("carrier.circuit_open", cooldown=self.circuit_cooldown,
+                                       reason=reason)
+        _emit(self._on_event, "circuit", "open")
+
+
+def make_carrier(settings: Settings, *, on_event: EventHook | None = None) -> CarrierLookup:
+    """The lookup ``settings.carrier_mode`` names; one instance is meant to serve every worker."""
+    if settings.carrier_mode == "offline":
+        return OfflineCarrierLookup(settings.default_region, on_event=on_event)
+    if not settings.carrier_url:
+        raise ValueError(
+            "carrier_mode is 'http' but carrier_url is not set "
+            "(set INGESTD_CARRIER_URL or carrier_url in the config file)")
+    return HttpCarrierLookup(
+        settings.carrier_url,
+        timeout=settings.carrier_timeout,
+        concurrency=settings.carrier_concurrency,
+        max_attempts=settings.carrier_max_attempts,
+        backoff_initial=settings.carrier_backoff_initial,
+        backoff_max=settings.carrier_backoff_max,
+        max_wait=settings.carrier_max_wait,
+        on_event=on_event,
+    )
