@@ -1,0 +1,253 @@
+"""Custom field definitions (a company's TOML file) and conversion of cell text.
+
+``convert`` is on the per-row hot path: every check is a precompiled regex or a
+set lookup, and failures return shared ``RowError`` instances.
+
+Conversions (FORMATS.md section 1 "Values"; all results are JSON-serialisable):
+
+* ``string``: the text as given, if every character is in the field's charset.
+  ``gsm7`` is the GSM 03.38 *basic* character set only, as FORMATS.md says: the
+  extension table (``[ ] { } \\ ^ ~ | €`` and form feed) costs two septets each,
+  which is what partners restrict to gsm7 to avoid. Both C-cedillas are
+  accepted for 0x09 (the standard's table shows ``Ç``, handsets render ``ç``).
+* ``integer``: ``[+-]?digits`` -> ``int``, within the signed 64-bit range so that
+  any consumer (PostgreSQL ``bigint``, JavaScript clients up to the range check
+  they do themselves) can hold it.
+* ``decimal``: ``[+-]?digits[.digits]`` -> canonical *string* (exact; no float
+  rounding): no ``+``, no leading zeros, no trailing fractional zeros, no bare
+  point, and ``-0`` is ``0``. ``+007.50`` -> ``"7.5"``.
+* ``boolean``: ``true``/``false`` in any letter case -> ``bool``.
+* ``date``: ``YYYY-MM-DDTHH:MM:SS`` then ``Z``, ``±HHMM`` or ``±HH:MM``; a real
+  calendar date and time, no fractions -> UTC ``YYYY-MM-DDTHH:MM:SSZ``.
+* ``single_select``: an option key (case-sensitive) -> ``str``.
+* ``multi_select``: option keys split by the file's Multi-Select-Delimiter ->
+  ``list[str]`` in first-seen order with duplicates dropped (the partner's
+  order is kept; sorting would invent one). An empty element is invalid.
+
+Empty cells never reach ``convert``: the caller skips them (an empty cell never
+changes anything).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+
+from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
+
+FieldType = Literal[
+    "string", "integer", "decimal", "boolean", "date", "single_select", "multi_select"
+]
+Charset = Literal["ascii", "gsm7", "unicode"]
+
+# Exactly the seed's two messages for PersonErrors::InvalidSelectCustomFieldValue.
+CHARSET_MESSAGE = "Custom field value is incompatible with the field's character set"
+INVALID_VALUE_MESSAGE = "Invalid custom field value"
+CHARSET_ERROR = RowError(INVALID_SELECT_CUSTOM_FIELD_VALUE, CHARSET_MESSAGE)
+INVALID_VALUE = RowError(INVALID_SELECT_CUSTOM_FIELD_VALUE, INVALID_VALUE_MESSAGE)
+
+# The id columns of a Person Import: a custom field of the same name could never
+# be addressed, so definitions may not use them.
+RESERVED_NAMES = frozenset(
+    {"person_id", "person_key", "external_person_id", "mdn", "vibes_device_id"}
+)
+_SELECT_TYPES = frozenset({"single_select", "multi_select"})
+
+# GSM 03.38 basic character set, in table order 0x00-0x7F, without 0x1B (ESC:
+# it introduces the extension table and is not a character itself).
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+) | {"ç"}
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
+_DATE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:Z|([+-])([0-9]{2}):?([0-9]{2}))"
+)
+_BOOLEANS = {"true": True, "false": False}
+
+
+class FieldDefinition(BaseModel):
+    """One custom field of a company, as written in its ``[[field]]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: FieldType
+    charset: Charset = "unicode"
+    options: list[str] = []
+
+    _option_set: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="after")
+    def _check(self) -> FieldDefinition:
+        _check_name(self.name)
+        if self.type in _SELECT_TYPES:
+            _check_options(self.options)
+        elif self.options:
+            raise ValueError(f"options are only for select fields, not {self.type}")
+        if self.type != "string" and "charset" in self.model_fields_set:
+            raise ValueError(f"charset is only for string fields, not {self.type}")
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Select conversion needs O(1) membership; the list keeps the file's order.
+        self._option_set = frozenset(self.options)
+
+
+def _check_name(name: str) -> None:
+    if not name or name != name.strip():
+        raise ValueError(f"field name {name!r} must be non-empty, without surrounding spaces")
+    if name != name.lower():
+        raise ValueError(f"field name {name!r} must be lowercase")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"field name {name!r} is a Person Import id column")
+
+
+def _check_options(options: list[str]) -> None:
+    if not options:
+        raise ValueError("options are required for single_select and multi_select")
+    if "" in options:
+        raise ValueError("an option key may not be empty")
+    seen: set[str] = set()
+    for option in options:
+        if option in seen:
+            raise ValueError(f"option {option!r} is listed twice")
+        seen.add(option)
+
+
+def load_definitions(path: Path) -> list[FieldDefinition]:
+    """Read a company's definitions; a bad file raises ValueError with a one-line reason.
+
+    A file with no ``[[field]]`` table is valid and defines no fields.
+    """
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: {e}") from None
+    unknown = sorted(set(data) - {"field"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key {unknown[0]!r}; expected [[field]] tables")
+    tables = data.get("field", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError(f"{path}: 'field' must be an array of tables ([[field]])")
+    definitions = [_definition(path, number, table) for number, table in enumerate(tables, 1)]
+    seen: set[str] = set()
+    for number, definition in enumerate(definitions, 1):
+        if definition.name in seen:
+            raise ValueError(
+                f"{path}: [[field]] #{number} ({definition.name!r}): name is defined twice"
+            )
+        seen.add(definition.name)
+    return definitions
+
+
+def _definition(path: Path, number: int, table: dict[str, Any]) -> FieldDefinition:
+    try:
+        return FieldDefinition.model_validate(table)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        reason = f"{where}: {first['msg']}" if where else first["msg"]
+        name = table.get("name")
+        raise ValueError(f"{path}: [[field]] #{number} ({name!r}): {reason}") from None
+
+
+def convert(defn: FieldDefinition, raw: str, multi_select_delimiter: str) -> object | RowError:
+    """The stored (JSON-serialisable) value of non-empty cell text ``raw``, or its row error."""
+    return _CONVERTERS[defn.type](defn, raw, multi_select_delimiter)
+
+
+def _string(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    charset = defn.charset
+    if charset == "unicode":
+        return raw
+    if charset == "ascii":
+        return raw if raw.isascii() else CHARSET_ERROR
+    return raw if GSM7_BASIC.issuperset(raw) else CHARSET_ERROR
+
+
+def _integer(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    if _INTEGER.fullmatch(raw) is None:
+        return INVALID_VALUE
+    value = int(raw)
+    return value if _INT64_MIN <= value <= _INT64_MAX else INVALID_VALUE
+
+
+def _decimal(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    match = _DECIMAL.fullmatch(raw)
+    if match is None:
+        return INVALID_VALUE
+    sign, whole, fraction = match.groups()
+    whole = whole.lstrip("0") or "0"
+    fraction = (fraction or "").rstrip("0")
+    text = f"{whole}.{fraction}" if fraction else whole
+    return "-" + text if sign == "-" and text != "0" else text
+
+
+def _boolean(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    value = _BOOLEANS.get(raw.lower())
+    return INVALID_VALUE if value is None else value
+
+
+def _date(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    match = _DATE.fullmatch(raw)
+    if match is None:
+        return INVALID_VALUE
+    year, month, day, hour, minute, second, sign, off_h, off_m = match.groups()
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+        if sign is not None:
+            if int(off_h) > 23 or int(off_m) > 59:
+                return INVALID_VALUE
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            # Local time = UTC + offset, so UTC = local - offset.
+            moment = moment - offset if sign == "+" else moment + offset
+    except (ValueError, OverflowError):
+        # Not a calendar date/time, or the UTC moment falls outside years 1-9999.
+        return INVALID_VALUE
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
+
+
+def _single_select(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
+    return raw if raw in defn._option_set else INVALID_VALUE
+
+
+def _multi_select(defn: FieldDefinition, raw: str, delimiter: str) -> object | RowError:
+    options = defn._option_set
+    # dict keeps first-seen order while dropping duplicates.
+    chosen: dict[str, None] = {}
+    for key in raw.split(delimiter):
+        if key not in options:
+            return INVALID_VALUE  # also catches "" (options are never empty)
+        chosen[key] = None
+    return list(chosen)
+
+
+_CONVERTERS: dict[str, Callable[[FieldDefinition, str, str], object | RowError]] = {
+    "string": _string,
+    "integer": _integer,
+    "decimal": _decimal,
+    "boolean": _boolean,
+    "date": _date,
+    "single_select": _single_select,
+    "multi_select": _multi_select,
+}
