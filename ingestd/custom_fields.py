@@ -33,11 +33,12 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
 
@@ -87,8 +88,6 @@ class FieldDefinition(BaseModel):
     charset: Charset = "unicode"
     options: list[str] = []
 
-    _option_set: frozenset[str] = PrivateAttr(default=frozenset())
-
     @model_validator(mode="after")
     def _check(self) -> FieldDefinition:
         _check_name(self.name)
@@ -100,9 +99,12 @@ class FieldDefinition(BaseModel):
             raise ValueError(f"charset is only for string fields, not {self.type}")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        # Select conversion needs O(1) membership; the list keeps the file's order.
-        self._option_set = frozenset(self.options)
+    @cached_property
+    def option_set(self) -> frozenset[str]:
+        """The options as a set: select conversion needs O(1) membership."""
+        # A cached_property lands in the instance __dict__, so later reads are a
+        # plain attribute lookup (pydantic private attributes go through __getattr__).
+        return frozenset(self.options)
 
 
 def _check_name(name: str) -> None:
@@ -209,9 +211,8 @@ def _date(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
         return INVALID_VALUE
     year, month, day, hour, minute, second, sign, off_h, off_m = match.groups()
     try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
-        )
+        # Naive, read as UTC: isoformat() then gives exactly YYYY-MM-DDTHH:MM:SS.
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
         if sign is not None:
             if int(off_h) > 23 or int(off_m) > 59:
                 return INVALID_VALUE
@@ -221,18 +222,15 @@ def _date(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
     except (ValueError, OverflowError):
         # Not a calendar date/time, or the UTC moment falls outside years 1-9999.
         return INVALID_VALUE
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
-    )
+    return moment.isoformat() + "Z"
 
 
 def _single_select(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
-    return raw if raw in defn._option_set else INVALID_VALUE
+    return raw if raw in defn.option_set else INVALID_VALUE
 
 
 def _multi_select(defn: FieldDefinition, raw: str, delimiter: str) -> object | RowError:
-    options = defn._option_set
+    options = defn.option_set
     # dict keeps first-seen order while dropping duplicates.
     chosen: dict[str, None] = {}
     for key in raw.split(delimiter):
