@@ -177,6 +177,8 @@ def _found(name: str | None) -> CarrierResult:
 class OfflineCarrierLookup:
     """phonenumbers' metadata: no network, so nothing is ever transient."""
 
+    remote = False  # answers locally: caching in PostgreSQL would only cost time
+
     def __init__(self, region: str = "US", *, on_event: EventHook | None = None) -> None:
         # Only used to read a number that lacks the leading "+"; callers pass E.164.
         self.region = region
@@ -227,6 +229,8 @@ class _StopIfCircuitOpen(stop_base):
 
 class HttpCarrierLookup:
     """The HTTP contract of the module docstring, with tenacity retries and a shared bound."""
+
+    remote = True  # results are worth caching in PostgreSQL
 
     def __init__(
         self,

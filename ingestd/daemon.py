@@ -30,7 +30,8 @@ class Daemon:
         self.settings = settings
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
-        self.notifier = Notifier()
+        # unset: the embedded PostgreSQL must not talk to systemd as if it were us
+        self.notifier = Notifier(unset_environment=True)
         self.db_ok = True
         self.started = False
 
@@ -49,6 +50,13 @@ class Daemon:
                             r.get("accepted", 0), r.get("rejected_by_class"),
                             r.get("duration_s"))
 
+    @staticmethod
+    def _on_carrier_event(event: str, outcome: str) -> None:
+        if event == "lookup":
+            metrics.record_carrier(outcome)
+        elif event == "retry":
+            metrics.record_carrier_retry()
+
     def run(self) -> int:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -56,7 +64,7 @@ class Daemon:
         db = Database(settings, pool_size=max(settings.pool_max_size, settings.workers + 4))
         try:
             db.upgrade()
-            carrier = make_carrier(settings)
+            carrier = make_carrier(settings, on_event=self._on_carrier_event)
             pipeline = Pipeline(settings, db, carrier)
             scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
                                   on_outcome=self._on_outcome)

@@ -33,6 +33,7 @@ UNSUPPORTED_FILE = "ingestd::UnsupportedFile"
 NOT_A_REGULAR_FILE = "ingestd::NotARegularFile"
 EMPTY_FILE = "ingestd::EmptyFile"
 INTERNAL_ERROR = "ingestd::InternalError"
+UNREADABLE_FILE = "ingestd::UnreadableFile"
 CONTACTS_GLOBAL = "ContactsImport::GlobalError"
 
 # Subject contacts rows (FORMATS.md section 2 leaves the classes open; the rejected

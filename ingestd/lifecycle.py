@@ -79,11 +79,16 @@ class Outcome:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, companion: Path | None = None) -> str:
+    """The file's content hash; a companion (NAME.csv.headers) is part of the content,
+    so a CSV re-sent with the precondition it lacked is not taken for a duplicate."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
+    for p in (path, companion) if companion else (path,):
+        if p is companion:
+            h.update(b"\0" + p.name[len(path.name):].encode() + b"\0")
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -205,7 +210,11 @@ class Pipeline:
                               f"{name} is {kind}; only regular files are imported")
         else:
             before = _stat_key(path)
-            sha = sha256_of(path)
+            try:
+                sha = sha256_of(path, claim.headers_path)
+            except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
+                error = FileError(errors.UNREADABLE_FILE,
+                                  f"{name} cannot be read by ingestd: {exc.strerror}")
         meta: dict[str, Any] = {}
         duplicate: tuple[int, str] | None = None
         results = RowResults(None, None)

@@ -22,6 +22,7 @@ from psycopg import sql
 from ingestd import errors
 from ingestd.carrier import CarrierResult
 from ingestd.custom_fields import FieldDefinition, convert
+from ingestd.db.carrier_cache import cached_lookup
 from ingestd.db.fields import list_fields
 from ingestd.errors import FileError, RowError
 from ingestd.formats.persons import (
@@ -221,10 +222,16 @@ class _Chunk:
             if r.device:
                 devices.add(r.device)
         index = _Index()
+        # One index lookup per id kind, unioned: an OR of ANYs would scan the table.
         query = sql.SQL(
-            "SELECT person_id, person_key::text, external_person_id, mdn, vibes_device_id,"
-            " carrier, custom FROM {t} WHERE person_id = ANY(%s) OR person_key = ANY(%s::uuid[])"
-            " OR external_person_id = ANY(%s) OR mdn = ANY(%s) OR vibes_device_id = ANY(%s)"
+            "WITH hit AS ("
+            " SELECT person_id FROM {t} WHERE person_id = ANY(%s)"
+            " UNION SELECT person_id FROM {t} WHERE person_key = ANY(%s::uuid[])"
+            " UNION SELECT person_id FROM {t} WHERE external_person_id = ANY(%s)"
+            " UNION SELECT person_id FROM {t} WHERE mdn = ANY(%s)"
+            " UNION SELECT person_id FROM {t} WHERE vibes_device_id = ANY(%s))"
+            " SELECT p.person_id, p.person_key::text, p.external_person_id, p.mdn,"
+            " p.vibes_device_id, p.carrier, p.custom FROM {t} p JOIN hit USING (person_id)"
         ).format(t=self.table)
         for rec in self.conn.execute(query, (list(ids), list(keys), list(exts), list(mdns),
                                              list(devices))):
@@ -240,8 +247,8 @@ class _Chunk:
         wanted = {r.mdn for r in rows if r.mdn and r.mdn not in index.by_mdn}
         if not wanted:
             return {}
-        from ingestd.db.carrier_cache import cached_lookup
-
+        if not getattr(self.ctx.carrier, "remote", True):
+            return self.ctx.carrier.lookup_many(wanted)
         return cached_lookup(self.conn, self.ctx.carrier, wanted,
                              self.ctx.settings.carrier_cache_ttl)
 
