@@ -163,6 +163,7 @@ class Watcher:
     def _check_settled(self) -> None:
         now = time.monotonic()
         settle = self.settings.settle_seconds
+        ready: list[tuple[int, str, Path]] = []
         for path, cand in list(self._candidates.items()):
             if now - cand.stable_since < settle:
                 continue
@@ -181,7 +182,11 @@ class Watcher:
                     path.with_name(path.name + landing.MARKER_SUFFIX)):
                 continue
             del self._candidates[path]
-            self._emit(path, st.st_mtime_ns)
+            ready.append((st.st_mtime_ns, path.name, path))
+        # Oldest first: an idle worker takes the first file handed to it, and files that
+        # settle together (a start-up scan, say) must still go in drop order.
+        for mtime_ns, _, path in sorted(ready):
+            self._emit(path, mtime_ns)
 
     def _emit(self, path: Path, mtime_ns: int) -> None:
         if self.on_ready(path, mtime_ns):  # False: already queued, seen again by a rescan
