@@ -154,7 +154,14 @@ class Pipeline:
 
     def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
-        dirs.ensure()
+        try:
+            dirs.ensure()
+        except PermissionError as exc:
+            # The company folder is root-owned (SFTP chroot): an admin makes these.
+            raise RuntimeError(
+                f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
+                "done/ and failed/ for the ingestd user (README: Install as a service)"
+            ) from exc
         claim = Claim(dirs, landing.new_claim_id(), name or path.name)
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
