@@ -120,6 +120,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
+from ingestd.phones import number_type_is_mobile
 
 if TYPE_CHECKING:
     from ingestd.settings import Settings
@@ -188,15 +189,18 @@ class OfflineCarrierLookup:
         return {mdn: self._lookup(mdn) for mdn in dict.fromkeys(numbers)}
 
     def _lookup(self, mdn: str) -> CarrierResult:
-        try:
-            number = phonenumbers.parse(mdn, self.region)
-        except phonenumbers.NumberParseException:
-            number = None
-        # An invalid number has type UNKNOWN, so it falls out as permanent too.
-        if number is None or phonenumbers.number_type(number) not in _MOBILE_TYPES:
+        # An invalid number is not mobile either, so it falls out as permanent too.
+        if not number_type_is_mobile(mdn):
             _emit(self._on_event, "lookup", "permanent")
             return CarrierResult(carrier=None, error=PERMANENT)
         _emit(self._on_event, "lookup", "found")
+        if mdn.startswith("+1"):
+            # phonenumbers has no carrier data for NANP (numbers are portable there).
+            return _found(None)
+        try:
+            number = phonenumbers.parse(mdn, self.region)
+        except phonenumbers.NumberParseException:
+            return _found(None)
         return _found(pn_carrier.name_for_number(number, "en"))
 
 

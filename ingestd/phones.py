@@ -60,16 +60,33 @@ def number_type_is_mobile(e164: str) -> bool:
     return _is_mobile(e164)
 
 
+# The number type of numbers normalize_mdn validated, so the offline carrier lookup
+# right after does not repeat phonenumbers' most expensive step (the type matching
+# that validation has just done). Bounded like the caches above.
+_TYPES: dict[str, int] = {}
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _normalize(raw: str, region: str) -> str | RowError:
     number = _number_from_text(raw, region)
     if number is None or not phonenumbers.is_valid_number(number):
         return INVALID_MDN
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    if len(_TYPES) >= _CACHE_SIZE:
+        _TYPES.clear()
+    _TYPES[e164] = phonenumbers.number_type(number)
+    return e164
+
+
+def _is_mobile(e164: str) -> bool:
+    known = _TYPES.get(e164)
+    if known is not None:
+        return known in _MOBILE_TYPES
+    return _is_mobile_slow(e164)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
-def _is_mobile(e164: str) -> bool:
+def _is_mobile_slow(e164: str) -> bool:
     number = _number_from_text(e164, "US") if e164.startswith("+") else None
     return number is not None and phonenumbers.number_type(number) in _MOBILE_TYPES
 
