@@ -11,16 +11,18 @@ directories to it, a root caller runs the server inside a new user namespace
 its files are still root's, so nothing outside the state directory changes.
 
 The server listens on a unix socket inside the data directory only (no TCP), and
-is reused by the next start if still running, for example after ``kill -9``.
-Only the process that started it stops it.
+is reused by the next start if still running. Only its owner stops it: the process
+that started it, or, after a ``kill -9`` of that process, the next one to start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,6 +66,11 @@ class EmbeddedPostgres:
         self.root = (state_dir / "postgres").resolve()
         self.data = self.root / "data"
         self.socket_dir = self.root / "run"
+        if len(str(self.socket_dir / f".s.PGSQL.{PORT}.lock")) > 100:
+            # Unix socket paths are limited to ~107 bytes: a deep state dir gets a short
+            # private socket directory instead, named after it so restarts find it again.
+            digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+            self.socket_dir = Path(tempfile.gettempdir()) / f"ingestd-pg-{os.geteuid()}-{digest}"
         self.log_file = self.root / "server.log"
         self.bindir = _bindir()
         self.started_here = False
@@ -88,6 +95,8 @@ class EmbeddedPostgres:
         """Start (or reuse) the server and return its URL."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.socket_dir.mkdir(exist_ok=True, mode=0o700)
+        if self.socket_dir.stat().st_uid != os.geteuid():
+            raise RuntimeError(f"{self.socket_dir} belongs to another user; refusing to use it")
         if not (self.data / "PG_VERSION").exists():
             if self.data.exists():
                 shutil.rmtree(self.data)  # a half-made initdb from an earlier crash
@@ -95,7 +104,12 @@ class EmbeddedPostgres:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
                       "-E", "UTF8", "--no-sync")
         if self._responding():
-            log.info("db.embedded.reused", data=str(self.data))
+            if self._owner_alive():
+                log.info("db.embedded.reused", data=str(self.data))
+            else:
+                # Its starter died (kill -9): adopt it, so someone stops it eventually.
+                self._own()
+                log.info("db.embedded.adopted", data=str(self.data))
             return self.url
         opts = (
             f"-c listen_addresses='' -k {self.socket_dir} -p {PORT}"
@@ -115,13 +129,30 @@ class EmbeddedPostgres:
             if time.monotonic() > deadline:
                 raise RuntimeError("embedded PostgreSQL started but does not answer")
             time.sleep(0.1)
-        self.started_here = True
+        self._own()
         log.info("db.embedded.started", data=str(self.data))
         return self.url
+
+    @property
+    def _owner_file(self) -> Path:
+        return self.root / "owner.pid"
+
+    def _own(self) -> None:
+        self._owner_file.write_text(str(os.getpid()))
+        self.started_here = True
+
+    def _owner_alive(self) -> bool:
+        try:
+            pid = int(self._owner_file.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        return pid != os.getpid()
 
     def stop(self) -> None:
         if not self.started_here:
             return
+        self._owner_file.unlink(missing_ok=True)
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
         self.started_here = False
         log.info("db.embedded.stopped", data=str(self.data))
