@@ -136,11 +136,12 @@ class Daemon:
         except Exception as exc:
             log.error("daemon.reload_failed", error=str(exc))
             return
-        self.settings.log_level = fresh.log_level
-        logs.configure(fresh.log_level, self.settings.log_format)
+        # Logged before the switch, so a reload to warning still confirms itself.
         # Custom field definitions are read from the database at the start of each file,
         # so a `fields load` takes effect with the next file; nothing else to refresh.
         log.info("daemon.reloaded", log_level=fresh.log_level)
+        self.settings.log_level = fresh.log_level
+        logs.configure(fresh.log_level, self.settings.log_format)
 
 
 def run(settings: Settings) -> int:

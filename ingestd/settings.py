@@ -32,6 +32,7 @@ class Settings(BaseSettings):
 
     # Watching
     settle_seconds: float = Field(2.0, ge=0)
+    write_timeout_seconds: float = Field(900.0, gt=0)
     rescan_seconds: float = Field(30.0, gt=0)
     polling_observer: bool = False
     polling_interval: float = Field(1.0, gt=0)

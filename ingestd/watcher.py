@@ -1,9 +1,16 @@
 """Noticing finished uploads: watchdog events, a start-up scan and a periodic rescan.
 
 Emits paths that are *ready* (DESIGN.md): a regular file whose name passes the
-filters and whose size and mtime have not changed for the settle period. A close
-event alone proves nothing (an aborted SFTP upload closes the file too), so
-events only tell us where to look; readiness is decided by re-stat'ing.
+filters, that was closed after its last write, and whose size and mtime have not
+changed for the settle period. Both are needed: a writer may pause longer than
+the settle period with the file open (a slow SFTP upload), and a close alone
+proves nothing (an aborted upload closes the file too).
+
+"Closed after write" comes from inotify (IN_MODIFY … IN_CLOSE_WRITE). The polling
+observer (NFS/CIFS) has no such events and relies on the settle period alone,
+as do files found by a scan that no event told us about. A close event lost to an
+inotify overflow would block a file forever, so a file that has been stable for
+``write_timeout_seconds`` while looking open is taken anyway, with a warning.
 Non-regular entries (symlinks, FIFOs, devices) are emitted at once, flagged by
 the lifecycle as failures, and never opened here.
 """
@@ -19,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -29,10 +42,14 @@ from ingestd.settings import Settings
 log = structlog.get_logger("ingestd.watcher")
 
 
+WRITING, CLOSED = "writing", "closed"
+
+
 @dataclass
 class _Candidate:
     key: tuple[int, int]  # size, mtime_ns
     stable_since: float  # monotonic time the key was last seen to change
+    writing: bool = False  # written to and not yet closed, as far as inotify told us
 
 
 class _Handler(FileSystemEventHandler):
@@ -40,10 +57,14 @@ class _Handler(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        for attr in ("src_path", "dest_path"):
-            p = getattr(event, attr, None)
-            if p:
-                self.watcher.poke(Path(os.fsdecode(p)))
+        state: str | None = None
+        if isinstance(event, FileModifiedEvent | FileCreatedEvent):
+            state = WRITING
+        elif isinstance(event, FileClosedEvent):  # IN_CLOSE_WRITE only
+            state = CLOSED
+        self.watcher.poke(Path(os.fsdecode(event.src_path)), state)
+        if event.dest_path:  # a rename: the new name's writer has finished with it
+            self.watcher.poke(Path(os.fsdecode(event.dest_path)), CLOSED)
 
 
 class Watcher:
@@ -53,7 +74,7 @@ class Watcher:
         self.root = settings.landing_root.absolute()
         self.on_ready = on_ready  # (path, mtime_ns) -> newly queued?
         self.on_rescan = on_rescan
-        self._pending: set[Path] = set()
+        self._pending: dict[Path, str | None] = {}
         self._lock = threading.Lock()
         self._candidates: dict[Path, _Candidate] = {}
         self._stop = threading.Event()
@@ -94,8 +115,9 @@ class Watcher:
 
     # -- input --------------------------------------------------------------------
 
-    def poke(self, path: Path) -> None:
-        """Something happened at ``path`` (called from watchdog's thread)."""
+    def poke(self, path: Path, state: str | None = None) -> None:
+        """Something happened at ``path`` (called from watchdog's thread); ``state`` is
+        WRITING or CLOSED when the event says so."""
         if path.parent.name != landing.INBOX or path.parent.parent.parent != self.root:
             return
         name = path.name
@@ -104,7 +126,8 @@ class Watcher:
         elif landing.is_in_flight(name) or landing.is_companion(name):
             return
         with self._lock:
-            self._pending.add(path)
+            if state is not None or path not in self._pending:
+                self._pending[path] = state  # events arrive in order: the last one wins
 
     def _scan(self) -> None:
         if not self.root.is_dir():
@@ -134,15 +157,15 @@ class Watcher:
                     if self.on_rescan:
                         self.on_rescan()
                 with self._lock:
-                    pending, self._pending = self._pending, set()
-                for path in pending:
-                    self._observe(path)
+                    pending, self._pending = self._pending, {}
+                for path, state in pending.items():
+                    self._observe(path, state)
                 self._check_settled()
             except Exception:
                 log.exception("watcher.error")
             self._stop.wait(min(0.2, max(self.settings.settle_seconds / 4, 0.05)))
 
-    def _observe(self, path: Path) -> None:
+    def _observe(self, path: Path, state: str | None = None) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -158,7 +181,10 @@ class Watcher:
         key = (st.st_size, st.st_mtime_ns)
         cand = self._candidates.get(path)
         if cand is None or cand.key != key:
-            self._candidates[path] = _Candidate(key, time.monotonic())
+            writing = cand.writing if cand is not None else False
+            cand = self._candidates[path] = _Candidate(key, time.monotonic(), writing)
+        if state is not None:
+            cand.writing = state == WRITING
 
     def _check_settled(self) -> None:
         now = time.monotonic()
@@ -174,8 +200,13 @@ class Watcher:
                 continue
             key = (st.st_size, st.st_mtime_ns)
             if key != cand.key:  # still being written, even if no event told us
-                self._candidates[path] = _Candidate(key, now)
+                self._candidates[path] = _Candidate(key, now, cand.writing)
                 continue
+            if cand.writing:
+                if now - cand.stable_since < self.settings.write_timeout_seconds:
+                    continue  # open for writing: the uploader may only be pausing
+                log.warning("file.assumed_closed", company=path.parent.parent.name,
+                            file=path.name, stable_s=round(now - cand.stable_since, 1))
             if time.time() - st.st_mtime < settle:
                 continue  # mtime in the future or just now: wait (clock skew over NFS)
             if self.settings.marker_mode and not os.path.lexists(

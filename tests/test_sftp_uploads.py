@@ -235,13 +235,6 @@ def ledger_names(db_url: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "ingestd/watcher.py readiness is size+mtime stable for settle_seconds only; DESIGN.md "
-    "also requires 'closed after write'. An SFTP upload that stalls longer than the settle "
-    "period with its handle open is claimed mid-upload: the first chunk (40010 bytes, ending "
-    "mid-line) is applied as 4000 rows, the truncated last line 'b' becomes a person, the "
-    "file goes to done/, and the rest of the upload is written into done/big.persons "
-    "through the still-open handle: 16001 rows silently never applied"))
 def test_slow_upload_is_claimed_only_after_its_last_byte(
         db_url: str, dirs: CompanyDirs, sftp_server: SFTPServerThread,
         daemon: Daemon) -> None:
