@@ -351,10 +351,6 @@ def test_sighup_reloads_log_level_and_keeps_working(
     assert not d.errors(), d.errors()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon._reload reconfigures logging to the new level before logging "
-    "daemon.reloaded at info: raising the level to warning/error swallows the "
-    "confirmation the README lists for SIGHUP"))
 def test_sighup_to_warning_still_confirms_the_reload(
         tmp_path: Path, landing: Path, db_url: str, daemons: list[Daemon]) -> None:
     dirs = setup_company(db_url, landing, "acme")
