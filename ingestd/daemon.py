@@ -61,7 +61,8 @@ class Daemon:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        db = Database(settings, pool_size=max(settings.pool_max_size, settings.workers + 4))
+        # each worker: its company-lock connection, plus one for the carrier cache
+        db = Database(settings, pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
         try:
             db.upgrade()
             carrier = make_carrier(settings, on_event=self._on_carrier_event)

@@ -250,7 +250,9 @@ class Pipeline:
                 ctx = ApplyContext(conn=conn, company=company, path=path, name=name,
                                    headers_path=claim.headers_path, results=results,
                                    settings=self.settings, carrier=self.carrier,
-                                   warnings=warnings)
+                                   warnings=warnings,
+                                   # check writes nothing, not even the carrier cache
+                                   side_pool=None if dry_run else self.db.pool)
                 try:
                     with conn.transaction():  # savepoint: a file error undoes every row
                         processor_for(fmt).apply(ctx)

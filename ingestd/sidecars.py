@@ -4,13 +4,14 @@ temporary dot-name and renamed into place, so a partner never sees half a sideca
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from ingestd.formats.persons import iter_persons
 
 
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
@@ -37,7 +38,8 @@ def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
 def _csv(directory: Path, filename: str, header: Sequence[str] | None,
          rows: Iterable[Sequence[Any]], delimiter: str = ",") -> Path:
     def fill(fh: TextIO) -> None:
-        w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
+        # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
+        w = csv.writer(fh, delimiter=delimiter, lineterminator="\r\n")
         if header is not None:
             w.writerow(header)
         w.writerows(rows)
@@ -54,23 +56,10 @@ def persons_errors(directory: Path, name: str, columns: Sequence[str],
 
 def persons_retry(directory: Path, name: str, columns: Sequence[str], delimiter: str,
                   multi_select_delimiter: str, rows: Iterable[Sequence[str]]) -> Path:
-    """NAME.retry.persons: the rows that failed the carrier lookup transiently, ready to drop again.
-
-    A header block is written only when the original used non-default delimiters,
-    since a header row alone cannot carry them.
-    """
+    """NAME.retry.persons: the rows that failed the carrier lookup transiently, ready to
+    drop again, written so that the persons reader gives back exactly these rows."""
     def fill(fh: TextIO) -> None:
-        if delimiter != "," or multi_select_delimiter != "|":
-            fh.write(f"Fields: {','.join(columns)}\n")
-            fh.write(f"Delimiter: {'tab' if delimiter == chr(9) else delimiter}\n")
-            fh.write(f"Multi-Select-Delimiter: {multi_select_delimiter}\n\n")
-            header = False
-        else:
-            header = True
-        w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
-        if header:
-            w.writerow(columns)
-        w.writerows(rows)
+        fh.writelines(iter_persons(columns, rows, delimiter, multi_select_delimiter))
     return write_atomic(directory / f"{name}.retry.persons", fill)
 
 
@@ -92,8 +81,3 @@ def contacts_global(directory: Path, name: str, rows: Iterable[tuple[str, str]])
     """NAME.global.csv: responseTrackingCode or '*', message."""
     return _csv(directory, f"{name}.global.csv", None, rows)
 
-
-def render_csv_line(fields: Sequence[Any]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow(fields)
-    return buf.getvalue()

@@ -15,7 +15,6 @@ import csv
 import json
 import shutil
 import threading
-import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -978,9 +977,6 @@ def test_retry_file_round_trip_after_the_service_recovers(
     assert not (env.company_dir / "done" / "tabs.persons.retry~2.persons.retry.persons").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sidecars: csv.writer(lineterminator='\\n') on Python 3.11 leaves a field holding a lone"
-    " CR unquoted, so NAME.retry.persons (and NAME.errors.csv) split that record"))
 def test_retry_file_keeps_a_lone_carriage_return(env: Env, server: CarrierServer) -> None:
     server.script[mdn(2)] = [503]
     name = "cr.persons"
@@ -998,9 +994,6 @@ def test_retry_file_keeps_a_lone_carriage_return(env: Env, server: CarrierServer
     assert env.errors_csv(name)[1] == ["1", TRANSIENT, TRANSIENT_MSG, "e2", mdn(2), "old\rmac"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sidecars.persons_retry writes the field names raw: a first name holding ':' makes the"
-    " header row read back as a header line, a name holding ',' splits in the Fields header"))
 @pytest.mark.parametrize(("field", "head"), [
     ("x:y", "Fields: x:y,mdn\n\n"),  # default delimiters: the retry file has a header row
     ("a,b", "Delimiter: tab\n\na,b\tmdn\n"),  # a header block: names go in Fields
@@ -1074,39 +1067,19 @@ def test_http_lookups_are_cached_across_files(env: Env, server: CarrierServer) -
     assert server.calls == Counter({mdn(1): 2, mdn(9): 1})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "carrier_cache rows are written inside the file's long transaction: another company's"
-    " file that looks up the same number waits on that row lock until the first file commits"))
-def test_a_lookup_does_not_wait_for_another_companys_open_file(
+def test_the_cache_is_written_outside_the_files_transaction(
         env: Env, server: CarrierServer) -> None:
-    # Company beta's file is being applied and has just cached mdn(1) (uncommitted, as
-    # cached_lookup does inside the file's transaction).
-    with psycopg.connect(env.db_url) as other, \
-            psycopg.connect(env.db_url, autocommit=True) as watcher:
-        other.execute("INSERT INTO ingestd.carrier_cache (mdn, carrier) VALUES (%s, 'X')",
-                      (mdn(1),))
-        pid_row = other.execute("SELECT pg_backend_pid()").fetchone()
-        assert pid_row is not None
-        outcomes: list[Outcome] = []
-        pipeline = env.pipeline(**http_settings(server))
-        path = env.drop("wait.persons", body("mdn", mdn(1)))
-        worker = threading.Thread(target=lambda: outcomes.append(pipeline.process(path)))
-        worker.start()
-        blocked = False
-        try:
-            # Until acme's file is finished, or its backend waits on beta's transaction.
-            while worker.is_alive() and not blocked:
-                row = watcher.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
-                    (pid_row[0],)).fetchone()
-                blocked = row is not None and row[0] > 0
-                if not blocked:
-                    time.sleep(0.01)
-        finally:
-            other.rollback()
-            worker.join()
-    assert not blocked
-    assert [o.status for o in outcomes] == ["done"]
+    """Lookups are committed at once on their own connection: another company's file never
+    waits on this file's uncommitted cache rows, and a file that fails keeps them."""
+    pipeline = env.pipeline(chunk_size=1, **http_settings(server))
+    # Chunk 1 looks mdn(1) up; the invalid UTF-8 of line 3 then fails the whole file.
+    path = env.drop("fails.persons", f"mdn\n{mdn(1)}\n".encode() + b"\xff\xfe\n")
+    outcome = pipeline.process(path)
+    assert outcome.status == "failed"
+    assert env.count("SELECT count(*) FROM acme.persons") == 0
+    assert env.count(
+        f"SELECT count(*) FROM ingestd.carrier_cache WHERE mdn = '{mdn(1)}'") == 1
+    assert server.calls == Counter({mdn(1): 1})
 
 
 # --- ingestd check -----------------------------------------------------------------------------

@@ -329,7 +329,19 @@ def write_persons(
     multi_select_delimiter: str = DEFAULT_MULTI_SELECT_DELIMITER,
     header_block: bool = False,
 ) -> str:
-    """A Person Import text that ``open_persons`` reads back as ``fields`` and ``rows``.
+    """A Person Import text that ``open_persons`` reads back as ``fields`` and ``rows``
+    (``iter_persons`` joined)."""
+    return "".join(iter_persons(fields, rows, delimiter, multi_select_delimiter, header_block))
+
+
+def iter_persons(
+    fields: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    delimiter: str = DEFAULT_DELIMITER,
+    multi_select_delimiter: str = DEFAULT_MULTI_SELECT_DELIMITER,
+    header_block: bool = False,
+) -> Iterator[str]:
+    """The lines of a Person Import text, streamed (a retry file may be large).
 
     ``header_block=True`` names the fields in a ``Fields`` header and writes every
     header; otherwise the names are the body's first row, and a header block holds
@@ -351,18 +363,19 @@ def write_persons(
     if header_block or multi_select_delimiter != DEFAULT_MULTI_SELECT_DELIMITER:
         headers.append(("Multi-Select-Delimiter", _header_value(multi_select_delimiter)))
 
-    out: list[str] = [f"{name}: {value}\n" for name, value in headers]
+    for name, value in headers:
+        yield f"{name}: {value}\n"
     if headers:
-        out.append("\n")
+        yield "\n"
     if not header_block:
         line = _format_row(fields, delimiter)
         if not headers and _HEADER_LINE.fullmatch(line):
             # It would be read as a header line; a quoted first name cannot be.
             rest = line[len(_quote(fields[0], delimiter)) :]
             line = '"' + fields[0].replace('"', '""') + '"' + rest
-        out.append(line + "\n")
-    out.extend(_format_row(row, delimiter) + "\n" for row in rows)
-    return "".join(out)
+        yield line + "\n"
+    for row in rows:
+        yield _format_row(row, delimiter) + "\n"
 
 
 def _format_row(values: Sequence[str], delimiter: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from ingestd.errors import RowError
 
@@ -97,6 +98,9 @@ class ApplyContext:
     settings: Settings
     carrier: CarrierLookup
     warnings: list[str] = field(default_factory=list)
+    # Connections outside the file's transaction, for what must not roll back or wait
+    # with it (the shared carrier cache). None: the cache is skipped.
+    side_pool: ConnectionPool[psycopg.Connection[Any]] | None = None
     # Set by the processor: the file's field names (persons errors.csv header) and,
     # for persons, the records that failed the carrier lookup transiently (retry file).
     columns: list[str] = field(default_factory=list)

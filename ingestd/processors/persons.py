@@ -247,10 +247,12 @@ class _Chunk:
         wanted = {r.mdn for r in rows if r.mdn and r.mdn not in index.by_mdn}
         if not wanted:
             return {}
-        if not getattr(self.ctx.carrier, "remote", True):
+        pool = self.ctx.side_pool
+        if pool is None or not getattr(self.ctx.carrier, "remote", True):
             return self.ctx.carrier.lookup_many(wanted)
-        return cached_lookup(self.conn, self.ctx.carrier, wanted,
-                             self.ctx.settings.carrier_cache_ttl)
+        with pool.connection() as side:
+            return cached_lookup(side, self.ctx.carrier, wanted,
+                                 self.ctx.settings.carrier_cache_ttl)
 
     def _resolve(self, row: _Row, index: _Index,
                  lookups: dict[str, CarrierResult]) -> RowError | None:
