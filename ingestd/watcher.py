@@ -28,7 +28,6 @@ from pathlib import Path
 import structlog
 from watchdog.events import (
     FileClosedEvent,
-    FileCreatedEvent,
     FileModifiedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -58,7 +57,9 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         state: str | None = None
-        if isinstance(event, FileModifiedEvent | FileCreatedEvent):
+        # IN_MODIFY means data was written; a bare create is not a write (a file renamed
+        # in from elsewhere shows up as created, and it will never be closed here).
+        if isinstance(event, FileModifiedEvent):
             state = WRITING
         elif isinstance(event, FileClosedEvent):  # IN_CLOSE_WRITE only
             state = CLOSED
