@@ -1,0 +1,568 @@
+"""End to end: the real daemon (`python -m ingestd run`) in a subprocess, a real
+PostgreSQL, real files and real watchdog events.
+
+Every wait is a deadline-bounded poll (``wait_for``); no test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import itertools
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from daemon_helpers import (
+    NOTE_FIELD,
+    Daemon,
+    base_env,
+    drop,
+    entries,
+    ledger,
+    listing,
+    query,
+    result_json,
+    run_cli,
+    scalar,
+    setup_company,
+)
+
+from ingestd import errors
+from ingestd.cli import build_parser
+from ingestd.landing import CompanyDirs
+
+# The row errors of FORMATS.md section 1, with the seed's messages.
+MDN_MESSAGE = "The mdn is incorrectly formatted. It should be an E.164 mdn."
+
+RESULT_KEYS = {"status", "format", "company", "file", "sha256", "rows", "accepted",
+               "rejected", "rejected_by_class", "started_at", "finished_at", "duration_s",
+               "warnings"}
+
+StartDaemon = Callable[..., Daemon]
+
+
+@pytest.fixture
+def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
+    return base_env(db_url, landing, tmp_path / "state")
+
+
+@pytest.fixture
+def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
+    """Start a daemon (env overrides as keyword arguments); any left running is killed."""
+    started: list[Daemon] = []
+
+    def start(wait_started: bool = True, **overrides: str) -> Daemon:
+        d = Daemon({**env, **overrides})
+        started.append(d)
+        return d.start(wait_started=wait_started)
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def stop_cleanly(d: Daemon) -> None:
+    """SIGTERM → exit 0, and nothing logged at error level on the way."""
+    code = d.stop(signal.SIGTERM)
+    assert code == 0, d.tail()
+    assert d.find("daemon.stopping"), d.tail()
+    assert d.errors() == [], d.errors()
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def persons(db_url: str, company: str) -> list[tuple[Any, ...]]:
+    """(external_person_id, mdn, custom) of every person, by person_id."""
+    return query(db_url, f'SELECT external_person_id, mdn, custom FROM "{company}".persons'
+                         " ORDER BY person_id")
+
+
+def person_count(db_url: str, company: str) -> int:
+    n: int = scalar(db_url, f'SELECT count(*) FROM "{company}".persons')
+    return n
+
+
+def drops_in(directory: Path) -> list[str]:
+    """The dropped files in done/ or failed/ (sidecars left out)."""
+    sidecar = (".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv",
+               ".global.csv", ".retry.persons")
+    return [n for n in listing(directory) if not n.endswith(sidecar)]
+
+
+def log_time(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+
+
+# -- 1. a drop, its rows and its sidecars ----------------------------------------------
+
+MIXED = ("person_id,mdn,external_person_id,note,color\n"
+         ",2295551234,e1,hello,\n"     # 1 accepted: a new person, found by nobody
+         ",abc,e2,x,\n"                # 2 InvalidMDNFormat
+         ",2295551235,e3,,red\n"       # 3 CustomFieldNotFound: no field "color"
+         "999,,,,\n")                  # 4 PersonNotFound
+
+
+def test_drop_is_applied_with_result_and_errors_sidecars(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    d = start_daemon()
+    drop(acme, "crm.persons", MIXED)
+    done = d.wait_event("file.done", company="acme", file="crm.persons")[0]
+    stop_cleanly(d)
+
+    # the lifecycle's events, in order, each naming the company and the file
+    names = [e["event"] for e in d.snapshot()
+             if e.get("file") == "crm.persons" and e.get("company") == "acme"]
+    assert names == ["file.ready", "file.claimed", "file.applied", "file.done"]
+    assert done["rows"] == 4 and done["accepted"] == 1 and done["rejected"] == 3
+
+    # where everything is
+    assert listing(acme.done) == ["crm.persons", "crm.persons.errors.csv",
+                                  "crm.persons.result.json"]
+    assert (acme.done / "crm.persons").read_text() == MIXED
+    assert listing(acme.inbox) == [] and listing(acme.failed) == []
+    assert list(entries(acme.processing)) == []
+
+    # the rows
+    assert persons(db_url, "acme") == [("e1", "+12295551234", {"note": "hello"})]
+
+    # result.json (FORMATS.md section 3)
+    result = result_json(acme.done, "crm.persons")
+    assert result.keys() >= RESULT_KEYS
+    assert "error" not in result and "duplicate_of" not in result
+    assert result["status"] == "done"
+    assert result["format"] == "persons"
+    assert result["company"] == "acme"
+    assert result["file"] == "crm.persons"
+    assert result["sha256"] == hashlib.sha256(MIXED.encode()).hexdigest()
+    assert (result["rows"], result["accepted"], result["rejected"]) == (4, 1, 3)
+    assert result["rejected_by_class"] == {
+        errors.INVALID_MDN_FORMAT: 1,
+        errors.CUSTOM_FIELD_NOT_FOUND: 1,
+        errors.PERSON_NOT_FOUND: 1,
+    }
+    started = datetime.fromisoformat(result["started_at"])
+    finished = datetime.fromisoformat(result["finished_at"])
+    assert started.tzinfo is not None and started <= finished
+    assert isinstance(result["duration_s"], int | float) and result["duration_s"] >= 0
+    assert result["warnings"] == []
+
+    # errors.csv: exact class and message, then the row's fields as given
+    assert read_csv(acme.done / "crm.persons.errors.csv") == [
+        ["record", "error_class", "error_message",
+         "person_id", "mdn", "external_person_id", "note", "color"],
+        ["2", "MobilePhoneErrors::InvalidMDNFormat", MDN_MESSAGE, "", "abc", "e2", "x", ""],
+        ["3", "PersonErrors::CustomFieldNotFound", "Custom field not found",
+         "", "2295551235", "e3", "", "red"],
+        ["4", "PersonErrors::PersonNotFound", "Person not found", "999", "", "", "", ""],
+    ]
+
+    # the ledger
+    [entry] = ledger(db_url)
+    assert entry["company"] == "acme" and entry["name"] == "crm.persons"
+    assert entry["status"] == "done" and entry["finished_at"] is not None
+    assert (entry["rows"], entry["accepted"], entry["rejected"]) == (4, 1, 3)
+    assert entry["final_path"] == str(acme.done / "crm.persons")
+
+
+# -- 2. readiness: a slow writer, a .part upload -----------------------------------------
+
+def test_file_written_in_chunks_is_claimed_only_after_its_last_byte(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    acme = setup_company(db_url, landing, "acme")
+    d = start_daemon(INGESTD_SETTLE_SECONDS="1")
+    body = "external_person_id\n" + "".join(f"slow{i}\n" for i in range(50))
+    data = body.encode()
+    # Cut mid-row, so a premature claim would see a different row count.
+    cuts = [0, 23, 101, 197, 263, 331, len(data)]
+    chunks = [data[a:b] for a, b in itertools.pairwise(cuts)]
+    path = acme.inbox / "slow.persons"
+    with open(path, "wb") as fh:  # held open for the whole upload, like an SFTP server
+        for i, chunk in enumerate(chunks):
+            if i:
+                # The writer's own pace (the input, not a wait): a pause shorter than the
+                # settle period, the upload as a whole much longer than it.
+                time.sleep(0.5)
+            fh.write(chunk)
+            fh.flush()
+        last_write = datetime.now(UTC)
+    assert not d.find("file.claimed", file="slow.persons"), "claimed while being written"
+
+    d.wait_event("file.done", company="acme", file="slow.persons")
+    stop_cleanly(d)
+    for claimed in d.find("file.claimed", file="slow.persons"):
+        assert log_time(claimed) > last_write, "claimed before the last byte was written"
+    assert len(d.find("file.claimed", file="slow.persons")) == 1
+    result = result_json(acme.done, "slow.persons")
+    assert (result["rows"], result["accepted"], result["rejected"]) == (50, 50, 0)
+    assert person_count(db_url, "acme") == 50
+    assert (acme.done / "slow.persons").read_bytes() == data
+
+
+def test_part_upload_renamed_to_final_name_is_applied_once(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    acme = setup_company(db_url, landing, "acme")
+    d = start_daemon()
+    content = "external_person_id\np1\np2\n"
+    part = drop(acme, "up.persons.part", content)
+    # A later drop has gone all the way through: the .part was seen and left alone.
+    drop(acme, "sentinel.persons", "external_person_id\ns1\n")
+    d.wait_event("file.done", company="acme", file="sentinel.persons")
+    assert part.exists()
+    assert not [e for e in d.snapshot() if str(e.get("file", "")).endswith(".part")]
+
+    part.rename(acme.inbox / "up.persons")
+    d.wait_event("file.done", company="acme", file="up.persons")
+    # another full round trip (and a rescan's worth of time) before looking for doubles
+    drop(acme, "sentinel2.persons", "external_person_id\ns2\n")
+    d.wait_event("file.done", company="acme", file="sentinel2.persons")
+    stop_cleanly(d)
+
+    assert len(d.find("file.claimed", file="up.persons")) == 1
+    assert [e["name"] for e in ledger(db_url) if e["name"].startswith("up.")] == ["up.persons"]
+    assert drops_in(acme.done) == ["sentinel.persons", "sentinel2.persons", "up.persons"]
+    assert listing(acme.inbox) == [] and list(entries(acme.processing)) == []
+    assert person_count(db_url, "acme") == 4
+
+
+# -- 3. many files, many companies ------------------------------------------------------
+
+def test_200_files_over_3_companies_each_applied_once_in_drop_order(
+        start_daemon: StartDaemon, db_url: str, landing: Path, tmp_path: Path) -> None:
+    counts = {"acme": 67, "beta": 67, "gamma": 66}
+    dirs = {c: setup_company(db_url, landing, c, NOTE_FIELD) for c in counts}
+    staging = tmp_path / "staging"  # same file system as the landing root
+    staging.mkdir()
+    base = time.time() - 3600
+    # Name order is the reverse of drop (mtime) order, so only the mtime can order them.
+    plan: list[tuple[float, str, str]] = []  # (mtime, company, name)
+    for company, n in counts.items():
+        for k in range(n):
+            name = f"drop-{n - k:03d}.persons"
+            content = f"external_person_id,note\ne1,{company}-{k}\nx{k},{k}\n"
+            mtime = base + k + random.random() / 10
+            path = staging / f"{company}-{name}"
+            path.write_text(content)
+            os.utime(path, (mtime, mtime))
+            plan.append((mtime, company, name))
+    plan.sort()
+
+    d = start_daemon()
+    for _, company, name in plan:  # all at once, in drop order, companies interleaved
+        os.rename(staging / f"{company}-{name}", dirs[company].inbox / name)
+    d.wait_event("file.done", count=200, timeout=180)
+    stop_cleanly(d)
+
+    rows = ledger(db_url)
+    assert len(rows) == 200
+    assert all(r["status"] == "done" and r["finished_at"] is not None for r in rows)
+    assert not d.find("file.failed") and not d.find("file.changed")
+    for company, n in counts.items():
+        cdirs = dirs[company]
+        mine = [r for r in rows if r["company"] == company]
+        expected_order = [name for _, c, name in plan if c == company]
+        assert sorted(r["name"] for r in mine) == sorted(expected_order)  # each once
+        assert len(drops_in(cdirs.done)) == n
+        assert not any("~" in name for name in listing(cdirs.done))
+        assert listing(cdirs.inbox) == [] and list(entries(cdirs.processing)) == []
+        assert person_count(db_url, company) == n + 1
+        # the last file's value wins ...
+        note = scalar(db_url, f"SELECT custom->>'note' FROM \"{company}\".persons"
+                              " WHERE external_person_id = 'e1'")
+        assert note == f"{company}-{n - 1}"
+        # ... because the files were applied in drop order (ledger ids are commit order)
+        assert [r["name"] for r in mine] == expected_order
+
+
+# -- 4. crash recovery -------------------------------------------------------------------
+
+CRASH_FILE = "external_person_id,note\nc1,one\nc2,two\n,orphan\n"  # row 3 is rejected
+
+
+@pytest.mark.parametrize("failpoint", ["before_commit", "after_commit", "after_sidecars"])
+def test_killed_daemon_recovers_and_applies_exactly_once(
+        start_daemon: StartDaemon, db_url: str, landing: Path, failpoint: str) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    d = start_daemon(INGESTD_FAILPOINT=failpoint)
+    drop(acme, "crash.persons", CRASH_FILE)
+    assert d.wait_exit() == -signal.SIGKILL, d.tail()
+
+    # What the crash left behind
+    [claim_dir] = listing(acme.processing)
+    assert listing(acme.processing / claim_dir) == ["crash.persons"]
+    if failpoint == "before_commit":
+        assert ledger(db_url) == [] and person_count(db_url, "acme") == 0
+        assert listing(acme.done) == []
+    else:
+        [entry] = ledger(db_url)
+        assert entry["finished_at"] is None and person_count(db_url, "acme") == 2
+        if failpoint == "after_commit":
+            assert listing(acme.done) == []
+        else:
+            assert listing(acme.done) == ["crash.persons.errors.csv",
+                                          "crash.persons.result.json"]
+
+    d2 = start_daemon()
+    d2.wait_event("file.done", company="acme", file="crash.persons")
+    recovered = d2.find("file.recovered", company="acme", file="crash.persons")
+    assert [e["action"] for e in recovered] == (
+        ["apply"] if failpoint == "before_commit" else ["finish"])
+    stop_cleanly(d2)
+
+    [entry] = ledger(db_url)
+    assert entry["status"] == "done" and entry["finished_at"] is not None
+    assert (entry["rows"], entry["accepted"], entry["rejected"]) == (3, 2, 1)
+    n_rejected = scalar(db_url, "SELECT count(*) FROM ingestd.row_results"
+                                " WHERE file_id = %s AND NOT accepted", (entry["id"],))
+    assert n_rejected == 1
+    assert persons(db_url, "acme") == [("c1", None, {"note": "one"}),
+                                       ("c2", None, {"note": "two"})]
+    assert listing(acme.done) == ["crash.persons", "crash.persons.errors.csv",
+                                  "crash.persons.result.json"]
+    assert (acme.done / "crash.persons").read_text() == CRASH_FILE
+    result = result_json(acme.done, "crash.persons")
+    assert result["status"] == "done" and result["file"] == "crash.persons"
+    assert (result["rows"], result["accepted"], result["rejected"]) == (3, 2, 1)
+    assert len(read_csv(acme.done / "crash.persons.errors.csv")) == 2  # header + 1
+    assert list(entries(acme.processing)) == []
+    assert listing(acme.inbox) == [] and listing(acme.failed) == []
+    # no half-written sidecar left behind by the crash
+    assert not [n for n in os.listdir(acme.done) if n.startswith(".")]
+
+
+# -- 5. bad input never stops the daemon -------------------------------------------------
+
+GOOD = "external_person_id,note\ng1,fine\n"
+
+
+def test_bad_drops_fail_with_a_reason_and_the_daemon_keeps_going(
+        start_daemon: StartDaemon, db_url: str, landing: Path, tmp_path: Path) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    ghost = CompanyDirs(landing / "ghost")  # has an inbox, but was never added
+    ghost.inbox.mkdir(parents=True)
+    outside = tmp_path / "secret.persons"  # a symlink's target must never be read
+    outside.write_text("external_person_id,note\nstolen,1\n")
+
+    d = start_daemon()
+    drop(ghost, "g.persons", GOOD)
+    drop(acme, "notes.txt", "hello\n")
+    (acme.inbox / "link.persons").symlink_to(outside)
+    drop(acme, "empty.persons", b"")
+    drop(acme, "garbage.persons", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    os.mkfifo(acme.inbox / "pipe.persons")
+
+    expected = {
+        (ghost, "g.persons"): errors.INVALID_SCHEMA_NAME,
+        (acme, "notes.txt"): errors.UNSUPPORTED_FILE,
+        (acme, "link.persons"): errors.NOT_A_REGULAR_FILE,
+        (acme, "empty.persons"): errors.EMPTY_FILE,
+        (acme, "garbage.persons"): errors.UNKNOWN_8BIT_ENCODING,
+        (acme, "pipe.persons"): errors.NOT_A_REGULAR_FILE,
+    }
+    for (dirs, name) in expected:
+        d.wait_event("file.failed", company=dirs.company, file=name)
+    # still alive and well: a good file dropped afterwards is applied
+    drop(acme, "good.persons", GOOD)
+    d.wait_event("file.done", company="acme", file="good.persons")
+    stop_cleanly(d)
+
+    assert expected[(ghost, "g.persons")] == "TenantEngine::SchemaErrors::InvalidSchemaNameError"
+    assert expected[(acme, "garbage.persons")] == \
+        "FileEngine::EncodingDetection::Unknown8BitEncodingDetected"
+    for (dirs, name), error_class in expected.items():
+        assert os.path.lexists(dirs.failed / name), name
+        result = result_json(dirs.failed, name)
+        assert result.keys() >= RESULT_KEYS, name
+        assert result["status"] == "failed", name
+        assert result["error"]["class"] == error_class, (name, result)
+        assert result["error"]["message"], name
+        assert result["file"] == name and result["company"] == dirs.company
+        assert result["accepted"] == 0, name
+    assert drops_in(acme.failed) == sorted(n for (dd, n) in expected if dd is acme)
+    assert drops_in(ghost.failed) == ["g.persons"]
+    assert listing(ghost.done) == []
+    # the symlink is moved as a link, its target untouched; the FIFO is still a FIFO
+    assert os.path.islink(acme.failed / "link.persons")
+    assert outside.read_text() == "external_person_id,note\nstolen,1\n"
+    assert stat.S_ISFIFO(os.lstat(acme.failed / "pipe.persons").st_mode)
+    # nothing of the failed files was applied; the good one was
+    assert persons(db_url, "acme") == [("g1", None, {"note": "fine"})]
+    assert listing(acme.inbox) == [] and listing(ghost.inbox) == []
+    assert list(entries(acme.processing)) == []
+    assert list(entries(ghost.processing)) == []
+    statuses = {(r["company"], r["name"]): r["status"] for r in ledger(db_url)}
+    assert statuses == {**{(dd.company, n): "failed" for (dd, n) in expected},
+                        ("acme", "good.persons"): "done"}
+
+
+# -- 6. duplicates and name clashes ------------------------------------------------------
+
+def test_same_content_twice_is_a_duplicate_and_same_name_gets_a_suffix(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    first = "external_person_id,note\ne1,one\n"
+    d = start_daemon()
+    drop(acme, "first.persons", first)
+    d.wait_event("file.done", company="acme", file="first.persons")
+    # Change the data behind the file's back: a re-applied file would undo this.
+    with psycopg.connect(db_url) as conn:
+        conn.execute("""UPDATE acme.persons SET custom = '{"note": "changed"}'""")
+
+    drop(acme, "second.persons", first)
+    d.wait_event("file.done", company="acme", file="second.persons")
+    dup = result_json(acme.done, "second.persons")
+    assert dup["status"] == "done"
+    assert dup["duplicate_of"] == "first.persons"
+    assert dup["accepted"] == 0
+    assert persons(db_url, "acme") == [("e1", None, {"note": "changed"})]
+
+    # the same name again, new content: kept beside the first, never over it
+    drop(acme, "first.persons", "external_person_id,note\ne1,two\n")
+    d.wait_event("file.done", company="acme", file="first.persons", count=2)
+    drop(acme, "first.persons", "external_person_id,note\ne1,three\n")
+    d.wait_event("file.done", company="acme", file="first.persons", count=3)
+    stop_cleanly(d)
+
+    assert (acme.done / "first.persons").read_text() == first
+    assert (acme.done / "first~2.persons").read_text() == "external_person_id,note\ne1,two\n"
+    assert (acme.done / "first~3.persons").read_text() == \
+        "external_person_id,note\ne1,three\n"
+    assert drops_in(acme.done) == ["first.persons", "first~2.persons", "first~3.persons",
+                                   "second.persons"]
+    second = result_json(acme.done, "first~2.persons")
+    assert second["file"] == "first.persons" and "duplicate_of" not in second
+    assert second["accepted"] == 1
+    assert result_json(acme.done, "first.persons")["sha256"] == \
+        hashlib.sha256(first.encode()).hexdigest()
+    assert persons(db_url, "acme") == [("e1", None, {"note": "three"})]
+    rows = ledger(db_url)
+    assert [r["name"] for r in rows] == ["first.persons", "second.persons",
+                                         "first.persons", "first.persons"]
+    assert rows[1]["duplicate_of"] == rows[0]["id"]
+
+
+# -- 7. the one-shot commands ------------------------------------------------------------
+
+def test_ingest_exit_codes(env: dict[str, str], db_url: str, landing: Path,
+                           tmp_path: Path) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    good = drop(acme, "good.persons", GOOD)
+    r = run_cli(["ingest", str(good)], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("done: good.persons"), r.stdout
+    assert listing(acme.done) == ["good.persons", "good.persons.errors.csv",
+                                  "good.persons.result.json"]
+    assert persons(db_url, "acme") == [("g1", None, {"note": "fine"})]
+
+    bad = tmp_path / "bad.persons"  # from outside the landing root: --company
+    bad.write_bytes(b"\xff\xfe\x00\x81garbage")
+    r = run_cli(["ingest", str(bad), "--company", "acme"], env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert errors.UNKNOWN_8BIT_ENCODING in r.stdout
+    assert drops_in(acme.failed) == ["bad.persons"]
+    assert result_json(acme.failed, "bad.persons")["error"]["class"] == \
+        errors.UNKNOWN_8BIT_ENCODING
+    assert bad.exists()  # a file from elsewhere is copied in, not taken
+    assert listing(acme.inbox) == [] and list(entries(acme.processing)) == []
+
+
+def test_check_writes_nothing(env: dict[str, str], db_url: str, landing: Path) -> None:
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    path = drop(acme, "crm.persons", MIXED)
+    before = path.stat()
+    r = run_cli(["check", str(path), "--company", "acme"], env)
+    assert r.returncode == 1, r.stdout + r.stderr  # rows would be rejected
+    assert "rows=4 accepted=1 rejected=3" in r.stdout
+    assert errors.INVALID_MDN_FORMAT in r.stdout
+    assert errors.PERSON_NOT_FOUND in r.stdout
+
+    clean = drop(acme, "clean.persons", GOOD)
+    r = run_cli(["check", str(clean), "--company", "acme"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    assert person_count(db_url, "acme") == 0
+    assert ledger(db_url) == []
+    assert scalar(db_url, "SELECT count(*) FROM ingestd.row_results") == 0
+    assert listing(acme.inbox) == ["clean.persons", "crm.persons"]
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert listing(acme.done) == [] and listing(acme.failed) == []
+    assert list(entries(acme.processing)) == []
+
+
+@pytest.mark.parametrize("command", [["run"], ["status"], ["company", "list"]])
+def test_invalid_setting_exits_2_with_one_line(env: dict[str, str],
+                                               command: list[str]) -> None:
+    r = run_cli(command, {**env, "INGESTD_WORKERS": "abc"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "workers" in lines[0]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def _subcommands(parser: argparse.ArgumentParser,
+                 prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subcommands(sub, (*prefix, name))
+
+
+ALL_COMMANDS = list(_subcommands(build_parser()))
+
+
+def test_every_command_is_covered_by_the_help_test() -> None:
+    assert {" ".join(c) for c in ALL_COMMANDS} >= {
+        "", "run", "ingest", "check", "status", "db", "db upgrade", "company",
+        "company add", "company list", "fields", "fields load", "fields list"}
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS, ids=lambda c: " ".join(c) or "ingestd")
+def test_help_works_for_every_command(command: tuple[str, ...], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    r = subprocess.run([sys.executable, "-m", "ingestd", *command, "--help"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: ingestd"), r.stdout
+    assert r.stderr == ""
+
+
+# -- 8. graceful stop --------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_while_idle_stops_cleanly(start_daemon: StartDaemon, db_url: str,
+                                         landing: Path, sig: signal.Signals) -> None:
+    setup_company(db_url, landing, "acme")
+    d = start_daemon()
+    assert d.stop(sig) == 0, d.tail()
+    events = [e["event"] for e in d.snapshot()]
+    assert "daemon.stopping" in events and events[-1] == "daemon.stopped"
+    assert events.index("daemon.started") < events.index("daemon.stopping")
+    assert d.errors() == []
+
+
+def test_json_lines_only_on_stdout(start_daemon: StartDaemon, db_url: str,
+                                   landing: Path) -> None:
+    setup_company(db_url, landing, "acme")
+    d = start_daemon()
+    stop_cleanly(d)
+    assert d.lines and all(isinstance(json.loads(line), dict) for line in d.lines)
