@@ -250,6 +250,34 @@ def test_part_upload_renamed_to_final_name_is_applied_once(
     assert person_count(db_url, "acme") == 4
 
 
+def test_file_changed_while_being_applied_is_rolled_back_and_applied_once_later(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    """A writer that still holds the file open (its close lost: taken after the write
+    timeout) appends while the daemon applies it: the apply is rolled back, the file goes
+    back to the inbox and is applied once, whole, when it has settled again."""
+    acme = setup_company(db_url, landing, "acme")
+    n = 60000
+    body = "external_person_id\n" + "".join(f"p{i}\n" for i in range(n))
+    d = start_daemon(INGESTD_WRITE_TIMEOUT_SECONDS="1")
+    with open(acme.inbox / "grow.persons", "w") as fh:
+        fh.write(body)
+        fh.flush()
+        d.wait_event("file.claimed", company="acme", file="grow.persons")
+        fh.write("late\n")  # through the open descriptor: the claimed file grows
+        fh.flush()
+    d.wait_event("file.done", company="acme", file="grow.persons", timeout=60)
+    stop_cleanly(d)
+    if not d.find("file.changed"):
+        pytest.skip("the apply finished before the append: nothing changed under it")
+    applied = d.find("file.applied", file="grow.persons")
+    assert len(applied) == 1 and applied[0]["rows"] == n + 1
+    [entry] = ledger(db_url)
+    assert entry["rows"] == n + 1 and entry["status"] == "done"
+    assert person_count(db_url, "acme") == n + 1
+    assert drops_in(acme.done) == ["grow.persons"]
+    assert listing(acme.inbox) == [] and list(entries(acme.processing)) == []
+
+
 # -- 3. many files, many companies ------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["while_running", "backlog_at_start", "two_instances"])
