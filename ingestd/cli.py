@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from ingestd import landing, logs
+from ingestd.db.companies import CompanyError, validate_company_id
 from ingestd.db.database import Database
 from ingestd.settings import Settings, SettingsError, load_settings
 
@@ -51,7 +52,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.db.companies import CompanyError, add_company
+    from ingestd.db.companies import add_company
 
     with _db(settings) as db, db.connect() as conn:
         try:
@@ -125,12 +126,24 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ingestd: {path} is not in a company inbox under {settings.landing_root};"
               " name the company with --company", file=sys.stderr)
         return 2
+    try:
+        validate_company_id(company)
+    except CompanyError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 2
     dirs = landing.CompanyDirs(settings.landing_root / company)
     dirs.inbox.mkdir(parents=True, exist_ok=True)
-    if path.parent.absolute() != dirs.inbox.absolute():
+    outside = path.parent.absolute() != dirs.inbox.absolute()
+    if outside and not landing.is_regular(path):
+        # Only a regular file can be copied in; in an inbox, the pipeline itself fails
+        # a symlink or FIFO without opening it.
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        print(f"failed: {path} is {kind}; only regular files are imported", file=sys.stderr)
+        return 1
+    if outside:
         # Copied in under an in-flight name so a running daemon leaves it alone.
         staged = dirs.inbox / f".ingest-{landing.new_claim_id()}-{path.name}"
-        for comp in landing.companions(path.parent, path.name):
+        for comp in landing.companions(path.parent, path.name, settings.marker_mode):
             shutil.copy2(comp, dirs.inbox / (staged.name + comp.name[len(path.name):]))
         shutil.copy2(path, staged, follow_symlinks=False)
         source, name = staged, path.name

@@ -34,6 +34,7 @@ NOT_A_REGULAR_FILE = "ingestd::NotARegularFile"
 EMPTY_FILE = "ingestd::EmptyFile"
 INTERNAL_ERROR = "ingestd::InternalError"
 UNREADABLE_FILE = "ingestd::UnreadableFile"
+INVALID_FILE_NAME = "ingestd::InvalidFileName"
 CONTACTS_GLOBAL = "ContactsImport::GlobalError"
 
 # Subject contacts rows (FORMATS.md section 2 leaves the classes open; the rejected

@@ -29,23 +29,49 @@ def is_in_flight(name: str) -> bool:
     return name.startswith(".") or name.endswith(IN_FLIGHT_SUFFIXES)
 
 
-def is_companion(name: str) -> bool:
-    """Companions travel with their file and are never drops themselves."""
-    return name.endswith(".csv" + HEADERS_SUFFIX) or name.endswith(MARKER_SUFFIX)
+def is_companion(name: str, marker_mode: bool = False) -> bool:
+    """Companions travel with their file and are never drops themselves. NAME.done is
+    one only in marker mode; otherwise it is a drop like any other (and unsupported)."""
+    return name.endswith(".csv" + HEADERS_SUFFIX) or (
+        marker_mode and name.endswith(MARKER_SUFFIX))
 
 
 def format_for(name: str) -> str | None:
     return FORMATS.get(Path(name).suffix.lower())
 
 
-def companions(directory: Path, name: str) -> list[Path]:
+def companions(directory: Path, name: str, marker_mode: bool = False) -> list[Path]:
     """Existing companion files of ``name`` in ``directory``."""
     found = []
-    for suffix in (HEADERS_SUFFIX, MARKER_SUFFIX):
+    suffixes = (HEADERS_SUFFIX, MARKER_SUFFIX) if marker_mode else (HEADERS_SUFFIX,)
+    for suffix in suffixes if name_problem(name) is None else ():
         p = directory / (name + suffix)
         if os.path.lexists(p):
             found.append(p)
     return found
+
+
+# The longest name a drop may have so that every sidecar name still fits in NAME_MAX.
+LONGEST_SIDECAR_SUFFIX = max(len(s) for s in (
+    ".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv", ".global.csv",
+    ".retry.persons", HEADERS_SUFFIX, MARKER_SUFFIX)) + len("~99")
+MAX_NAME_BYTES = 255 - LONGEST_SIDECAR_SUFFIX
+
+
+def display_name(name: str) -> str:
+    """The name as text: bytes that are not UTF-8 (SFTP names are bytes) shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a drop's name cannot be kept beside its results, or None."""
+    if display_name(name) != name:
+        return "the file name is not valid UTF-8"
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return (f"the file name is {size} bytes long; at most {MAX_NAME_BYTES} fit "
+                "beside its result files")
+    return None
 
 
 def company_of(inbox_path: Path, landing_root: Path) -> str | None:
@@ -124,6 +150,13 @@ def unique_name(directory: Path, name: str) -> str:
         return not any(os.path.lexists(directory / n)
                        for n in [candidate, *sidecar_names(candidate)])
 
+    if name_problem(name) is not None:
+        # Keep what can be kept: the start of the name, made valid, and the extension.
+        p = Path(name)
+        ext = display_name(p.suffix)[:16] if p.suffix else ""
+        stem = display_name(p.stem if p.suffix else name).encode()[:150].decode(
+            "utf-8", "ignore")
+        name = f"{stem}{ext}"
     if free(name):
         return name
     p = Path(name)

@@ -68,6 +68,8 @@ class Claim:
 
     @property
     def headers_path(self) -> Path | None:
+        if landing.name_problem(self.name) is not None:
+            return None  # such a name cannot have a companion (nor be applied)
         p = self.path.with_name(self.name + landing.HEADERS_SUFFIX)
         return p if p.exists() else None
 
@@ -165,7 +167,7 @@ class Pipeline:
         claim = Claim(dirs, landing.new_claim_id(), name or path.name)
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
-        for comp in landing.companions(path.parent, path.name):
+        for comp in landing.companions(path.parent, path.name, self.settings.marker_mode):
             try:
                 os.rename(comp, claim.dir / (claim.name + comp.name[len(path.name):]))
             except FileNotFoundError:
@@ -205,13 +207,17 @@ class Pipeline:
         """Apply the claimed file and commit its rows with its ledger row; return result."""
         started = datetime.now(UTC)
         t0 = time.monotonic()
-        path, name, company_id = claim.path, claim.name, claim.company
+        path, company_id = claim.path, claim.company
+        name = landing.display_name(claim.name)  # what the ledger, logs and sidecars say
         fmt = landing.format_for(name)
         st = os.lstat(path)
         regular = landing.is_regular(path)
         error: FileError | None = None
         sha = ""
-        if not regular:
+        bad_name = landing.name_problem(claim.name)
+        if bad_name is not None:
+            error = FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}")
+        elif not regular:
             kind = "a symbolic link" if os.path.islink(path) else "not a regular file"
             error = FileError(errors.NOT_A_REGULAR_FILE,
                               f"{name} is {kind}; only regular files are imported")
@@ -403,8 +409,11 @@ class Pipeline:
                 continue
             entry = ledger.by_claim(conn, claim_dir.name)
             conn.commit()
-            names = [p.name for p in claim_dir.iterdir() if not landing.is_companion(p.name)]
-            name = entry.name if entry else (names[0] if names else None)
+            marker = self.settings.marker_mode
+            names = [p.name for p in claim_dir.iterdir()
+                     if not landing.is_companion(p.name, marker)]
+            # The file's own name (the ledger holds it as text, which may differ).
+            name = names[0] if names else (entry.name if entry else None)
             if name is None:
                 shutil.rmtree(claim_dir, ignore_errors=True)  # crashed between mkdir and rename
                 continue

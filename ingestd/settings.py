@@ -107,8 +107,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
-        raise SettingsError(
-            f"invalid setting {key} (env INGESTD_{key.upper()}): {err['msg']}"
-        ) from None
+        where = f"env INGESTD_{key.upper()}"
+        if config:
+            where += f" or {key} in {config}"
+        raise SettingsError(f"invalid setting {key} ({where}): {err['msg']}") from None
     except Exception as exc:  # a TOML syntax error, for instance
         raise SettingsError(f"invalid settings: {exc}") from None

@@ -15,7 +15,8 @@ from ingestd.formats.persons import iter_persons
 
 
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    # Short, so a long final name still fits NAME_MAX; a dotfile, so partners skip it.
+    tmp = path.with_name(f".ingestd-{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fill(fh)

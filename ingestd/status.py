@@ -13,10 +13,10 @@ from ingestd.db.companies import list_companies
 from ingestd.settings import Settings
 
 
-def _backlog(inbox: os.PathLike[str] | str) -> int:
+def _backlog(inbox: os.PathLike[str] | str, marker_mode: bool) -> int:
     try:
-        return sum(1 for e in os.scandir(inbox)
-                   if not landing.is_in_flight(e.name) and not landing.is_companion(e.name))
+        return sum(1 for e in os.scandir(inbox) if not landing.is_in_flight(e.name)
+                   and not landing.is_companion(e.name, marker_mode))
     except OSError:
         return 0
 
@@ -29,7 +29,7 @@ def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]
         last_error = next((r for r in recent if r["status"] == "failed" or r["rejected"]), None)
         companies.append({
             "company": company.id,
-            "backlog": _backlog(dirs.inbox),
+            "backlog": _backlog(dirs.inbox, settings.marker_mode),
             "processing": len(list(dirs.processing.iterdir())) if dirs.processing.is_dir() else 0,
             "last_hour": ledger.counts_since(conn, company.id, 3600),
             "last_error": None if last_error is None else {

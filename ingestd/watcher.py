@@ -124,7 +124,7 @@ class Watcher:
         name = path.name
         if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
             path = path.with_name(name[: -len(landing.MARKER_SUFFIX)])
-        elif landing.is_in_flight(name) or landing.is_companion(name):
+        elif landing.is_in_flight(name) or landing.is_companion(name, self.settings.marker_mode):
             return
         with self._lock:
             if state is not None or path not in self._pending:

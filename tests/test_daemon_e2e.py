@@ -545,14 +545,8 @@ NON_UTF8_NAME = os.fsdecode(b"crm-\xff\xfe.persons")  # SFTP names are bytes
 
 @pytest.mark.parametrize("name", [
     pytest.param("report 2026 \u00fcml\u00e4ut #1 (final).persons", id="spaces-unicode"),
-    pytest.param(LONG_NAME, id="long-name", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: sidecar temp names (.NAME.errors.csv.XXXXXXXX.tmp) exceed NAME_MAX for "
-        "names over ~229 bytes; _finish raises ENAMETOOLONG after the commit, the claim is "
-        "retried forever and blocks every later file of the company"))),
-    pytest.param(NON_UTF8_NAME, id="non-utf8-name", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug: a file name that is not valid UTF-8 makes ledger.insert raise "
-        "UnicodeEncodeError (surrogates); the claim is retried forever and blocks every "
-        "later file of the company"))),
+    pytest.param(LONG_NAME, id="long-name"),
+    pytest.param(NON_UTF8_NAME, id="non-utf8-name"),
 ])
 def test_odd_file_names_are_finished_and_never_block_the_company(
         start_daemon: StartDaemon, db_url: str, landing: Path, name: str) -> None:
@@ -576,10 +570,6 @@ def test_odd_file_names_are_finished_and_never_block_the_company(
     assert len(ledger(db_url)) == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: landing.is_companion() treats NAME.done as a companion even without marker_mode, "
-    "so the watcher ignores it and it stays in inbox/ forever (DESIGN.md: only in marker "
-    "mode; any other file goes to failed/ with a sidecar)"))
 def test_done_suffix_without_marker_mode_is_an_unsupported_drop(
         start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
     acme = setup_company(db_url, landing, "acme")
@@ -661,10 +651,6 @@ def test_ingest_exit_codes(env: dict[str, str], db_url: str, landing: Path,
     assert listing(acme.inbox) == [] and list(entries(acme.processing)) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: cmd_ingest copies a PATH from outside the inbox with shutil.copy2, which raises "
-    "SpecialFileError (FIFO) / IsADirectoryError (directory): a traceback instead of a "
-    "failed result (check handles the same paths: NotARegularFile)"))
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
 def test_ingest_of_a_non_regular_path_fails_cleanly(env: dict[str, str], db_url: str,
                                                     landing: Path, tmp_path: Path,
