@@ -211,23 +211,7 @@ class Pipeline:
         name = landing.display_name(claim.name)  # what the ledger, logs and sidecars say
         fmt = landing.format_for(name)
         st = os.lstat(path)
-        regular = landing.is_regular(path)
-        error: FileError | None = None
-        sha = ""
-        bad_name = landing.name_problem(claim.name)
-        if bad_name is not None:
-            error = FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}")
-        elif not regular:
-            kind = "a symbolic link" if os.path.islink(path) else "not a regular file"
-            error = FileError(errors.NOT_A_REGULAR_FILE,
-                              f"{name} is {kind}; only regular files are imported")
-        else:
-            before = _stat_key(path)
-            try:
-                sha = sha256_of(path, claim.headers_path)
-            except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
-                error = FileError(errors.UNREADABLE_FILE,
-                                  f"{name} cannot be read by ingestd: {exc.strerror}")
+        error, sha, before = self._inspect(claim, name)
         meta: dict[str, Any] = {}
         duplicate: tuple[int, str] | None = None
         results = RowResults(None, None)
@@ -291,6 +275,25 @@ class Pipeline:
         return result
 
     @staticmethod
+    def _inspect(claim: Claim, name: str) -> tuple[FileError | None, str, tuple[int, int]]:
+        """What can be known before the transaction: a file-level problem, or the content
+        hash and the (size, mtime) that must still hold after reading."""
+        path = claim.path
+        bad_name = landing.name_problem(claim.name)
+        if bad_name is not None:
+            return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", (0, 0)
+        if not landing.is_regular(path):
+            kind = "a symbolic link" if os.path.islink(path) else "not a regular file"
+            return FileError(errors.NOT_A_REGULAR_FILE,
+                             f"{name} is {kind}; only regular files are imported"), "", (0, 0)
+        before = _stat_key(path)
+        try:
+            return None, sha256_of(path, claim.headers_path), before
+        except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
+            return FileError(errors.UNREADABLE_FILE,
+                             f"{name} cannot be read by ingestd: {exc.strerror}"), "", before
+
+    @staticmethod
     def _result(claim: Claim, fmt: str | None, sha: str, started: datetime, t0: float,
                 results: RowResults, error: FileError | None,
                 duplicate: tuple[int, str] | None, warnings: list[str]) -> dict[str, Any]:
@@ -298,7 +301,7 @@ class Pipeline:
             "status": "failed" if error else "done",
             "format": fmt,
             "company": claim.company,
-            "file": claim.name,
+            "file": landing.display_name(claim.name),
             "sha256": sha,
             "rows": results.rows,
             "accepted": results.accepted,
