@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"full ingest: {n / ingest_s:>10,.0f} rows/s  ({ingest_s:.2f} s)")
         print(f"plain COPY : {n / copy_s:>10,.0f} rows/s  ({copy_s:.2f} s)")
         print(f"ingest / COPY: {copy_s / ingest_s:.2%}")
+        # Peak RSS of this process (the file is streamed: it should not grow with N).
+        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
