@@ -77,18 +77,11 @@ def name_problem(name: str) -> str | None:
 def company_of(inbox_path: Path, landing_root: Path) -> str | None:
     """The company whose inbox holds this path, or None if it is not in an inbox."""
     try:
-        rel = inbox_path.resolve(strict=False).relative_to(landing_root.resolve())
+        rel = inbox_path.absolute().relative_to(landing_root.absolute())
     except ValueError:
-        rel = None
-    if rel is None:
-        try:
-            rel = inbox_path.absolute().relative_to(landing_root.absolute())
-        except ValueError:
-            return None
+        return None
     parts = rel.parts
-    if len(parts) == 3 and parts[1] == INBOX:
-        return parts[0]
-    return None
+    return parts[0] if len(parts) == 3 and parts[1] == INBOX else None
 
 
 def is_regular(path: Path) -> bool:

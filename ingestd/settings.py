@@ -88,10 +88,6 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
-    @property
-    def processing_name(self) -> str:
-        return ".processing"
-
 
 class SettingsError(Exception):
     """One line naming the bad key, for the operator."""
