@@ -109,28 +109,31 @@ def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _company_for(path: Path, settings: Settings, given: str | None) -> str | None:
-    return given or landing.company_of(path, settings.landing_root)
+class _UsageError(Exception):
+    """A bad argument: printed as one line, exit 2."""
+
+
+def _target(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
+    """The file named on the command line and the (validated) company it is for."""
+    path = Path(args.path)
+    if not os.path.lexists(path):
+        raise _UsageError(f"{path}: no such file")
+    company = args.company or landing.company_of(path, settings.landing_root)
+    if company is None:
+        raise _UsageError(f"{path} is not in a company inbox under {settings.landing_root};"
+                          " name the company with --company")
+    try:
+        validate_company_id(company)
+    except CompanyError as exc:
+        raise _UsageError(str(exc)) from None
+    return path, company
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
 
-    path = Path(args.path)
-    if not os.path.lexists(path):
-        print(f"ingestd: {path}: no such file", file=sys.stderr)
-        return 2
-    company = _company_for(path, settings, args.company)
-    if company is None:
-        print(f"ingestd: {path} is not in a company inbox under {settings.landing_root};"
-              " name the company with --company", file=sys.stderr)
-        return 2
-    try:
-        validate_company_id(company)
-    except CompanyError as exc:
-        print(f"ingestd: {exc}", file=sys.stderr)
-        return 2
+    path, company = _target(args, settings)
     dirs = landing.CompanyDirs(settings.landing_root / company)
     dirs.inbox.mkdir(parents=True, exist_ok=True)
     outside = path.parent.absolute() != dirs.inbox.absolute()
@@ -183,15 +186,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
 
-    path = Path(args.path)
-    if not os.path.lexists(path):
-        print(f"ingestd: {path}: no such file", file=sys.stderr)
-        return 2
-    company = _company_for(path, settings, args.company)
-    if company is None:
-        print(f"ingestd: name the company with --company ({path} is not in an inbox)",
-              file=sys.stderr)
-        return 2
+    path, company = _target(args, settings)
     with Database(settings, pool_size=1) as db:
         db.upgrade()
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
@@ -288,5 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn: Handler = args.fn
     try:
         return fn(args, settings)
+    except _UsageError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
