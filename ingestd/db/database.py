@@ -8,7 +8,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingestd.db import migrations
-from ingestd.db.embedded import EmbeddedPostgres
+from ingestd.db.embedded import EmbeddedPostgres, ping
 from ingestd.settings import Settings
 
 
@@ -38,12 +38,7 @@ class Database:
             return migrations.upgrade(conn)
 
     def reachable(self) -> bool:
-        try:
-            with psycopg.connect(self.url, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
+        return ping(self.url)
 
     def close(self) -> None:
         self.pool.close()

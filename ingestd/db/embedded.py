@@ -34,6 +34,16 @@ log = structlog.get_logger(__name__)
 PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 
+def ping(url: str, timeout: int = 3) -> bool:
+    """True when a server answers at ``url``."""
+    try:
+        with psycopg.connect(url, connect_timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
 def _bindir() -> Path:
     # find_spec, not import: pgserver's __init__ does work (and warns) we do not need.
     spec = importlib.util.find_spec("pgserver")
@@ -84,12 +94,7 @@ class EmbeddedPostgres:
         return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
     def _responding(self) -> bool:
-        try:
-            with psycopg.connect(self.url, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
+        return ping(self.url, timeout=2)
 
     def start(self, timeout: float = 60.0) -> str:
         """Start (or reuse) the server and return its URL."""
