@@ -397,6 +397,10 @@ class HttpCarrierLookup:
 
     # -- circuit breaker --------------------------------------------------------------------
 
+    def circuit_open(self) -> bool:
+        """True while the breaker is open (for the ``ingestd_carrier_circuit_open`` gauge)."""
+        return self._circuit_is_open()
+
     def _circuit_is_open(self) -> bool:
         # Read without the lock: one float read is atomic, and a stale answer only means
         # one more (or one fewer) request at the edge of the cool-down.

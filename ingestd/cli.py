@@ -206,6 +206,47 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_requeue(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.requeue import RequeueError, requeue
+
+    failed = 0
+    with _db(settings) as db, db.connect() as conn:
+        for arg in args.paths:
+            try:
+                done = requeue(conn, settings, Path(arg))
+            except RequeueError as exc:
+                print(f"ingestd: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"requeued: {arg} -> {done.target}")
+    return 1 if failed else 0
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.retention import prune
+
+    with _db(settings) as db, db.connect() as conn:
+        report = prune(conn, settings, args.older_than, dry_run=args.dry_run)
+    files = [p for c in report for p in c.files]
+    if args.dry_run:
+        for p in files:
+            print(f"would delete: {p}")
+    verb = "would prune" if args.dry_run else "pruned"
+    print(f"{verb} {len(files)} file(s), {sum(c.bytes for c in report)} bytes "
+          f"(finished {args.older_than} or more days ago)")
+    return 0
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        days = -1
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days (0 or more)")
+    return days
+
+
 def _json_default(o: object) -> str:
     return o.isoformat() if isinstance(o, datetime) else str(o)
 
@@ -240,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
     s = add("status", cmd_status, "per company: backlog, recent files and outcomes")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    rq = add("requeue", cmd_requeue, "put finished files from done/ or failed/ back into "
+                                     "their inbox/ (applied again even if known; exit 1 "
+                                     "if any could not be)")
+    rq.add_argument("paths", nargs="+", metavar="PATH",
+                    help="a file in <landing>/<company>/done/ or failed/ (not a sidecar)")
+    pr = add("prune", cmd_prune, "delete finished files, their sidecars and stored row "
+                                 "results; the ledger keeps their rows")
+    pr.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
+                    help="finished at least DAYS days ago (0: every finished file)")
+    pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
     db = add("db", _usage, "database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -278,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
     else:
         # One-off commands print their answer on stdout; keep their logs out of it.
-        level = "info" if args.fn is cmd_ingest else "warning"
+        level = "info" if args.fn in (cmd_ingest, cmd_requeue, cmd_prune) else "warning"
         logs.configure(level, settings.log_format, stream=sys.stderr)
     fn: Handler = args.fn
     try:

@@ -11,10 +11,12 @@ import threading
 import time
 from types import FrameType
 
+import psycopg
 import structlog
 
-from ingestd import logs, metrics
-from ingestd.carrier import make_carrier
+from ingestd import errors, logs, metrics, retention
+from ingestd.carrier import HttpCarrierLookup, make_carrier
+from ingestd.db.companies import list_companies
 from ingestd.db.database import Database
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
@@ -45,6 +47,9 @@ class Daemon:
         if outcome.status not in ("done", "failed"):
             return
         r = outcome.result
+        if (r.get("error") or {}).get("class") == errors.INVALID_SCHEMA_NAME:
+            return  # a folder that is not a set-up company gets no series
+        metrics.init_company(company)  # set up since the last refresh
         kind = "duplicate" if "duplicate_of" in r else outcome.status
         metrics.record_file(company, r.get("format") or "unknown", kind,  # type: ignore[arg-type]
                             r.get("accepted", 0), r.get("rejected_by_class"),
@@ -66,6 +71,9 @@ class Daemon:
         try:
             db.upgrade()
             carrier = make_carrier(settings, on_event=self._on_carrier_event)
+            if isinstance(carrier, HttpCarrierLookup):
+                metrics.watch_carrier_circuit(carrier.circuit_open)
+            self._company_metrics(db)
             pipeline = Pipeline(settings, db, carrier)
             scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
                                   on_outcome=self._on_outcome)
@@ -92,6 +100,8 @@ class Daemon:
             log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
                      workers=settings.workers, embedded_db=db.embedded is not None,
                      observer="polling" if settings.polling_observer else "native")
+            pruner = (retention.start_pruner(settings, db, self.stop_event)
+                      if settings.retention_days else None)
             self._supervise(db, watcher, scheduler)
             log.info("daemon.stopping", in_hand=scheduler.in_hand)
             self.notifier.stopping()
@@ -102,6 +112,8 @@ class Daemon:
                             note="unfinished files roll back and are recovered at next start")
             if server is not None:
                 server.stop()
+            if pruner is not None:
+                pruner.join(settings.stop_timeout)
         finally:
             db.close()
         log.info("daemon.stopped")
@@ -116,12 +128,20 @@ class Daemon:
             if now - last_db_check > 5.0:
                 self.db_ok = db.reachable()
                 last_db_check = now
+                metrics.set_database_up(self.db_ok)
+                if self.db_ok:
+                    self._company_metrics(db)
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self._reload()
             backlog = scheduler.backlog()
+            oldest_by_company = scheduler.oldest_ready_by_company()
             for company, n in backlog.items():
-                metrics.set_backlog(company, n)
+                if metrics.is_company(company):
+                    metrics.set_backlog(company, n)
+                    since = oldest_by_company.get(company)
+                    metrics.set_backlog_oldest_age(
+                        company, time.time() - since / 1e9 if since else None)
             oldest = scheduler.oldest_ready_mtime_ns()
             metrics.set_oldest_ready_age(time.time() - oldest / 1e9 if oldest else None)
             # Only a healthy daemon pings: systemd restarts a wedged one.
@@ -130,6 +150,17 @@ class Daemon:
             self.notifier.status(
                 f"backlog {sum(backlog.values())}, in hand {scheduler.in_hand}, "
                 f"done {scheduler.processed}, db {'ok' if self.db_ok else 'DOWN'}")
+
+    @staticmethod
+    def _company_metrics(db: Database) -> None:
+        """Every set-up company's series at zero (companies added while running too)."""
+        try:
+            # A short wait: the supervisor must not miss a watchdog ping for a busy pool.
+            with db.pool.connection(timeout=1.0) as conn:
+                for company in list_companies(conn):
+                    metrics.init_company(company.id)
+        except psycopg.Error:
+            pass  # the reachability check reports it; the next round tries again
 
     def _reload(self) -> None:
         try:

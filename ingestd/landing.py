@@ -127,6 +127,11 @@ class CompanyDirs:
             d.mkdir(exist_ok=True)
 
 
+# The result files ingestd writes beside a finished file (companions travel with it).
+RESULT_SUFFIXES = (".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv",
+                   ".global.csv", ".retry.persons")
+
+
 def sidecar_names(name: str) -> list[str]:
     return [name + s for s in (".result.json", ".errors.csv", ".accepted.csv",
                                ".rejected.csv", ".global.csv", ".retry.persons",

@@ -103,6 +103,12 @@ def _lock_key(company: str) -> str:
     return f"ingestd.company:{company}"
 
 
+def lock_company(conn: psycopg.Connection[Any], company: str) -> None:
+    """Wait for the company's lock until the transaction ends (requeue, prune): meanwhile
+    no instance claims, applies, recovers or finishes the company's files."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(company),))
+
+
 class Pipeline:
     """Claims, applies and finishes files. Thread-safe: each call uses its own connection."""
 

@@ -43,6 +43,9 @@ from ingestd import __version__
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["done", "failed", "duplicate"]
+OUTCOMES: tuple[Outcome, ...] = ("done", "failed", "duplicate")
+# "unknown": a file that failed before its format was known (an unsupported extension).
+FORMATS = ("persons", "contacts", "unknown")
 
 # Apply time of one file: from a few rows (tens of ms) to a large import (minutes).
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -84,6 +87,42 @@ class Metrics:
         self.apply_duration = Histogram(
             "ingestd_apply_duration_seconds", "Time to apply one file, by company and format.",
             ["company", "format"], buckets=_DURATION_BUCKETS, registry=r)
+        self.backlog_oldest_age = Gauge(
+            "ingestd_backlog_oldest_age_seconds",
+            "Age of the company's oldest ready file not yet applied (0 when none waits).",
+            ["company"], registry=r)
+        self.database_up = Gauge(
+            "ingestd_database_up", "1 while the database answers the daemon's checks, else 0.",
+            registry=r)
+        self.database_up.set(1)  # the daemon starts serving only after migrating
+        self.carrier_circuit_open = Gauge(
+            "ingestd_carrier_circuit_open",
+            "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
+            registry=r)
+        self.workers_stuck = Gauge(
+            "ingestd_workers_stuck",
+            "Busy workers that have shown no progress for stuck_seconds.", registry=r)
+        self._companies: set[str] = set()
+        self._companies_lock = threading.Lock()
+
+    def init_company(self, company: str) -> None:
+        """Create the company's series at zero, so that the first file's ``increase()``
+        counts and dashboards show the company before it sends anything. Idempotent."""
+        with self._companies_lock:
+            if company in self._companies:
+                return
+            self._companies.add(company)
+        for fmt in FORMATS:
+            for outcome in OUTCOMES:
+                self.files.labels(company=company, format=fmt, outcome=outcome)
+        self.rows_accepted.labels(company=company)
+        self.backlog.labels(company=company).set(0)
+        self.backlog_oldest_age.labels(company=company).set(0)
+
+    def is_company(self, company: str) -> bool:
+        """True once ``init_company`` was called for it: a set-up company, not a stray folder."""
+        with self._companies_lock:
+            return company in self._companies
 
     def record_file(
         self,
@@ -119,6 +158,20 @@ class Metrics:
         """Age of the oldest ready, unapplied file over all companies; None or 0 when none."""
         self.oldest_ready_age.set(seconds or 0.0)
 
+    def set_backlog_oldest_age(self, company: str, seconds: float | None) -> None:
+        """Age of ``company``'s oldest ready, unapplied file; None or 0 when none waits."""
+        self.backlog_oldest_age.labels(company=company).set(seconds or 0.0)
+
+    def set_database_up(self, up: bool) -> None:
+        self.database_up.set(1 if up else 0)
+
+    def watch_carrier_circuit(self, is_open: Callable[[], bool]) -> None:
+        """Read the breaker's state at every scrape (it closes by itself, with no event)."""
+        self.carrier_circuit_open.set_function(lambda: 1.0 if is_open() else 0.0)
+
+    def set_workers_stuck(self, n: int) -> None:
+        self.workers_stuck.set(n)
+
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
         self.carrier_lookups.labels(outcome=outcome).inc()
@@ -152,6 +205,36 @@ def set_backlog(company: str, n: int) -> None:
 def set_oldest_ready_age(seconds: float | None) -> None:
     """``DEFAULT.set_oldest_ready_age``."""
     DEFAULT.set_oldest_ready_age(seconds)
+
+
+def init_company(company: str) -> None:
+    """``DEFAULT.init_company``: a set-up company's series, at zero."""
+    DEFAULT.init_company(company)
+
+
+def is_company(company: str) -> bool:
+    """``DEFAULT.is_company``."""
+    return DEFAULT.is_company(company)
+
+
+def set_backlog_oldest_age(company: str, seconds: float | None) -> None:
+    """``DEFAULT.set_backlog_oldest_age``."""
+    DEFAULT.set_backlog_oldest_age(company, seconds)
+
+
+def set_database_up(up: bool) -> None:
+    """``DEFAULT.set_database_up``."""
+    DEFAULT.set_database_up(up)
+
+
+def watch_carrier_circuit(is_open: Callable[[], bool]) -> None:
+    """``DEFAULT.watch_carrier_circuit``."""
+    DEFAULT.watch_carrier_circuit(is_open)
+
+
+def set_workers_stuck(n: int) -> None:
+    """``DEFAULT.set_workers_stuck``: busy workers with no progress for stuck_seconds."""
+    DEFAULT.set_workers_stuck(n)
 
 
 def record_carrier(outcome: str) -> None:

@@ -67,6 +67,17 @@ class Scheduler:
             keys = [k[0] for q in self._ready.values() for p, k in q.items() if p.name != RECOVER]
         return min(keys) if keys else None
 
+    def oldest_ready_by_company(self) -> dict[str, int]:
+        """Per company with files waiting: the oldest one's mtime_ns (files put back
+        after a busy company, queued with 0, have no known age and are left out)."""
+        with self._cond:
+            found: dict[str, int] = {}
+            for c, q in self._ready.items():
+                keys = [k[0] for p, k in q.items() if p.name != RECOVER and k[0] > 0]
+                if keys:
+                    found[c] = min(keys)
+            return found
+
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping
 

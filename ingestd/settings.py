@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str | None = None
+    retention_days: int = Field(0, ge=0)  # 0: keep finished files forever
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -39,7 +39,10 @@ def insert(conn: psycopg.Connection[Any], *, company: str, name: str, claim_id: 
 
 def find_duplicate(conn: psycopg.Connection[Any], company: str, sha256: str,
                    file_id: int) -> tuple[int, str] | None:
-    """An earlier file of this company with the same content that was applied."""
+    """An earlier file of this company with the same content that was applied; None
+    for content that was requeued (``ingestd requeue``), which uses the requeue up."""
+    if take_requeue(conn, company, sha256):
+        return None
     row = conn.execute(
         "SELECT id, name FROM ingestd.files WHERE company = %s AND sha256 = %s"
         " AND status = 'done' AND duplicate_of IS NULL AND id <> %s ORDER BY id LIMIT 1",
@@ -119,3 +122,80 @@ def counts_since(conn: psycopg.Connection[Any], company: str, seconds: float) ->
         (company, seconds),
     ).fetchall()
     return {str(s): int(n) for s, n in rows}
+
+
+# -- requeue and retention ----------------------------------------------------------------
+
+@dataclass
+class FinishedFile:
+    """A ledger row whose file was finished into done/ or failed/."""
+
+    id: int
+    company: str
+    name: str
+    sha256: str
+    final_path: str
+    requeued_at: datetime | None
+
+
+_FINISHED = ("SELECT id, company, name, sha256, final_path, requeued_at FROM ingestd.files"
+             " WHERE finished_at IS NOT NULL AND final_path IS NOT NULL AND pruned_at IS NULL")
+
+
+def finished_at(conn: psycopg.Connection[Any], company: str, folder: str,
+                name: str) -> FinishedFile | None:
+    """The file now at ``<company>/<folder>/<name>`` (folder done or failed), if ingestd
+    finished it there. final_path is matched by its tail: it is as absolute as the landing
+    root was for the process that finished the file."""
+    tail = f"/{company}/{folder}/{name}"
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            _FINISHED + " AND company = %s AND requeued_at IS NULL"
+            " AND right('/' || final_path, length(%s)) = %s ORDER BY id DESC LIMIT 1",
+            (company, tail, tail),
+        ).fetchone()
+    return FinishedFile(**row) if row else None
+
+
+def mark_requeued(conn: psycopg.Connection[Any], entry: FinishedFile, sha256: str) -> None:
+    """The file went back to inbox/: its next apply with this content is not a duplicate."""
+    conn.execute("UPDATE ingestd.files SET requeued_at = now() WHERE id = %s", (entry.id,))
+    conn.execute("INSERT INTO ingestd.requeues (company, sha256, file_id) VALUES (%s, %s, %s)",
+                 (entry.company, sha256, entry.id))
+
+
+def take_requeue(conn: psycopg.Connection[Any], company: str, sha256: str) -> bool:
+    """Use up one requeue of this content, if there is one (in the apply's transaction:
+    a rolled-back apply keeps it)."""
+    row = conn.execute(
+        "DELETE FROM ingestd.requeues WHERE id = (SELECT id FROM ingestd.requeues"
+        " WHERE company = %s AND sha256 = %s ORDER BY id LIMIT 1) RETURNING id",
+        (company, sha256),
+    ).fetchone()
+    return row is not None
+
+
+def companies_finished_before(conn: psycopg.Connection[Any], days: int) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT company FROM ingestd.files WHERE finished_at IS NOT NULL"
+        " AND pruned_at IS NULL AND finished_at <= now() - make_interval(days => %s)"
+        " ORDER BY company", (days,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def finished_before(conn: psycopg.Connection[Any], company: str,
+                    days: int) -> list[FinishedFile]:
+    """Files (requeued ones too) that finished at least ``days`` days ago, not yet pruned."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [FinishedFile(**r) for r in cur.execute(
+            _FINISHED + " AND company = %s AND finished_at <= now() - make_interval(days => %s)"
+            " ORDER BY id", (company, days),
+        ).fetchall()]
+
+
+def mark_pruned(conn: psycopg.Connection[Any], file_id: int) -> None:
+    """The file and its sidecars are gone: drop its stored row results, keep the row (its
+    sha256 still makes a re-drop of the same content a duplicate)."""
+    conn.execute("DELETE FROM ingestd.row_results WHERE file_id = %s", (file_id,))
+    conn.execute("UPDATE ingestd.files SET pruned_at = now() WHERE id = %s", (file_id,))
