@@ -21,6 +21,7 @@ from ingestd.landing import CompanyDirs
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "ingestd.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "ingestd-alerts.yml"
+ALERT_TESTS = ROOT / "tests" / "data" / "ingestd-alerts.test.yml"
 
 # Series Prometheus makes itself for every scrape target, not exported by ingestd.
 PROMETHEUS_OWN = {"up"}
@@ -124,14 +125,28 @@ def test_alert_rules_are_complete() -> None:
     assert metric_names(alerts["IngestdDatabaseUnavailable"]["expr"]) == {"ingestd_database_up"}
 
 
-def test_promtool_check_rules() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    found = shutil.which("promtool")
+    if found is None:
         pytest.skip("promtool not installed (Debian package prometheus; .ci/run installs it)")
-    r = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True,
-                       text=True, timeout=60, check=False)
+    return subprocess.run([found, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_promtool_check_rules() -> None:
+    r = promtool("check", "rules", str(ALERTS))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 6 rules found" in r.stdout, r.stdout
+
+
+def test_alerts_fire_when_they_should_promtool_test_rules() -> None:
+    """tests/data/ingestd-alerts.test.yml: each alert stays quiet during its `for:` and
+    then fires with its labels and rendered annotations."""
+    tested = {c["alertname"] for t in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+              for c in t["alert_rule_test"]}
+    assert tested == {r["alert"] for r in rules()}
+    r = promtool("test", "rules", str(ALERT_TESTS))
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # -- a running daemon ---------------------------------------------------------------------
