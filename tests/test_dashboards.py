@@ -220,3 +220,15 @@ def test_company_series_start_at_zero_and_stray_folders_get_none(
                  what="acme's file counted")
     assert [k for k in s if ("company", "stray") in k[1]] == []
     assert daemon.stop() == 0
+
+
+def test_one_metrics_port_in_the_readme_and_the_config_examples() -> None:
+    ports = {}
+    for rel in ("README.md", "config/ingestd.example.toml", "config/ingestd.env.example"):
+        text = (ROOT / rel).read_text()
+        # METRICS_ADDRESS=host:port, metrics_address = "host:port", curl and scrape targets
+        found = set(re.findall(r"metrics_address\s*=\s*\"?[\w.]*:(\d+)", text, re.I))
+        found |= set(re.findall(r"(?:http://127\.0\.0\.1|\"ingest-host):(\d+)", text))
+        assert found, rel
+        ports[rel] = found
+    assert set().union(*ports.values()) == {"9108"}, ports
