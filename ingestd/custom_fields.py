@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
+from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError, quoted
 
 FieldType = Literal[
     "string", "integer", "decimal", "boolean", "date", "single_select", "multi_select"
@@ -171,6 +171,43 @@ def _definition(path: Path, number: int, table: dict[str, Any]) -> FieldDefiniti
 def convert(defn: FieldDefinition, raw: str, multi_select_delimiter: str) -> object | RowError:
     """The stored (JSON-serialisable) value of non-empty cell text ``raw``, or its row error."""
     return _CONVERTERS[defn.type](defn, raw, multi_select_delimiter)
+
+
+def explain(defn: FieldDefinition, raw: str, multi_select_delimiter: str) -> str:
+    """Why ``convert`` rejected ``raw``, in words a partner can act on.
+
+    Only called for a rejected cell, so the good path never pays for the words.
+    """
+    name, kind = defn.name, defn.type
+    if kind == "string":
+        allowed = GSM7_BASIC if defn.charset == "gsm7" else None
+        bad = next((c for c in raw if not (c in allowed if allowed else c.isascii())), raw)
+        return f"{quoted(bad)} is not in {name}'s character set {defn.charset}"
+    if kind == "integer":
+        if _INTEGER.fullmatch(raw) is None:
+            return f"{quoted(raw)} is not an integer"
+        return f"{quoted(raw)} is outside the 64-bit integer range"
+    if kind == "decimal":
+        return f"{quoted(raw)} is not a decimal number (digits, an optional sign and point)"
+    if kind == "boolean":
+        return f"{quoted(raw)} is not a boolean (true or false)"
+    if kind == "date":
+        if _DATE.fullmatch(raw) is None:
+            return (f"{quoted(raw)} is not a date like 2024-05-01T09:30:00Z"
+                    " (YYYY-MM-DDTHH:MM:SS then Z, +HHMM or +HH:MM)")
+        return f"{quoted(raw)} is not a real date and time (or its UTC offset is out of range)"
+    if kind == "multi_select":
+        keys = raw.split(multi_select_delimiter)
+        if "" in keys:
+            return (f"{quoted(raw)} has an empty option between the separators"
+                    f" {quoted(multi_select_delimiter)}")
+        raw = next((k for k in keys if k not in defn.option_set), raw)
+    return f"{quoted(raw)} is not an option of {name} ({_options(defn.options)})"
+
+
+def _options(options: list[str], limit: int = 10) -> str:
+    shown = ", ".join(options[:limit])
+    return shown + (f", … ({len(options)} in all)" if len(options) > limit else "")
 
 
 def _string(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
