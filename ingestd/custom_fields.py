@@ -69,6 +69,7 @@ GSM7_BASIC = frozenset(
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
 _DATE = re.compile(
@@ -221,6 +222,9 @@ def _string(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
 
 def _integer(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
     if _INTEGER.fullmatch(raw) is None:
+        return INVALID_VALUE
+    if len(raw.lstrip("+-").lstrip("0")) > _INT64_DIGITS:
+        # Out of range anyway; and int() refuses more than 4300 digits with a ValueError.
         return INVALID_VALUE
     value = int(raw)
     return value if _INT64_MIN <= value <= _INT64_MAX else INVALID_VALUE

@@ -202,6 +202,9 @@ CASES: dict[str, Case] = {
         "external_person_id,age", "e1,9223372036854775808",
         errors.INVALID_SELECT_CUSTOM_FIELD_VALUE, INVALID_VALUE_MSG, "age",
         "'9223372036854775808' is outside the 64-bit integer range"),
+    "integer_huge": Case(  # more digits than int() converts: rejected, not a crash
+        "external_person_id,age", "e1," + "9" * 5000, errors.INVALID_SELECT_CUSTOM_FIELD_VALUE,
+        INVALID_VALUE_MSG, "age", "'" + "9" * 60 + "…' is outside the 64-bit integer range"),
     "decimal": Case(
         "external_person_id,balance", "e1,1e3", errors.INVALID_SELECT_CUSTOM_FIELD_VALUE,
         INVALID_VALUE_MSG, "balance",

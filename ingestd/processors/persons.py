@@ -53,7 +53,7 @@ def _at(error: RowError, column: str, detail: str) -> RowError:
 
 
 def _person_id_detail(raw: str) -> str:
-    if raw.isascii() and raw.isdigit() and int(raw) > 0:
+    if raw.isascii() and raw.isdigit() and raw.strip("0"):
         return f"{quoted(raw)} is larger than the largest person_id"
     return f"{quoted(raw)} is not a positive integer"
 
