@@ -9,8 +9,9 @@ It never raises for a lookup problem: every failure is a ``RowError`` value with
   after the retries; the row belongs in the retry file.
 
 The seed's message column is empty for both classes, so their messages are the seed's
-descriptions (``PERMANENT_MESSAGE``, ``TRANSIENT_MESSAGE``), the same for every row; the
-details (status, time-out, attempts) go to the log, not to the partner's errors.csv.
+descriptions (``PERMANENT_MESSAGE``, ``TRANSIENT_MESSAGE``), the same for every row; what
+went wrong for one number (status, time-out, attempts) is ``CarrierResult.detail``, which
+errors.csv shows as the row's ``error_detail``, and goes to the log.
 
 Offline (``carrier_mode = "offline"``, the default)
     phonenumbers' number type: ``MOBILE`` and ``FIXED_LINE_OR_MOBILE`` (US and other NANP
@@ -102,7 +103,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import phonenumbers
@@ -148,10 +149,13 @@ class CarrierResult:
     """``error`` is None when the number is an active mobile on a valid carrier.
 
     ``carrier`` is the carrier's name when known (``None`` when the source has no name).
+    ``detail`` says why a lookup failed, for the partner's errors.csv; it is left out of
+    equality because it only explains ``error``.
     """
 
     carrier: str | None
     error: RowError | None
+    detail: str = field(default="", compare=False)
 
 
 class CarrierLookup(Protocol):
@@ -192,7 +196,7 @@ class OfflineCarrierLookup:
         # An invalid number is not mobile either, so it falls out as permanent too.
         if not number_type_is_mobile(mdn):
             _emit(self._on_event, "lookup", "permanent")
-            return CarrierResult(carrier=None, error=PERMANENT)
+            return CarrierResult(None, PERMANENT, f"mdn {mdn} is not a mobile number")
         _emit(self._on_event, "lookup", "found")
         if mdn.startswith("+1"):
             # phonenumbers has no carrier data for NANP (numbers are portable there).
@@ -294,21 +298,26 @@ class HttpCarrierLookup:
         except _CircuitOpen:
             # Stopped by a breaker that opened while this number waited for a slot or slept.
             outcome = "transient" if sent[0] else "circuit_open"
-            result = CarrierResult(carrier=None, error=TRANSIENT)
+            result = CarrierResult(None, TRANSIENT, _transient_detail(
+                mdn, "the service is failing, lookups paused", sent[0]))
         except _Retryable as exc:
             # Out of attempts or of time (or stopped by a breaker another number opened).
             structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=exc.reason,
                                            attempts=sent[0])
             self._trip(exc.reason)
-            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+            result = CarrierResult(None, TRANSIENT, _transient_detail(mdn, exc.reason, sent[0]))
+            outcome = "transient"
         except _GiveUp as exc:
             structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=str(exc),
                                            attempts=sent[0])
-            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+            result = CarrierResult(None, TRANSIENT, _transient_detail(mdn, str(exc), sent[0]))
+            outcome = "transient"
         except Exception:
             # A bug of ours must cost the row a retry, not the worker its file.
             structlog.get_logger().exception("carrier.lookup_error", mdn=mdn)
-            result, outcome = CarrierResult(carrier=None, error=TRANSIENT), "transient"
+            result = CarrierResult(None, TRANSIENT, _transient_detail(
+                mdn, "internal error", sent[0]))
+            outcome = "transient"
         _emit(self._on_event, "lookup", outcome)
         return result
 
@@ -354,7 +363,7 @@ class HttpCarrierLookup:
                 body = response.read(_MAX_BODY + 1)
         except urllib.error.HTTPError as exc:
             exc.close()  # frees the connection; the body is not needed
-            return self._classify_status(exc.code)
+            return self._classify_status(exc.code, mdn)
         except urllib.error.URLError as exc:
             # Raised for connect-phase failures; the cause is in .reason.
             if isinstance(exc.reason, TimeoutError):
@@ -366,9 +375,10 @@ class HttpCarrierLookup:
             raise _Retryable(f"connection failed: {exc!r}", "connection") from exc
         return self._parse_found(body), "found"
 
-    def _classify_status(self, status: int) -> tuple[CarrierResult, str]:
+    def _classify_status(self, status: int, mdn: str) -> tuple[CarrierResult, str]:
         if status in (404, 422):
-            return CarrierResult(carrier=None, error=PERMANENT), "permanent"
+            detail = f"the carrier lookup service answered HTTP {status} for {mdn}"
+            return CarrierResult(None, PERMANENT, detail), "permanent"
         if status in (408, 429):
             raise _Retryable(f"HTTP {status}", f"http_{status}")
         if 500 <= status <= 599:
@@ -417,6 +427,11 @@ class HttpCarrierLookup:
         structlog.get_logger().warning("carrier.circuit_open", cooldown=self.circuit_cooldown,
                                        reason=reason)
         _emit(self._on_event, "circuit", "open")
+
+
+def _transient_detail(mdn: str, reason: str, attempts: int) -> str:
+    tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+    return f"carrier lookup of {mdn} failed{tries}: {reason}"
 
 
 def make_carrier(settings: Settings, *, on_event: EventHook | None = None) -> CarrierLookup:

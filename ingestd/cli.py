@@ -177,7 +177,9 @@ def _print_result(result: dict[str, Any], final: Path | None) -> None:
     if "error" in result:
         print(f"  {result['error']['class']}: {result['error']['message']}")
     for rec, err in result.get("_sample_errors", []):
-        print(f"  record {rec}: {err.error_class}: {err.message}")
+        where = f"{err.field}: " if err.field else ""
+        detail = f" ({where}{err.detail})" if err.detail else ""
+        print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
     for w in result.get("warnings", []):
         print(f"  warning: {w}")
 

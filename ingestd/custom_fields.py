@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
+from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError, quoted
 
 FieldType = Literal[
     "string", "integer", "decimal", "boolean", "date", "single_select", "multi_select"
@@ -69,6 +69,7 @@ GSM7_BASIC = frozenset(
 
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
 _DATE = re.compile(
@@ -173,6 +174,43 @@ def convert(defn: FieldDefinition, raw: str, multi_select_delimiter: str) -> obj
     return _CONVERTERS[defn.type](defn, raw, multi_select_delimiter)
 
 
+def explain(defn: FieldDefinition, raw: str, multi_select_delimiter: str) -> str:
+    """Why ``convert`` rejected ``raw``, in words a partner can act on.
+
+    Only called for a rejected cell, so the good path never pays for the words.
+    """
+    name, kind = defn.name, defn.type
+    if kind == "string":
+        allowed = GSM7_BASIC if defn.charset == "gsm7" else None
+        bad = next((c for c in raw if not (c in allowed if allowed else c.isascii())), raw)
+        return f"{quoted(bad)} is not in {name}'s character set {defn.charset}"
+    if kind == "integer":
+        if _INTEGER.fullmatch(raw) is None:
+            return f"{quoted(raw)} is not an integer"
+        return f"{quoted(raw)} is outside the 64-bit integer range"
+    if kind == "decimal":
+        return f"{quoted(raw)} is not a decimal number (digits, an optional sign and point)"
+    if kind == "boolean":
+        return f"{quoted(raw)} is not a boolean (true or false)"
+    if kind == "date":
+        if _DATE.fullmatch(raw) is None:
+            return (f"{quoted(raw)} is not a date like 2024-05-01T09:30:00Z"
+                    " (YYYY-MM-DDTHH:MM:SS then Z, +HHMM or +HH:MM)")
+        return f"{quoted(raw)} is not a real date and time (or its UTC offset is out of range)"
+    if kind == "multi_select":
+        keys = raw.split(multi_select_delimiter)
+        if "" in keys:
+            return (f"{quoted(raw)} has an empty option between the separators"
+                    f" {quoted(multi_select_delimiter)}")
+        raw = next((k for k in keys if k not in defn.option_set), raw)
+    return f"{quoted(raw)} is not an option of {name} ({_options(defn.options)})"
+
+
+def _options(options: list[str], limit: int = 10) -> str:
+    shown = ", ".join(options[:limit])
+    return shown + (f", … ({len(options)} in all)" if len(options) > limit else "")
+
+
 def _string(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
     charset = defn.charset
     if charset == "unicode":
@@ -184,6 +222,9 @@ def _string(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
 
 def _integer(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
     if _INTEGER.fullmatch(raw) is None:
+        return INVALID_VALUE
+    if len(raw.lstrip("+-").lstrip("0")) > _INT64_DIGITS:
+        # Out of range anyway; and int() refuses more than 4300 digits with a ValueError.
         return INVALID_VALUE
     value = int(raw)
     return value if _INT64_MIN <= value <= _INT64_MAX else INVALID_VALUE

@@ -47,10 +47,21 @@ CONTACTS_PRECONDITION_FAILED = "ContactsImport::PreconditionFailed"  # HTTP 412
 
 @dataclass(frozen=True, slots=True)
 class RowError:
-    """Why one record was rejected: an error class and a human message."""
+    """Why one record was rejected: an error class and a human message (both the
+    partner contract, the same for every row of a class), and for the partner to act
+    on: the column at fault (``field``, empty when the row as a whole is wrong) and
+    what was wrong with this row (``detail``)."""
 
     error_class: str
     message: str
+    field: str = ""
+    detail: str = ""
+
+
+def quoted(value: str, limit: int = 60) -> str:
+    """A cell's text for a ``detail``, in single quotes; a long one cut with an ellipsis
+    so a huge bad cell is not repeated in full."""
+    return f"'{value if len(value) <= limit else value[:limit] + '…'}'"
 
 
 class FileError(Exception):

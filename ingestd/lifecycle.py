@@ -375,6 +375,7 @@ class Pipeline:
     def _write_sidecars(self, conn: psycopg.Connection[Any], entry: ledger.LedgerEntry,
                         final: Path) -> None:
         d, name = final.parent, final.name
+        guard = self.settings.sidecar_formula_guard
         result = dict(entry.result)
         result["file"] = entry.name
         if final.name != entry.name:
@@ -382,22 +383,23 @@ class Pipeline:
         if entry.format == "persons" and entry.status == "done" \
                 and "duplicate_of" not in result:
             columns = entry.meta.get("columns", [])
-            sidecars.persons_errors(
-                d, name, columns,
-                ((r, c, m, f) for r, c, m, f in ledger.rejected_rows(conn, entry.id)))
+            sidecars.persons_errors(d, name, columns, ledger.rejected_rows(conn, entry.id),
+                                    guard=guard)
             if result.get("rejected_by_class", {}).get(errors.TRANSIENT_LOOKUP_FAILURE):
                 sidecars.persons_retry(
                     d, name, columns, entry.meta.get("delimiter", ","),
                     entry.meta.get("multi_select_delimiter", "|"),
-                    (f for _, _, _, f in ledger.rejected_rows(
+                    (r.fields for r in ledger.rejected_rows(
                         conn, entry.id, errors.TRANSIENT_LOOKUP_FAILURE)))
         elif entry.format == "contacts":
             if entry.status == "done" and "duplicate_of" not in result:
-                sidecars.contacts_accepted(d, name, ledger.accepted_rows(conn, entry.id))
+                sidecars.contacts_accepted(d, name, ledger.accepted_rows(conn, entry.id),
+                                           guard=guard)
                 sidecars.contacts_rejected(
-                    d, name, ((r, f, m) for r, _, m, f in ledger.rejected_rows(conn, entry.id)))
+                    d, name, ((r.record, r.fields, r.message)
+                              for r in ledger.rejected_rows(conn, entry.id)), guard=guard)
             glob = [("*", result["error"]["message"])] if "error" in result else []
-            sidecars.contacts_global(d, name, glob)
+            sidecars.contacts_global(d, name, glob, guard=guard)
         conn.commit()
         sidecars.result_json(d, name, result)
 

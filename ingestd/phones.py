@@ -31,7 +31,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
-from ingestd.errors import INVALID_MDN_FORMAT, RowError
+from ingestd.errors import INVALID_MDN_FORMAT, RowError, quoted
 
 # The seed's message cell for this class is empty; its description is the text
 # partners know, so that is the message.
@@ -50,6 +50,18 @@ def normalize_mdn(raw: str, region: str = "US") -> str | RowError:
     ``region`` (ISO 3166 alpha-2) is how a ten-digit number is read.
     """
     return _normalize(raw, region)
+
+
+def explain_invalid_mdn(raw: str, region: str = "US") -> str:
+    """Why :func:`normalize_mdn` rejected ``raw``; only called for a rejected row."""
+    plus = raw.startswith("+")
+    digits = raw[1:] if plus else raw
+    if not _ascii_digits(digits) or (len(digits) > _MAX_E164_DIGITS if plus
+                                     else len(digits) != 10):
+        return f"{quoted(raw)} is not E.164 (+ and digits) or 10 digits"
+    if plus:
+        return f"{quoted(raw)} is not a valid number"
+    return f"{quoted(raw)} is not a valid number in region {region.upper()}"
 
 
 def number_type_is_mobile(e164: str) -> bool:

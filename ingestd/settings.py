@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     allow_duplicates: bool = False
     stop_timeout: float = Field(30.0, gt=0)
     default_region: str = "US"
+    sidecar_formula_guard: bool = True
 
     # Carrier lookup
     carrier_mode: Literal["offline", "http"] = "offline"

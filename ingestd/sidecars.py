@@ -1,9 +1,16 @@
 """Writing the files a partner reads beside their drop. Each is written under a
-temporary dot-name and renamed into place, so a partner never sees half a sidecar."""
+temporary dot-name and renamed into place, so a partner never sees half a sidecar.
+
+The CSV sidecars are opened by people, often in a spreadsheet, and echo the partner's
+cells: a cell such as ``=HYPERLINK(...)`` would run as a formula there (CSV injection).
+With ``guard`` on, every cell that a spreadsheet would read as a formula gets a leading
+``'`` (OWASP's advice). ``NAME.retry.persons`` is data to drop again and stays exact.
+"""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import uuid
@@ -11,7 +18,18 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from ingestd.db.ledger import RejectedRow
 from ingestd.formats.persons import iter_persons
+
+# What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
+_FORMULA_START = frozenset("=+-@\t\r")
+
+
+def neutralise(cell: Any) -> Any:
+    """``cell`` with a leading ``'`` when a spreadsheet would run it as a formula."""
+    if isinstance(cell, str) and cell[:1] in _FORMULA_START:
+        return "'" + cell
+    return cell
 
 
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
@@ -37,22 +55,26 @@ def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 def _csv(directory: Path, filename: str, header: Sequence[str] | None,
-         rows: Iterable[Sequence[Any]], delimiter: str = ",") -> Path:
+         rows: Iterable[Sequence[Any]], guard: bool) -> Path:
     def fill(fh: TextIO) -> None:
         # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
-        w = csv.writer(fh, delimiter=delimiter, lineterminator="\r\n")
-        if header is not None:
-            w.writerow(header)
-        w.writerows(rows)
+        w = csv.writer(fh, lineterminator="\r\n")
+        lines = rows if header is None else itertools.chain([header], rows)
+        if guard:
+            lines = ([neutralise(cell) for cell in line] for line in lines)
+        w.writerows(lines)
     return write_atomic(directory / filename, fill)
 
 
 def persons_errors(directory: Path, name: str, columns: Sequence[str],
-                   rejected: Iterable[tuple[int, str, str, Sequence[str]]]) -> Path:
-    """NAME.errors.csv: record, error_class, error_message, then the row's fields."""
+                   rejected: Iterable[RejectedRow], *, guard: bool = True) -> Path:
+    """NAME.errors.csv: record, error_class, error_message, error_field, error_detail,
+    then the row's fields."""
     return _csv(directory, f"{name}.errors.csv",
-                ["record", "error_class", "error_message", *columns],
-                ((rec, cls, msg, *fields) for rec, cls, msg, fields in rejected))
+                ["record", "error_class", "error_message", "error_field", "error_detail",
+                 *columns],
+                ((r.record, r.error_class, r.message, r.error_field, r.error_detail, *r.fields)
+                 for r in rejected), guard)
 
 
 def persons_retry(directory: Path, name: str, columns: Sequence[str], delimiter: str,
@@ -65,20 +87,23 @@ def persons_retry(directory: Path, name: str, columns: Sequence[str], delimiter:
 
 
 def contacts_accepted(directory: Path, name: str,
-                      rows: Iterable[tuple[int, str, Sequence[str]]]) -> Path:
+                      rows: Iterable[tuple[int, str, Sequence[str]]], *,
+                      guard: bool = True) -> Path:
     """NAME.accepted.csv: record, contact id, the row's columns (no header row, like the API)."""
     return _csv(directory, f"{name}.accepted.csv", None,
-                ((rec, ref, *fields) for rec, ref, fields in rows))
+                ((rec, ref, *fields) for rec, ref, fields in rows), guard)
 
 
 def contacts_rejected(directory: Path, name: str,
-                      rows: Iterable[tuple[int, Sequence[str], str]]) -> Path:
+                      rows: Iterable[tuple[int, Sequence[str], str]], *,
+                      guard: bool = True) -> Path:
     """NAME.rejected.csv: record, the section's first row, the message."""
     return _csv(directory, f"{name}.rejected.csv", None,
-                ((rec, *fields, msg) for rec, fields, msg in rows))
+                ((rec, *fields, msg) for rec, fields, msg in rows), guard)
 
 
-def contacts_global(directory: Path, name: str, rows: Iterable[tuple[str, str]]) -> Path:
+def contacts_global(directory: Path, name: str, rows: Iterable[tuple[str, str]], *,
+                    guard: bool = True) -> Path:
     """NAME.global.csv: responseTrackingCode or '*', message."""
-    return _csv(directory, f"{name}.global.csv", None, rows)
+    return _csv(directory, f"{name}.global.csv", None, rows, guard)
 

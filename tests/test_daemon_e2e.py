@@ -164,14 +164,17 @@ def test_drop_is_applied_with_result_and_errors_sidecars(
     assert isinstance(result["duration_s"], int | float) and result["duration_s"] >= 0
     assert result["warnings"] == []
 
-    # errors.csv: exact class and message, then the row's fields as given
+    # errors.csv: exact class and message, the column at fault and what was wrong with it,
+    # then the row's fields as given
     assert read_csv(acme.done / "crm.persons.errors.csv") == [
-        ["record", "error_class", "error_message",
+        ["record", "error_class", "error_message", "error_field", "error_detail",
          "person_id", "mdn", "external_person_id", "note", "color"],
-        ["2", "MobilePhoneErrors::InvalidMDNFormat", MDN_MESSAGE, "", "abc", "e2", "x", ""],
+        ["2", "MobilePhoneErrors::InvalidMDNFormat", MDN_MESSAGE,
+         "mdn", "'abc' is not E.164 (+ and digits) or 10 digits", "", "abc", "e2", "x", ""],
         ["3", "PersonErrors::CustomFieldNotFound", "Custom field not found",
-         "", "2295551235", "e3", "", "red"],
-        ["4", "PersonErrors::PersonNotFound", "Person not found", "999", "", "", "", ""],
+         "color", "no custom field named color", "", "2295551235", "e3", "", "red"],
+        ["4", "PersonErrors::PersonNotFound", "Person not found",
+         "person_id", "no person with person_id 999", "999", "", "", "", ""],
     ]
 
     # the ledger

@@ -73,6 +73,17 @@ FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
 NO_ID_COLUMN_MSG = "Couldn't find a person_id, external_person_id, mdn, or vives_device_id field"
 ENCODING = "FileEngine::EncodingDetection::Unknown8BitEncodingDetected"
 
+# errors.csv: these five columns, then the file's field names.
+ERRORS_HEADER = ["record", "error_class", "error_message", "error_field", "error_detail"]
+NOT_E164 = "is not E.164 (+ and digits) or 10 digits"
+CREATE_REQUIRES_DETAIL = "no mdn, vibes_device_id or external_person_id to create a person with"
+
+
+def guarded(cell: str) -> str:
+    """A cell as errors.csv shows it: the formula guard prefixes = + - @ tab CR with '."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
 UK_MOBILE = "+447400123456"  # offline: mobile, carrier "Three"
 UK_FIXED = "+442071234567"  # offline: a London fixed line, never a mobile
 
@@ -243,11 +254,15 @@ def test_invalid_mdn_format_bad_shapes_and_invalid_numbers(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 7, {INVALID_MDN: 4})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "mdn", "external_person_id"],
-        ["2", INVALID_MDN, INVALID_MDN_MSG, "229-555-0002", "e2"],
-        ["3", INVALID_MDN, INVALID_MDN_MSG, "12295550003", "e3"],
-        ["5", INVALID_MDN, INVALID_MDN_MSG, "+11235550005", "e5"],
-        ["6", INVALID_MDN, INVALID_MDN_MSG, "1235550006", "e6"],
+        [*ERRORS_HEADER, "mdn", "external_person_id"],
+        ["2", INVALID_MDN, INVALID_MDN_MSG, "mdn", f"'229-555-0002' {NOT_E164}",
+         "229-555-0002", "e2"],
+        ["3", INVALID_MDN, INVALID_MDN_MSG, "mdn", f"'12295550003' {NOT_E164}",
+         "12295550003", "e3"],
+        ["5", INVALID_MDN, INVALID_MDN_MSG, "mdn", "'+11235550005' is not a valid number",
+         "'+11235550005", "e5"],  # the formula guard: a leading + gets a '
+        ["6", INVALID_MDN, INVALID_MDN_MSG, "mdn",
+         "'1235550006' is not a valid number in region US", "1235550006", "e6"],
     ]
     assert {e: p.mdn for e, p in env.by_ext().items()} == {
         "e1": mdn(1), "e4": mdn(4), "e7": mdn(7)}  # stored as E.164
@@ -263,8 +278,9 @@ def test_custom_field_not_found(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 3, {FIELD_NOT_FOUND: 1})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "mdn", "tier", "ghost"],
-        ["2", FIELD_NOT_FOUND, FIELD_NOT_FOUND_MSG, mdn(2), "gold", "boo"],
+        [*ERRORS_HEADER, "mdn", "tier", "ghost"],
+        ["2", FIELD_NOT_FOUND, FIELD_NOT_FOUND_MSG, "ghost", "no custom field named ghost",
+         "'" + mdn(2), "gold", "boo"],
     ]
     assert {m: p.custom for m, p in env.by_mdn().items()} == {
         mdn(1): {"tier": "gold"}, mdn(3): {"tier": "silver"}}
@@ -300,8 +316,9 @@ def test_invalid_custom_field_value_both_messages(env: Env) -> None:
         (10, INVALID_VALUE, INVALID_VALUE_MSG),
         (11, INVALID_VALUE, INVALID_VALUE_MSG),
     ]
-    assert env.errors_csv(name)[2] == ["3", INVALID_VALUE, CHARSET_MSG, "e3", "", "{braces}",
-                                       "", "", "", "", "", ""]
+    assert env.errors_csv(name)[2] == [
+        "3", INVALID_VALUE, CHARSET_MSG, "sms_name", "'{' is not in sms_name's character set gsm7",
+        "e3", "", "{braces}", "", "", "", "", "", ""]
     assert {e: p.custom for e, p in env.by_ext().items()} == {
         "e1": {"nick": "plain", "sms_name": "Ça va @home", "tier": "gold", "tags": ["a", "b"],
                "age": 42, "vip": True, "joined": "2024-01-02T03:04:05Z", "balance": "1.5"},
@@ -324,9 +341,11 @@ def test_person_not_found_by_person_id_and_person_key(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 4, {NOT_FOUND: 2})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "person_id", "person_key", "tier"],
-        ["2", NOT_FOUND, NOT_FOUND_MSG, str(missing_id), "", "gold"],
-        ["3", NOT_FOUND, NOT_FOUND_MSG, "", missing_key, "gold"],
+        [*ERRORS_HEADER, "person_id", "person_key", "tier"],
+        ["2", NOT_FOUND, NOT_FOUND_MSG, "person_id", f"no person with person_id {missing_id}",
+         str(missing_id), "", "gold"],
+        ["3", NOT_FOUND, NOT_FOUND_MSG, "person_key", f"no person with person_key {missing_key}",
+         "", missing_key, "gold"],
     ]
     assert env.persons() == [p1._replace(custom={"tier": "gold"}),
                              p2._replace(custom={"tier": "silver"})]  # nobody created
@@ -347,10 +366,13 @@ def test_mobile_phone_already_assigned(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 6, {MDN_TAKEN: 3})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "external_person_id", "mdn"],
-        ["2", MDN_TAKEN, MDN_TAKEN_MSG, "other", mdn(1)],
-        ["3", MDN_TAKEN, MDN_TAKEN_MSG, "new4", mdn(1)],
-        ["5", MDN_TAKEN, MDN_TAKEN_MSG, "new6", mdn(3)],
+        [*ERRORS_HEADER, "external_person_id", "mdn"],
+        ["2", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
+         "other", "'" + mdn(1)],
+        ["3", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
+         "new4", "'" + mdn(1)],
+        ["5", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(3)} belongs to another person",
+         "new6", "'" + mdn(3)],
     ]
     assert {e: p.mdn for e, p in env.by_ext().items()} == {
         "owner": mdn(1), "other": mdn(6), "new3": mdn(3), "new5": mdn(5)}
@@ -361,6 +383,8 @@ def test_mobile_phone_already_assigned(env: Env) -> None:
 @pytest.mark.parametrize("bad", ["0", "abc", "-5", "1.0", "+7", "00", "٣",
                                  "9223372036854775808"])  # one past the bigint maximum
 def test_invalid_person_id(env: Env, bad: str) -> None:
+    detail = (f"'{bad}' is larger than the largest person_id" if bad == "9223372036854775808"
+              else f"'{bad}' is not a positive integer")
     p1, p2 = env.seed(ext="x1"), env.seed(ext="x2")
     name = "badid.persons"
     outcome = env.process(name, body(
@@ -371,8 +395,8 @@ def test_invalid_person_id(env: Env, bad: str) -> None:
     ))
     assert_done(env, name, outcome, 3, {INVALID_ID: 1})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "person_id", "tier"],
-        ["2", INVALID_ID, INVALID_ID_MSG, bad, "gold"],
+        [*ERRORS_HEADER, "person_id", "tier"],
+        ["2", INVALID_ID, INVALID_ID_MSG, "person_id", detail, guarded(bad), "gold"],
     ]
     assert [p.custom for p in env.persons()] == [{"tier": "gold"}, {"tier": "silver"}]
 
@@ -395,7 +419,8 @@ def test_invalid_person_key(env: Env) -> None:
         (3, INVALID_KEY, INVALID_KEY_MSG),
         (4, INVALID_KEY, INVALID_KEY_MSG),
     ]
-    assert env.errors_csv(name)[1] == ["2", INVALID_KEY, INVALID_KEY_MSG, upper, "gold"]
+    assert env.errors_csv(name)[1] == ["2", INVALID_KEY, INVALID_KEY_MSG, "person_key",
+                                       f"'{upper}' is not a lowercase UUID", upper, "gold"]
     assert [p.custom for p in env.persons()] == [{"tier": "gold"}, {"tier": "silver"}]
 
 
@@ -411,8 +436,9 @@ def test_mdn_change_not_allowed(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 4, {MDN_CHANGE: 1})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "external_person_id", "mdn", "tier"],
-        ["2", MDN_CHANGE, MDN_CHANGE_MSG, "x1", mdn(2), "silver"],
+        [*ERRORS_HEADER, "external_person_id", "mdn", "tier"],
+        ["2", MDN_CHANGE, MDN_CHANGE_MSG, "mdn",
+         f"person {p1.person_id} already has mdn {mdn(1)}", "x1", "'" + mdn(2), "silver"],
     ]
     assert env.persons() == [
         p1._replace(custom={"tier": "bronze"}),
@@ -432,10 +458,11 @@ def test_person_create_requires_device_or_external_person_id(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 4, {CREATE_REQUIRES: 2})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "external_person_id", "mdn",
-         "vibes_device_id", "tier"],
-        ["2", CREATE_REQUIRES, CREATE_REQUIRES_MSG, "", "", "", "gold"],
-        ["3", CREATE_REQUIRES, CREATE_REQUIRES_MSG, " ", " ", "  ", "silver"],
+        [*ERRORS_HEADER, "external_person_id", "mdn", "vibes_device_id", "tier"],
+        ["2", CREATE_REQUIRES, CREATE_REQUIRES_MSG, "", CREATE_REQUIRES_DETAIL,
+         "", "", "", "gold"],
+        ["3", CREATE_REQUIRES, CREATE_REQUIRES_MSG, "", CREATE_REQUIRES_DETAIL,
+         " ", " ", "  ", "silver"],
     ]
     assert [(p.external_person_id, p.vibes_device_id, p.custom) for p in env.persons()] == [
         ("e1", None, {"tier": "gold"}), (None, "d4", {"tier": "bronze"})]
@@ -457,12 +484,16 @@ def test_unique_violation_external_and_device_ids(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 6, {UNIQUE: 4})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "person_id", "person_key", "mdn",
-         "external_person_id", "vibes_device_id"],
-        ["2", UNIQUE, UNIQUE_MSG, str(p2.person_id), "", "", "e1", ""],
-        ["3", UNIQUE, UNIQUE_MSG, "", p2.person_key, "", "e1", ""],
-        ["4", UNIQUE, UNIQUE_MSG, "", "", mdn(2), "", "d1"],
-        ["5", UNIQUE, UNIQUE_MSG, "", "", mdn(5), "", "d3"],
+        [*ERRORS_HEADER, "person_id", "person_key", "mdn", "external_person_id",
+         "vibes_device_id"],
+        ["2", UNIQUE, UNIQUE_MSG, "external_person_id", "'e1' belongs to another person",
+         str(p2.person_id), "", "", "e1", ""],
+        ["3", UNIQUE, UNIQUE_MSG, "external_person_id", "'e1' belongs to another person",
+         "", p2.person_key, "", "e1", ""],
+        ["4", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d1' belongs to another person",
+         "", "", "'" + mdn(2), "", "d1"],
+        ["5", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d3' belongs to another person",
+         "", "", "'" + mdn(5), "", "d3"],
     ]
     persons = env.persons()
     assert persons[:2] == [p1, p2._replace(external_person_id="e2b", vibes_device_id="d2b")]
@@ -483,11 +514,14 @@ def test_malformed_row(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 5, {MALFORMED: 3})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "mdn", "external_person_id", "bio"],
-        ["2", MALFORMED, "Row has 4 fields; the header has 3", mdn(2), "e2", "x", "extra"],
-        ["3", MALFORMED, "Row has 1 fields; the header has 3", mdn(3)],
+        [*ERRORS_HEADER, "mdn", "external_person_id", "bio"],
+        ["2", MALFORMED, "Row has 4 fields; the header has 3", "",
+         "row has 4 fields; the header has 3", "'" + mdn(2), "e2", "x", "extra"],
+        ["3", MALFORMED, "Row has 1 fields; the header has 3", "",
+         "row has 1 fields; the header has 3", "'" + mdn(3)],
         # the csv module returns no values for a record it cannot read
-        ["4", MALFORMED, "Row is not valid CSV: ',' expected after '\"'"],
+        ["4", MALFORMED, "Row is not valid CSV: ',' expected after '\"'", "",
+         "row is not valid CSV: ',' expected after '\"'"],
     ]
     assert {e: p.custom for e, p in env.by_ext().items()} == {
         "e1": {"bio": "two\nlines"}, "e5": {}}
@@ -503,8 +537,9 @@ def test_permanent_lookup_failure_offline(env: Env) -> None:
     ))
     assert_done(env, name, outcome, 3, {PERMANENT: 1})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "external_person_id", "mdn"],
-        ["2", PERMANENT, PERMANENT_MSG, "e2", UK_FIXED],
+        [*ERRORS_HEADER, "external_person_id", "mdn"],
+        ["2", PERMANENT, PERMANENT_MSG, "mdn", f"mdn {UK_FIXED} is not a mobile number",
+         "e2", "'" + UK_FIXED],
     ]
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
         "e1": (UK_MOBILE, "Three"), "e3": (mdn(3), None)}
@@ -565,8 +600,10 @@ def test_ten_digit_numbers_are_read_in_the_companys_region(env: Env) -> None:
     with open(env.landing / "brit" / "done" / "gb.persons.errors.csv", encoding="utf-8",
               newline="") as fh:
         assert list(csv.reader(fh))[1:] == [
-            ["2", INVALID_MDN, INVALID_MDN_MSG, "g2", "2295551234"],
-            ["4", PERMANENT, PERMANENT_MSG, "g4", "2071234567"],
+            ["2", INVALID_MDN, INVALID_MDN_MSG, "mdn",
+             "'2295551234' is not a valid number in region GB", "g2", "2295551234"],
+            ["4", PERMANENT, PERMANENT_MSG, "mdn", "mdn +442071234567 is not a mobile number",
+             "g4", "2071234567"],
         ]
     rows = env.conn.execute(
         "SELECT external_person_id, mdn, carrier FROM brit.persons ORDER BY 1").fetchall()
@@ -876,8 +913,7 @@ def test_http_503_twice_then_found_after_logged_retries(env: Env, server: Carrie
         ), **http_settings(server))
     assert_done(env, name, outcome, 3, {})
     assert not (env.company_dir / "done" / f"{name}.retry.persons").exists()
-    assert env.errors_csv(name) == [["record", "error_class", "error_message",
-                                     "external_person_id", "mdn"]]
+    assert env.errors_csv(name) == [[*ERRORS_HEADER, "external_person_id", "mdn"]]
     assert retries(logs) == [(mdn(2), 1, "HTTP 503"), (mdn(2), 2, "HTTP 503")]
     assert server.calls == Counter({mdn(2): 3})
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
@@ -905,8 +941,10 @@ def test_http_always_503_is_transient_and_goes_to_the_retry_file(
         outcome = env.process(name, outage_file(), chunk_size=2, **http_settings(server))
     assert_done(env, name, outcome, 5, {TRANSIENT: 1})
     assert env.errors_csv(name) == [
-        ["record", "error_class", "error_message", "external_person_id", "mdn", "tier"],
-        ["3", TRANSIENT, TRANSIENT_MSG, "e3", mdn(3), "silver"],
+        [*ERRORS_HEADER, "external_person_id", "mdn", "tier"],
+        ["3", TRANSIENT, TRANSIENT_MSG, "mdn",
+         f"carrier lookup of {mdn(3)} failed after 4 attempts: HTTP 503",
+         "e3", "'" + mdn(3), "silver"],
     ]
     assert retries(logs) == [(mdn(3), 1, "HTTP 503"), (mdn(3), 2, "HTTP 503"),
                              (mdn(3), 3, "HTTP 503")]
@@ -991,7 +1029,10 @@ def test_retry_file_keeps_a_lone_carriage_return(env: Env, server: CarrierServer
         reader = open_persons(fh)
         assert [r for chunk in reader.chunks(100) for r in chunk] == [
             Record(1, ["e2", mdn(2), "old\rmac"])]
-    assert env.errors_csv(name)[1] == ["1", TRANSIENT, TRANSIENT_MSG, "e2", mdn(2), "old\rmac"]
+    assert env.errors_csv(name)[1] == [
+        "1", TRANSIENT, TRANSIENT_MSG, "mdn",
+        f"carrier lookup of {mdn(2)} failed after 4 attempts: HTTP 503",
+        "e2", "'" + mdn(2), "old\rmac"]
 
 
 @pytest.mark.parametrize(("field", "head"), [
@@ -1027,7 +1068,9 @@ def test_http_404_and_422_are_permanent_without_retries(
             f"e3,{mdn(3)}",
         ), chunk_size=1, **http_settings(server))
     assert_done(env, name, outcome, 3, {PERMANENT: 1})
-    assert env.errors_csv(name)[1:] == [["2", PERMANENT, PERMANENT_MSG, "e2", mdn(2)]]
+    assert env.errors_csv(name)[1:] == [[
+        "2", PERMANENT, PERMANENT_MSG, "mdn",
+        f"the carrier lookup service answered HTTP {status} for {mdn(2)}", "e2", "'" + mdn(2)]]
     assert retries(logs) == []
     assert server.calls == Counter({mdn(1): 1, mdn(2): 1, mdn(3): 1})
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
@@ -1102,7 +1145,9 @@ def test_check_returns_the_errors_and_writes_nothing(env: Env, tmp_path: Path) -
         "done", 4, 2, 2)
     assert result["rejected_by_class"] == {INVALID_VALUE: 1, MDN_TAKEN: 1}
     assert result["_sample_errors"] == [
-        (2, RowError(INVALID_VALUE, INVALID_VALUE_MSG)), (4, RowError(MDN_TAKEN, MDN_TAKEN_MSG))]
+        (2, RowError(INVALID_VALUE, INVALID_VALUE_MSG, "tier",
+                     "'platinum' is not an option of tier (gold, silver, bronze)")),
+        (4, RowError(MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person"))]
     # Nothing written: persons, the ledger, row results; the file is where it was.
     assert env.persons() == before == [p1]
     assert env.count("SELECT count(*) FROM ingestd.files") == 0
@@ -1122,7 +1167,9 @@ def test_check_over_http_looks_up_but_caches_nothing(env: Env, server: CarrierSe
     path = tmp_path / "check.persons"
     path.write_text(body("mdn", mdn(1), mdn(2)), encoding="utf-8")
     result = env.pipeline(**http_settings(server)).check(path, "acme")
-    assert result["_sample_errors"] == [(2, RowError(PERMANENT, PERMANENT_MSG))]
+    assert result["_sample_errors"] == [(2, RowError(
+        PERMANENT, PERMANENT_MSG, "mdn",
+        f"the carrier lookup service answered HTTP 404 for {mdn(2)}"))]
     assert server.calls == Counter({mdn(1): 1, mdn(2): 1})
     assert cache(env) == {}
     assert env.persons() == []

@@ -81,19 +81,30 @@ def set_finished(conn: psycopg.Connection[Any], file_id: int) -> None:
     conn.execute("UPDATE ingestd.files SET finished_at = now() WHERE id = %s", (file_id,))
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    record: int
+    error_class: str
+    message: str
+    error_field: str  # the column at fault, "" for the row as a whole
+    error_detail: str
+    fields: list[str]
+
+
 def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
-                  error_class: str | None = None) -> Iterator[tuple[int, str, str, list[str]]]:
+                  error_class: str | None = None) -> Iterator[RejectedRow]:
     """Stream rejected rows in record order (server-side cursor: constant memory)."""
-    query = ("SELECT record, error_class, message, fields FROM ingestd.row_results"
-             " WHERE file_id = %s AND NOT accepted")
+    query = ("SELECT record, error_class, message, error_field, error_detail, fields"
+             " FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
     params: tuple[Any, ...] = (file_id,)
     if error_class is not None:
         query += " AND error_class = %s"
         params = (file_id, error_class)
     with conn.cursor(name=f"rej_{file_id}") as cur:
         cur.execute(query + " ORDER BY record", params)
-        for rec, cls, msg, fields in cur:
-            yield int(rec), str(cls), str(msg), list(fields)
+        for rec, cls, msg, column, detail, fields in cur:
+            yield RejectedRow(int(rec), str(cls), str(msg), str(column), str(detail),
+                              list(fields))
 
 
 def accepted_rows(conn: psycopg.Connection[Any],

@@ -57,7 +57,7 @@ class RowResults:
         self.rows += 1
         self.accepted += 1
         if keep:
-            self._add((record, True, ref, None, None, list(fields)))
+            self._add((record, True, ref, None, None, "", "", list(fields)))
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
@@ -66,7 +66,8 @@ class RowResults:
         self.rejected_by_class[error.error_class] += rows
         if len(self.sample_errors) < 1000:
             self.sample_errors.append((record, error))
-        self._add((record, False, None, error.error_class, error.message, list(fields)))
+        self._add((record, False, None, error.error_class, error.message, error.field,
+                   error.detail, list(fields)))
 
     def _add(self, row: tuple[Any, ...]) -> None:
         if self._conn is None:
@@ -80,7 +81,8 @@ class RowResults:
             return
         with self._conn.cursor() as cur, cur.copy(
             "COPY ingestd.row_results"
-            " (file_id, record, accepted, ref, error_class, message, fields) FROM STDIN"
+            " (file_id, record, accepted, ref, error_class, message, error_field, error_detail,"
+            " fields) FROM STDIN"
         ) as copy:
             for row in self._pending:
                 copy.write_row((self._file_id, *row))

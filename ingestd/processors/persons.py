@@ -21,10 +21,10 @@ from psycopg import sql
 
 from ingestd import errors
 from ingestd.carrier import CarrierResult
-from ingestd.custom_fields import FieldDefinition, convert
+from ingestd.custom_fields import FieldDefinition, convert, explain
 from ingestd.db.carrier_cache import cached_lookup
 from ingestd.db.fields import list_fields
-from ingestd.errors import FileError, RowError
+from ingestd.errors import FileError, RowError, quoted
 from ingestd.formats.persons import (
     IDENTIFYING,
     Record,
@@ -32,16 +32,31 @@ from ingestd.formats.persons import (
     open_persons,
     parse_person_id,
 )
-from ingestd.phones import normalize_mdn
+from ingestd.phones import explain_invalid_mdn, normalize_mdn
 from ingestd.processors.base import ApplyContext
 
 ERR_NOT_FOUND = RowError(errors.PERSON_NOT_FOUND, errors.MSG_PERSON_NOT_FOUND)
-ERR_CREATE = RowError(errors.PERSON_CREATE_REQUIRES, errors.MSG_PERSON_CREATE_REQUIRES)
+ERR_CREATE = RowError(errors.PERSON_CREATE_REQUIRES, errors.MSG_PERSON_CREATE_REQUIRES,
+                      detail="no mdn, vibes_device_id or external_person_id"
+                             " to create a person with")
 ERR_FIELD_NOT_FOUND = RowError(errors.CUSTOM_FIELD_NOT_FOUND, errors.MSG_CUSTOM_FIELD_NOT_FOUND)
 ERR_MDN_CHANGE = RowError(errors.MDN_CHANGE_NOT_ALLOWED, errors.MSG_MDN_CHANGE_NOT_ALLOWED)
 ERR_MDN_TAKEN = RowError(errors.MOBILE_PHONE_ALREADY_ASSIGNED,
                          errors.MSG_MOBILE_PHONE_ALREADY_ASSIGNED)
 ERR_UNIQUE = RowError(errors.UNIQUE_VIOLATION, errors.MSG_UNIQUE_VIOLATION)
+
+
+def _at(error: RowError, column: str, detail: str) -> RowError:
+    """``error`` (a shared constant) for one row: the column at fault and what was wrong.
+    Built only once a row is rejected, so accepted rows never pay for the words."""
+    return RowError(error.error_class, error.message, column, detail)
+
+
+def _person_id_detail(raw: str) -> str:
+    if raw.isascii() and raw.isdigit() and raw.strip("0"):
+        return f"{quoted(raw)} is larger than the largest person_id"
+    return f"{quoted(raw)} is not a positive integer"
+
 
 _COLUMNS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id",
             "carrier", "custom")
@@ -159,17 +174,21 @@ class _Chunk:
         """Checks that need no database: shape, id syntax, mdn format, custom values."""
         row = _Row(record, error=record.error)
         if row.error:
+            if not row.error.detail:
+                # The reader's message is already the row's own reason (counts, CSV error).
+                msg = row.error.message
+                row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
             return row
         v = record.values
         pid_raw = self._value(v, "person_id")
         key_raw = self._value(v, "person_key")
         pid = parse_person_id(pid_raw) if pid_raw else None
         if isinstance(pid, RowError):
-            row.error = pid
+            row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
             return row
         key = check_person_key(key_raw) if key_raw else None
         if isinstance(key, RowError):
-            row.error = key
+            row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
             return row
         row.ext = self._value(v, "external_person_id") or None
         row.device = self._value(v, "vibes_device_id") or None
@@ -177,7 +196,7 @@ class _Chunk:
         if mdn_raw:
             mdn = normalize_mdn(mdn_raw, self.region)
             if isinstance(mdn, RowError):
-                row.mdn_error = mdn
+                row.mdn_error = _at(mdn, "mdn", explain_invalid_mdn(mdn_raw, self.region))
             else:
                 row.mdn = mdn
         for by, value in (("person_id", pid), ("person_key", key), ("external_person_id", row.ext),
@@ -194,11 +213,11 @@ class _Chunk:
                 continue  # an empty cell never changes anything
             defn = self.definitions.get(name)
             if defn is None:
-                row.custom_error = ERR_FIELD_NOT_FOUND
+                row.custom_error = _at(ERR_FIELD_NOT_FOUND, name, f"no custom field named {name}")
                 break
             value_or_error = convert(defn, raw, self.multi_delim)
             if isinstance(value_or_error, RowError):
-                row.custom_error = value_or_error
+                row.custom_error = _at(value_or_error, name, explain(defn, raw, self.multi_delim))
                 break
             row.custom[name] = value_or_error
         return row
@@ -261,7 +280,7 @@ class _Chunk:
         person = index.find(row.by, row.ident) if row.by != "mdn" or row.mdn else None
         if person is None:
             if row.by in ("person_id", "person_key"):
-                return ERR_NOT_FOUND
+                return _at(ERR_NOT_FOUND, row.by, f"no person with {row.by} {row.ident}")
             if not (row.mdn or row.device or row.ext or row.mdn_error):
                 return ERR_CREATE
         if row.mdn_error:
@@ -270,15 +289,18 @@ class _Chunk:
             return row.custom_error
         if row.mdn:
             if person is not None and person.mdn and person.mdn != row.mdn:
-                return ERR_MDN_CHANGE
+                who = ("the person an earlier row created" if person.person_id < 0
+                       else f"person {person.person_id}")
+                return _at(ERR_MDN_CHANGE, "mdn", f"{who} already has mdn {person.mdn}")
             owner = index.by_mdn.get(row.mdn)
             if owner is not None and owner is not person:
-                return ERR_MDN_TAKEN
-        for value, table in ((row.ext, index.by_ext), (row.device, index.by_device)):
+                return _at(ERR_MDN_TAKEN, "mdn", f"mdn {row.mdn} belongs to another person")
+        for column, value, table in (("external_person_id", row.ext, index.by_ext),
+                                     ("vibes_device_id", row.device, index.by_device)):
             if value:
                 owner = table.get(value)
                 if owner is not None and owner is not person:
-                    return ERR_UNIQUE
+                    return _at(ERR_UNIQUE, column, f"{quoted(value)} belongs to another person")
         new_mdn = row.mdn if row.mdn and (person is None or person.mdn != row.mdn) else None
         carrier: str | None = None
         if new_mdn:
@@ -286,7 +308,10 @@ class _Chunk:
             if looked is None:  # not expected: every candidate was looked up
                 looked = self.ctx.carrier.lookup_many([new_mdn])[new_mdn]
             if looked.error is not None:
-                return looked.error
+                # The shared cache keeps only class and message, so a cached result has no
+                # detail; only permanent results are cached.
+                return _at(looked.error, "mdn", looked.detail or (
+                    f"mdn {new_mdn} is not a mobile on a valid carrier (an earlier lookup)"))
             carrier = looked.carrier
         if person is None:
             person = Person(person_id=0, person_key=str(uuid.uuid4()), external_person_id=None,
