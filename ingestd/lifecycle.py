@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, landing, sidecars
+from ingestd import errors, failpoints, landing, partner_files, sidecars
 from ingestd.carrier import CarrierLookup
 from ingestd.db import ledger
 from ingestd.db.companies import get_company
@@ -71,7 +71,7 @@ class Claim:
         if landing.name_problem(self.name) is not None:
             return None  # such a name cannot have a companion (nor be applied)
         p = self.path.with_name(self.name + landing.HEADERS_SUFFIX)
-        return p if p.exists() else None
+        return p if os.path.lexists(p) else None  # a symlink too: it must be failed
 
 
 @dataclass
@@ -88,7 +88,7 @@ def sha256_of(path: Path, companion: Path | None = None) -> str:
     for p in (path, companion) if companion else (path,):
         if p is companion:
             h.update(b"\0" + p.name[len(path.name):].encode() + b"\0")
-        with open(p, "rb") as fh:
+        with partner_files.open_partner_file(p) as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()
@@ -217,7 +217,7 @@ class Pipeline:
         name = landing.display_name(claim.name)  # what the ledger, logs and sidecars say
         fmt = landing.format_for(name)
         st = os.lstat(path)
-        error, sha, before = self._inspect(claim, name)
+        error, sha, before = self._inspect(claim, name, self.settings.marker_mode)
         meta: dict[str, Any] = {}
         duplicate: tuple[int, str] | None = None
         results = RowResults(None, None)
@@ -281,23 +281,27 @@ class Pipeline:
         return result
 
     @staticmethod
-    def _inspect(claim: Claim, name: str) -> tuple[FileError | None, str, tuple[int, int]]:
+    def _inspect(claim: Claim, name: str,
+                 marker_mode: bool) -> tuple[FileError | None, str, tuple[int, int]]:
         """What can be known before the transaction: a file-level problem, or the content
         hash and the (size, mtime) that must still hold after reading."""
         path = claim.path
         bad_name = landing.name_problem(claim.name)
         if bad_name is not None:
             return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", (0, 0)
-        if not landing.is_regular(path):
-            kind = "a symbolic link" if os.path.islink(path) else "not a regular file"
-            return FileError(errors.NOT_A_REGULAR_FILE,
-                             f"{name} is {kind}; only regular files are imported"), "", (0, 0)
-        before = _stat_key(path)
         try:
+            # The drop, then every companion (a marker too, though it is never read):
+            # nothing of the file is opened unless all of them are plain files.
+            for p in [path, *landing.companions(path.parent, claim.name, marker_mode)]:
+                partner_files.check(p)
+            before = _stat_key(path)
             return None, sha256_of(path, claim.headers_path), before
+        except FileError as exc:
+            return exc, "", (0, 0)
         except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
+            which = landing.display_name(Path(exc.filename).name) if exc.filename else name
             return FileError(errors.UNREADABLE_FILE,
-                             f"{name} cannot be read by ingestd: {exc.strerror}"), "", before
+                             f"{which} cannot be read by ingestd: {exc.strerror}"), "", (0, 0)
 
     @staticmethod
     def _result(claim: Claim, fmt: str | None, sha: str, started: datetime, t0: float,

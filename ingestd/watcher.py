@@ -11,8 +11,9 @@ observer (NFS/CIFS) has no such events and relies on the settle period alone,
 as do files found by a scan that no event told us about. A close event lost to an
 inotify overflow would block a file forever, so a file that has been stable for
 ``write_timeout_seconds`` while looking open is taken anyway, with a warning.
-Non-regular entries (symlinks, FIFOs, devices) are emitted at once, flagged by
-the lifecycle as failures, and never opened here.
+Non-regular entries (symlinks, FIFOs, devices, directories) are emitted at once,
+flagged by the lifecycle as failures, and never opened here. In marker mode a
+marker counts whatever it is; one that is not a regular file fails its drop.
 """
 
 from __future__ import annotations
@@ -172,10 +173,8 @@ class Watcher:
         except FileNotFoundError:
             self._candidates.pop(path, None)
             return
-        if stat.S_ISDIR(st.st_mode):
-            return
         if not stat.S_ISREG(st.st_mode):
-            # symlink, FIFO, device, socket: never opened; the lifecycle fails it
+            # symlink, FIFO, device, socket, directory: never opened; the lifecycle fails it
             self._candidates.pop(path, None)
             self._emit(path, st.st_mtime_ns)
             return

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ingestd.errors import CONTACTS_GLOBAL, FileError
+from ingestd.partner_files import open_partner_file
 
 # A typed cell: text, boolean, timestamp, or None for a blank cell.
 Value = str | bool | datetime | None
@@ -385,7 +386,8 @@ class ContactsReader:
 @contextmanager
 def open_contacts(path: Path) -> Iterator[ContactsReader]:
     """Open a contacts file for streaming (UTF-8, a byte-order mark tolerated)."""
-    with path.open(encoding="utf-8-sig", newline="") as stream:
+    with io.TextIOWrapper(open_partner_file(path), encoding="utf-8-sig",
+                          newline="") as stream:
         yield ContactsReader(stream)
 
 

@@ -44,6 +44,7 @@ from ingestd.formats.contacts import (
     open_contacts,
     parse_headers_file,
 )
+from ingestd.partner_files import open_partner_file
 from ingestd.processors.base import ApplyContext, RowResults
 
 # The tables' columns, by CSV column name (0002_contacts.sql).
@@ -124,7 +125,8 @@ def _read_headers(ctx: ApplyContext) -> datetime | None:
     if ctx.headers_path is None:
         return None
     try:
-        text = ctx.headers_path.read_bytes().decode("utf-8")
+        with open_partner_file(ctx.headers_path) as fh:
+            text = fh.read().decode("utf-8")
     except UnicodeDecodeError:
         raise FileError(CONTACTS_GLOBAL, f"{ctx.name}.headers is not UTF-8 text.") from None
     except OSError as exc:

@@ -32,6 +32,7 @@ from ingestd.formats.persons import (
     open_persons,
     parse_person_id,
 )
+from ingestd.partner_files import open_partner_file
 from ingestd.phones import explain_invalid_mdn, normalize_mdn
 from ingestd.processors.base import ApplyContext
 
@@ -124,7 +125,7 @@ class PersonsProcessor:
     format = "persons"
 
     def apply(self, ctx: ApplyContext) -> None:
-        with open(ctx.path, "rb") as fh:
+        with open_partner_file(ctx.path) as fh:
             reader = open_persons(fh)
             ctx.columns = list(reader.fields)
             ctx.warnings.extend(reader.warnings)
