@@ -144,7 +144,6 @@ class Daemon:
         try:
             while not self.stop_event.is_set():
                 attempt += 1
-                self._still_starting()
                 try:
                     db.start()
                 except DatabaseUnavailable as exc:
@@ -171,6 +170,7 @@ class Daemon:
         """Wait ``seconds`` or until asked to stop, telling systemd we are still starting."""
         deadline = time.monotonic() + seconds
         tick = min(1.0, self.notifier.watchdog_interval or 1.0)
+        self._still_starting()
         while (left := deadline - time.monotonic()) > 0:
             if self.stop_event.wait(min(tick, left)):
                 return
@@ -178,7 +178,8 @@ class Daemon:
 
     def _still_starting(self) -> None:
         # Waiting for the database is a healthy start: neither the start timeout nor
-        # the watchdog should end it.
+        # the watchdog should end it. (A start that succeeds at once sends nothing
+        # before READY=1.)
         self.notifier.extend_timeout(START_GRACE_SECONDS)
         self.notifier.watchdog()
 
