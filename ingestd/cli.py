@@ -13,11 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
+from psycopg_pool import PoolTimeout
 
 from ingestd import landing, logs
 from ingestd.db.companies import CompanyError, validate_company_id
-from ingestd.db.database import Database
+from ingestd.db.database import Database, DatabaseUnavailable, unavailable_reason
+from ingestd.db.embedded import EmbeddedError
 from ingestd.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("ingestd.cli")
@@ -339,5 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
+    except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as exc:
+        # Only the daemon waits for the database; a one-off command says so and stops.
+        reason = unavailable_reason(exc, settings.database_url)
+        print(f"ingestd: database unavailable: {reason}", file=sys.stderr)
+        return 1
+    except EmbeddedError as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

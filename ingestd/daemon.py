@@ -6,9 +6,11 @@ and workers are healthy, refreshes STATUS= and the gauges, and handles signals.
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 import psycopg
@@ -17,7 +19,8 @@ import structlog
 from ingestd import errors, logs, metrics, retention
 from ingestd.carrier import HttpCarrierLookup, make_carrier
 from ingestd.db.companies import list_companies
-from ingestd.db.database import Database
+from ingestd.db.database import Database, DatabaseUnavailable
+from ingestd.db.embedded import EmbeddedError
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
 from ingestd.scheduler import Scheduler
@@ -25,6 +28,18 @@ from ingestd.settings import Settings, load_settings
 from ingestd.watcher import Watcher
 
 log = structlog.get_logger("ingestd.daemon")
+
+# While waiting for the database, every message to systemd asks for this much more
+# start-up time: enough for one attempt (an embedded initdb and start, or a connect
+# timeout plus migrations) before the next message.
+START_GRACE_SECONDS = 120.0
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds before retry ``attempt + 1``: doubling from ``initial``, capped at
+    ``maximum``, less up to half at random so several instances do not retry in step."""
+    base = min(maximum, initial * 2 ** min(attempt - 1, 32))
+    return random.uniform(base / 2, base)
 
 
 class Daemon:
@@ -66,10 +81,22 @@ class Daemon:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        # each worker: its company-lock connection, plus one for the carrier cache
-        db = Database(settings, pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
         try:
-            db.upgrade()
+            # each worker: its company-lock connection, plus one for the carrier cache
+            db = Database(settings, start=False,
+                          pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
+            connected = self._connect(db)
+        except EmbeddedError as exc:
+            # Not retried: a fault of this machine (permissions, binaries, data directory)
+            # that waiting does not fix; Restart= tries a few times, then the unit fails.
+            log.error("db.embedded.failed", error=str(exc),
+                      log=str(exc.log_file) if exc.log_file else None)
+            return 1
+        if not connected:  # asked to stop while waiting
+            db.close()
+            log.info("daemon.stopped")
+            return 0
+        try:
             carrier = make_carrier(settings, on_event=self._on_carrier_event)
             if isinstance(carrier, HttpCarrierLookup):
                 metrics.watch_carrier_circuit(carrier.circuit_open)
@@ -118,6 +145,55 @@ class Daemon:
             db.close()
         log.info("daemon.stopped")
         return 0
+
+    def _connect(self, db: Database) -> bool:
+        """Start and migrate the database, waiting with backoff while it is unreachable.
+
+        True once connected; False when asked to stop first. Until then nothing else
+        starts: uploads wait in inbox/ and are found by the first scan.
+        """
+        attempt = 0
+        try:
+            while not self.stop_event.is_set():
+                attempt += 1
+                try:
+                    db.start()
+                except DatabaseUnavailable as exc:
+                    if self.stop_event.is_set():
+                        break  # a signal cut the attempt short: not the database's fault
+                    delay = backoff(attempt, self.settings.db_retry_initial,
+                                    self.settings.db_retry_max)
+                    next_try = datetime.now(UTC) + timedelta(seconds=delay)
+                    log.warning("db.unavailable", reason=str(exc), database=db.target,
+                                attempt=attempt, retry_in_s=round(delay, 2),
+                                next_try_at=next_try.isoformat(timespec="milliseconds"))
+                    self.notifier.status(f"waiting for database: {exc}")
+                    self._wait(delay)
+                    continue
+                if attempt > 1:
+                    log.info("db.connected", attempts=attempt, database=db.target)
+                return True
+        except BaseException:
+            db.close()
+            raise
+        return False
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` or until asked to stop, telling systemd we are still starting."""
+        deadline = time.monotonic() + seconds
+        tick = min(1.0, self.notifier.watchdog_interval or 1.0)
+        self._still_starting()
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop_event.wait(min(tick, left)):
+                return
+            self._still_starting()
+
+    def _still_starting(self) -> None:
+        # Waiting for the database is a healthy start: neither the start timeout nor
+        # the watchdog should end it. (A start that succeeds at once sends nothing
+        # before READY=1.)
+        self.notifier.extend_timeout(START_GRACE_SECONDS)
+        self.notifier.watchdog()
 
     def _supervise(self, db: Database, watcher: Watcher, scheduler: Scheduler) -> None:
         interval = self.notifier.watchdog_interval or 5.0

@@ -74,6 +74,16 @@ class Claim:
         return p if os.path.lexists(p) else None  # a symlink too: it must be failed
 
 
+class RecoveryFailed(Exception):
+    """A leftover claim could not be finished. Already logged (``file.error``, naming
+    the file); the claim stays in .processing/ and is retried."""
+
+    def __init__(self, company: str, claim_id: str) -> None:
+        super().__init__(f"{company}: recovery of claim {claim_id} failed")
+        self.company = company
+        self.claim_id = claim_id
+
+
 @dataclass
 class Outcome:
     status: str  # done | failed | busy | gone | changed
@@ -422,25 +432,42 @@ class Pipeline:
         for claim_dir in sorted(dirs.processing.iterdir()):
             if not claim_dir.is_dir() or claim_dir.is_symlink():
                 continue
-            entry = ledger.by_claim(conn, claim_dir.name)
-            conn.commit()
-            marker = self.settings.marker_mode
+            try:
+                self._recover_claim(conn, dirs, claim_dir)
+            except Exception as exc:
+                # Logged here, where the file is known; the caller only knows the company.
+                log.exception("file.error", company=dirs.company,
+                              file=self._claimed_name(claim_dir), claim=claim_dir.name,
+                              stage="recovery")
+                raise RecoveryFailed(dirs.company, claim_dir.name) from exc
+
+    def _claimed_name(self, claim_dir: Path) -> str | None:
+        """The file's own name in its claim folder (the ledger holds it as text, which
+        may differ); None once it has been moved out."""
+        try:
             names = [p.name for p in claim_dir.iterdir()
-                     if not landing.is_companion(p.name, marker)]
-            # The file's own name (the ledger holds it as text, which may differ).
-            name = names[0] if names else (entry.name if entry else None)
-            if name is None:
-                shutil.rmtree(claim_dir, ignore_errors=True)  # crashed between mkdir and rename
-                continue
-            claim = Claim(dirs, claim_dir.name, name)
-            if entry is not None:
-                log.info("file.recovered", company=dirs.company, file=name,
-                         claim=claim.claim_id, action="finish")
-                self._finish(conn, claim)
-            else:
-                log.info("file.recovered", company=dirs.company, file=name,
-                         claim=claim.claim_id, action="apply")
-                self._apply_and_finish(conn, claim)
+                     if not landing.is_companion(p.name, self.settings.marker_mode)]
+        except OSError:
+            return None
+        return names[0] if names else None
+
+    def _recover_claim(self, conn: psycopg.Connection[Any], dirs: CompanyDirs,
+                       claim_dir: Path) -> None:
+        entry = ledger.by_claim(conn, claim_dir.name)
+        conn.commit()
+        name = self._claimed_name(claim_dir) or (entry.name if entry else None)
+        if name is None:
+            shutil.rmtree(claim_dir, ignore_errors=True)  # crashed between mkdir and rename
+            return
+        claim = Claim(dirs, claim_dir.name, name)
+        if entry is not None:
+            log.info("file.recovered", company=dirs.company, file=name,
+                     claim=claim.claim_id, action="finish")
+            self._finish(conn, claim)
+        else:
+            log.info("file.recovered", company=dirs.company, file=name,
+                     claim=claim.claim_id, action="apply")
+            self._apply_and_finish(conn, claim)
 
     def company_dirs(self) -> list[CompanyDirs]:
         if not self.root.is_dir():

@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from ingestd.landing import PROCESSING, CompanyDirs
-from ingestd.lifecycle import Outcome
+from ingestd.lifecycle import Outcome, RecoveryFailed
 
 log = structlog.get_logger("ingestd.scheduler")
 
@@ -141,11 +141,17 @@ class Scheduler:
                     self.processed += 1
                 if self._on_outcome:
                     self._on_outcome(company, outcome, time.monotonic() - t0)
-            except Exception:
+            except Exception as exc:
                 # The database may be down, or the disk full. The file is either still in
                 # the inbox (retried by the next rescan) or claimed (recovered next time).
-                log.exception("file.error", company=company, file=path.name)
-                self.submit_recovery(CompanyDirs(path.parent.parent))
+                if isinstance(exc, RecoveryFailed):
+                    pass  # logged by the recovery, naming the claimed file
+                elif path.name == RECOVER:
+                    log.exception("recovery.error", company=company)
+                else:
+                    log.exception("file.error", company=company, file=path.name)
+                dirs = CompanyDirs(path.parent if path.name == RECOVER else path.parent.parent)
+                self.submit_recovery(dirs)
                 backoff = 5.0
             finally:
                 self._done(company, backoff)

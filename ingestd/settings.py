@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     # Database
     pool_min_size: int = Field(1, ge=1)
     pool_max_size: int = Field(8, ge=1)
+    db_retry_initial: float = Field(0.5, gt=0)
+    db_retry_max: float = Field(30.0, gt=0)
 
     # Watching
     settle_seconds: float = Field(2.0, ge=0)

@@ -44,6 +44,23 @@ def ping(url: str, timeout: int = 3) -> bool:
         return False
 
 
+class EmbeddedError(RuntimeError):
+    """The embedded server cannot be started. ``str()`` is one line naming the cause;
+    ``log_file`` is where the server (or initdb) said more, when it got that far."""
+
+    def __init__(self, message: str, log_file: Path | None = None) -> None:
+        super().__init__(message + (f" (log: {log_file})" if log_file else ""))
+        self.log_file = log_file
+
+
+def _last_words(text: str) -> str:
+    """The line that says why, from a PostgreSQL log or tool output: the last FATAL or
+    ERROR line if any, else the last non-empty line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    telling = [line for line in lines if "FATAL" in line or "ERROR" in line]
+    return (telling or lines or ["no output"])[-1]
+
+
 def _bindir() -> Path:
     # find_spec, not import: pgserver's __init__ does work (and warns) we do not need.
     spec = importlib.util.find_spec("pgserver")
@@ -54,7 +71,7 @@ def _bindir() -> Path:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    raise RuntimeError(
+    raise EmbeddedError(
         "no PostgreSQL binaries: install the 'pgserver' package or set INGESTD_DATABASE_URL"
     )
 
@@ -64,7 +81,7 @@ def _wrap(cmd: list[str]) -> list[str]:
         return cmd
     unshare = shutil.which("unshare")
     if unshare is None:
-        raise RuntimeError(
+        raise EmbeddedError(
             "running as root needs util-linux 'unshare' for the embedded PostgreSQL; "
             "or set INGESTD_DATABASE_URL"
         )
@@ -82,6 +99,7 @@ class EmbeddedPostgres:
             digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
             self.socket_dir = Path(tempfile.gettempdir()) / f"ingestd-pg-{os.geteuid()}-{digest}"
         self.log_file = self.root / "server.log"
+        self.initdb_log = self.root / "initdb.log"
         self.bindir = _bindir()
         self.started_here = False
 
@@ -97,17 +115,28 @@ class EmbeddedPostgres:
         return ping(self.url, timeout=2)
 
     def start(self, timeout: float = 60.0) -> str:
-        """Start (or reuse) the server and return its URL."""
+        """Start (or reuse) the server and return its URL; ``EmbeddedError`` if it cannot."""
+        try:
+            return self._start(timeout)
+        except OSError as exc:  # e.g. the state directory is not writable
+            raise EmbeddedError(f"embedded PostgreSQL cannot start: {exc}") from exc
+
+    def _start(self, timeout: float) -> str:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.socket_dir.mkdir(exist_ok=True, mode=0o700)
         if self.socket_dir.stat().st_uid != os.geteuid():
-            raise RuntimeError(f"{self.socket_dir} belongs to another user; refusing to use it")
+            raise EmbeddedError(f"{self.socket_dir} belongs to another user; refusing to use it")
         if not (self.data / "PG_VERSION").exists():
             if self.data.exists():
                 shutil.rmtree(self.data)  # a half-made initdb from an earlier crash
             log.info("db.embedded.initdb", data=str(self.data))
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                      "-E", "UTF8", "--no-sync")
+            done = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                             "-E", "UTF8", "--no-sync", check=False)
+            self.initdb_log.write_text(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise EmbeddedError(
+                    f"embedded PostgreSQL: initdb failed (exit {done.returncode}): "
+                    f"{_last_words(done.stderr or done.stdout)}", self.initdb_log)
         if self._responding():
             if self._owner_alive():
                 log.info("db.embedded.reused", data=str(self.data))
@@ -124,15 +153,16 @@ class EmbeddedPostgres:
         result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_file),
                            "-o", opts, "-w", "-t", str(int(timeout)), "start", check=False)
         if result.returncode != 0 and not self._responding():
-            tail = ""
+            said = result.stderr
             if self.log_file.exists():
-                tail = self.log_file.read_text(errors="replace")[-2000:]
-            raise RuntimeError(
-                f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
+                said = self.log_file.read_text(errors="replace")[-4000:] or said
+            raise EmbeddedError(f"embedded PostgreSQL did not start: {_last_words(said)}",
+                                self.log_file)
         deadline = time.monotonic() + timeout
         while not self._responding():
             if time.monotonic() > deadline:
-                raise RuntimeError("embedded PostgreSQL started but does not answer")
+                raise EmbeddedError("embedded PostgreSQL started but does not answer",
+                                    self.log_file)
             time.sleep(0.1)
         self._own()
         log.info("db.embedded.started", data=str(self.data))
