@@ -81,6 +81,9 @@ class Metrics:
         self.oldest_ready_age = Gauge(
             "ingestd_oldest_ready_age_seconds",
             "Age of the oldest ready file not yet applied (0 when none waits).", registry=r)
+        self.workers_stuck = Gauge(
+            "ingestd_workers_stuck",
+            "Busy workers that have shown no progress for stuck_seconds.", registry=r)
         self.apply_duration = Histogram(
             "ingestd_apply_duration_seconds", "Time to apply one file, by company and format.",
             ["company", "format"], buckets=_DURATION_BUCKETS, registry=r)
@@ -119,6 +122,10 @@ class Metrics:
         """Age of the oldest ready, unapplied file over all companies; None or 0 when none."""
         self.oldest_ready_age.set(seconds or 0.0)
 
+    def set_workers_stuck(self, n: int) -> None:
+        """Busy workers with no progress (rows, bytes, a bounded wait) for stuck_seconds."""
+        self.workers_stuck.set(n)
+
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
         self.carrier_lookups.labels(outcome=outcome).inc()
@@ -152,6 +159,11 @@ def set_backlog(company: str, n: int) -> None:
 def set_oldest_ready_age(seconds: float | None) -> None:
     """``DEFAULT.set_oldest_ready_age``."""
     DEFAULT.set_oldest_ready_age(seconds)
+
+
+def set_workers_stuck(n: int) -> None:
+    """``DEFAULT.set_workers_stuck``."""
+    DEFAULT.set_workers_stuck(n)
 
 
 def record_carrier(outcome: str) -> None:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str | None = None
+    progress_seconds: float = Field(5.0, gt=0)
+    stuck_seconds: float = Field(300.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
