@@ -86,12 +86,14 @@ def sha256_of(path: Path, companion: Path | None = None) -> str:
     """The file's content hash; a companion (NAME.csv.headers) is part of the content,
     so a CSV re-sent with the precondition it lacked is not taken for a duplicate."""
     h = hashlib.sha256()
+    handle = progress.current()  # hashing a huge file is progress too, not a stuck worker
     for p in (path, companion) if companion else (path,):
         if p is companion:
             h.update(b"\0" + p.name[len(path.name):].encode() + b"\0")
         with open(p, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
+                handle.alive()
     return h.hexdigest()
 
 

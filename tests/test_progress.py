@@ -465,3 +465,12 @@ def test_ingest_on_a_terminal_shows_a_progress_bar(tmp_path: Path, landing: Path
     assert "file.progress" not in out, out  # the bar instead of the log lines
     assert "done: bar.persons" in out, out
     assert is_finished(dirs, "bar.persons")
+
+
+@pytest.mark.parametrize("key", ["progress_seconds", "stuck_seconds"])
+def test_progress_settings_must_be_positive(tmp_path: Path, landing: Path, db_url: str,
+                                            key: str) -> None:
+    env = base_env(db_url, landing, tmp_path / "state", **{f"INGESTD_{key.upper()}": "0"})
+    r = run_cli(["status"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and key in r.stderr, r.stderr
