@@ -48,6 +48,9 @@ Retries (tenacity)
     ``carrier_max_wait`` seconds since its first attempt (``stop_before_delay``: never sleep
     only to give up afterwards). Each retry logs ``carrier.retry`` (warning) with ``mdn``,
     ``attempt`` (the attempt that just failed, from 1), ``wait`` (seconds) and ``reason``.
+    The start of every attempt and of every wait counts as progress of the file being
+    applied (``ingestd.progress``): a retry loop longer than ``stuck_seconds`` whose single
+    steps are shorter is a slow worker, not a stuck one.
 
 Concurrency and outages -- the choice
     Several companies' workers share one instance. Two bounds work together:
@@ -120,6 +123,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from ingestd import progress
 from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
 from ingestd.phones import number_type_is_mobile
 
@@ -328,6 +332,9 @@ class HttpCarrierLookup:
             stop=(stop_after_attempt(self.max_attempts)
                   | stop_before_delay(self.max_wait)
                   | _StopIfCircuitOpen(self)),
+            # Each attempt and each back-off is bounded (timeout, backoff_max): marking their
+            # starts as progress keeps a long retry loop from looking like a stuck worker.
+            before=_alive,
             before_sleep=self._log_retry(mdn),
             reraise=True,
         )
@@ -343,6 +350,7 @@ class HttpCarrierLookup:
             )
             _emit(self._on_event, "retry",
                   exc.kind if isinstance(exc, _Retryable) else "unknown")
+            _alive(retry_state)
         return log
 
     def _attempt(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
@@ -432,6 +440,8 @@ class HttpCarrierLookup:
 def _transient_detail(mdn: str, reason: str, attempts: int) -> str:
     tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
     return f"carrier lookup of {mdn} failed{tries}: {reason}"
+def _alive(retry_state: RetryCallState) -> None:
+    progress.current().alive()
 
 
 def make_carrier(settings: Settings, *, on_event: EventHook | None = None) -> CarrierLookup:

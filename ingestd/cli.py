@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,10 @@ def _target(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd import progress_bar
     from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
+    from ingestd.progress import Tracker
 
     path, company = _target(args, settings)
     dirs = landing.CompanyDirs(settings.landing_root / company)
@@ -155,14 +158,27 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         source, name = staged, path.name
     else:
         source, name = path, path.name
-    with Database(settings, pool_size=2) as db:
+    # the company lock, the carrier cache and the progress rows (ingestd.in_hand)
+    with Database(settings, pool_size=3) as db:
         db.upgrade()
-        pipeline = Pipeline(settings, db, make_carrier(settings))
-        while True:
-            outcome = pipeline.process(source, name=name)
-            if outcome.status != "busy":
-                break
-            time.sleep(0.5)  # a daemon is working on this company; wait our turn
+        on_terminal = sys.stderr.isatty()
+        tracker = Tracker(progress_seconds=settings.progress_seconds,
+                          stuck_seconds=settings.stuck_seconds, pool=db.pool,
+                          log_lines=not on_terminal)  # a bar instead of file.progress lines
+        pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
+        view = (progress_bar.bar(tracker, sys.stderr, lambda stream: logs.configure(
+                    "info", settings.log_format, stream=stream))
+                if on_terminal else nullcontext())
+        tracker.start()
+        try:
+            with view:
+                while True:
+                    outcome = pipeline.process(source, name=name)
+                    if outcome.status != "busy":
+                        break
+                    time.sleep(0.5)  # a daemon is working on this company; wait our turn
+        finally:
+            tracker.stop()
     if outcome.status == "gone":
         print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
         return 1
@@ -284,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "print the errors")
     c.add_argument("path")
     c.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
-    s = add("status", cmd_status, "per company: backlog, recent files and outcomes")
+    s = add("status", cmd_status, "per company: backlog, files in hand with their progress, "
+                                  "recent files and outcomes")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     rq = add("requeue", cmd_requeue, "put finished files from done/ or failed/ back into "
                                      "their inbox/ (applied again even if known; exit 1 "

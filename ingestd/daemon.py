@@ -1,7 +1,8 @@
 """`ingestd run`: wires watcher → scheduler → pipeline, and talks to systemd.
 
 The main thread only supervises: it pings the systemd watchdog while the watcher
-and workers are healthy, refreshes STATUS= and the gauges, and handles signals.
+and workers are healthy and no busy worker is stuck (no progress for stuck_seconds),
+refreshes STATUS= and the gauges, and handles signals.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
+from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings, load_settings
 from ingestd.watcher import Watcher
@@ -51,6 +53,8 @@ class Daemon:
         self.notifier = Notifier(unset_environment=True)
         self.db_ok = True
         self.started = False
+        self.tracker: Tracker | None = None
+        self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -101,7 +105,9 @@ class Daemon:
             if isinstance(carrier, HttpCarrierLookup):
                 metrics.watch_carrier_circuit(carrier.circuit_open)
             self._company_metrics(db)
-            pipeline = Pipeline(settings, db, carrier)
+            self.tracker = Tracker(progress_seconds=settings.progress_seconds,
+                                   stuck_seconds=settings.stuck_seconds, pool=db.pool)
+            pipeline = Pipeline(settings, db, carrier, self.tracker)
             scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
                                   on_outcome=self._on_outcome)
 
@@ -112,6 +118,7 @@ class Daemon:
                         scheduler.submit_recovery(dirs)
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
+            self.tracker.start()
             scheduler.start()
             watcher.start()
             server = None
@@ -134,6 +141,7 @@ class Daemon:
             self.notifier.stopping()
             watcher.stop()
             finished = scheduler.stop(settings.stop_timeout)
+            self.tracker.stop()
             if not finished:
                 log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
                             note="unfinished files roll back and are recovered at next start")
@@ -220,12 +228,27 @@ class Daemon:
                         company, time.time() - since / 1e9 if since else None)
             oldest = scheduler.oldest_ready_mtime_ns()
             metrics.set_oldest_ready_age(time.time() - oldest / 1e9 if oldest else None)
-            # Only a healthy daemon pings: systemd restarts a wedged one.
-            if watcher.alive() and scheduler.alive():
+            stuck = self.tracker.stuck() if self.tracker else []
+            self._report_stuck(stuck)
+            # Only a healthy daemon pings: systemd restarts a wedged one. A worker blocked
+            # in a system call is a live thread, hence the progress check.
+            if watcher.alive() and scheduler.alive() and not stuck:
                 self.notifier.watchdog()
-            self.notifier.status(
-                f"backlog {sum(backlog.values())}, in hand {scheduler.in_hand}, "
-                f"done {scheduler.processed}, db {'ok' if self.db_ok else 'DOWN'}")
+            text = (f"backlog {sum(backlog.values())}, in hand {scheduler.in_hand}, "
+                    f"done {scheduler.processed}, db {'ok' if self.db_ok else 'DOWN'}")
+            if stuck:
+                text = "; ".join(f"STUCK {h.company}/{h.file} ({h.idle_s():.0f} s without "
+                                 "progress)" for h in stuck) + "; " + text
+            self.notifier.status(text)
+
+    def _report_stuck(self, stuck: list[Handle]) -> None:
+        """Log each stuck episode once; the gauge follows every tick."""
+        metrics.set_workers_stuck(len(stuck))
+        for h in stuck:
+            if h.claim_id not in self._stuck_logged:
+                log.error("worker.stuck", company=h.company, file=h.file, claim=h.claim_id,
+                          idle_s=round(h.idle_s(), 1))
+        self._stuck_logged = {h.claim_id for h in stuck}
 
     @staticmethod
     def _company_metrics(db: Database) -> None:

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, landing, partner_files, sidecars
+from ingestd import errors, failpoints, landing, partner_files, progress, sidecars
 from ingestd.carrier import CarrierLookup
 from ingestd.db import ledger
 from ingestd.db.companies import get_company
@@ -29,6 +29,7 @@ from ingestd.db.database import Database
 from ingestd.errors import FileChangedError, FileError
 from ingestd.landing import CompanyDirs
 from ingestd.processors.base import ApplyContext, Processor, RowResults
+from ingestd.progress import Tracker
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.lifecycle")
@@ -95,12 +96,14 @@ def sha256_of(path: Path, companion: Path | None = None) -> str:
     """The file's content hash; a companion (NAME.csv.headers) is part of the content,
     so a CSV re-sent with the precondition it lacked is not taken for a duplicate."""
     h = hashlib.sha256()
+    handle = progress.current()  # hashing a huge file is progress too, not a stuck worker
     for p in (path, companion) if companion else (path,):
         if p is companion:
             h.update(b"\0" + p.name[len(path.name):].encode() + b"\0")
         with partner_files.open_partner_file(p) as fh:
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
+                handle.alive()
     return h.hexdigest()
 
 
@@ -122,10 +125,12 @@ def lock_company(conn: psycopg.Connection[Any], company: str) -> None:
 class Pipeline:
     """Claims, applies and finishes files. Thread-safe: each call uses its own connection."""
 
-    def __init__(self, settings: Settings, db: Database, carrier: CarrierLookup) -> None:
+    def __init__(self, settings: Settings, db: Database, carrier: CarrierLookup,
+                 tracker: Tracker | None = None) -> None:
         self.settings = settings
         self.db = db
         self.carrier = carrier
+        self.tracker = tracker  # None: nobody watches progress
         self.root = settings.landing_root
 
     # -- per-company lock -------------------------------------------------------------
@@ -199,14 +204,26 @@ class Pipeline:
         return claim
 
     def _apply_and_finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
+        with self._in_hand(claim) as handle:
+            try:
+                self.apply(conn, claim)
+            except FileChangedError:
+                self._unclaim(claim)
+                log.warning("file.changed", company=claim.company, file=claim.name,
+                            reason="file changed while being read; will retry once it settles")
+                return Outcome("changed")
+            handle.alive()  # committed; the sidecars and the move come next
+            return self._finish(conn, claim)
+
+    def _in_hand(self, claim: Claim) -> AbstractContextManager[progress.Handle]:
+        if self.tracker is None:
+            return nullcontext(progress.NO_PROGRESS)
         try:
-            self.apply(conn, claim)
-        except FileChangedError:
-            self._unclaim(claim)
-            log.warning("file.changed", company=claim.company, file=claim.name,
-                        reason="file changed while being read; will retry once it settles")
-            return Outcome("changed")
-        return self._finish(conn, claim)
+            size = os.lstat(claim.path).st_size
+        except OSError:
+            size = 0
+        return self.tracker.tracking(claim.company, landing.display_name(claim.name),
+                                     claim.claim_id, size)
 
     def _unclaim(self, claim: Claim) -> None:
         for p in list(claim.dir.iterdir()):
@@ -258,9 +275,12 @@ class Pipeline:
                                    settings=self.settings, carrier=self.carrier,
                                    warnings=warnings,
                                    # check writes nothing, not even the carrier cache
-                                   side_pool=None if dry_run else self.db.pool)
+                                   side_pool=None if dry_run else self.db.pool,
+                                   progress=progress.current())
                 try:
                     with conn.transaction():  # savepoint: a file error undoes every row
+                        if not dry_run:
+                            failpoints.hit(failpoints.HANG_IN_APPLY)
                         processor_for(fmt).apply(ctx)
                         results.flush()
                 except FileError as exc:
@@ -463,6 +483,8 @@ class Pipeline:
         if entry is not None:
             log.info("file.recovered", company=dirs.company, file=name,
                      claim=claim.claim_id, action="finish")
+            if self.tracker is not None:
+                self.tracker.discard(claim.claim_id)  # its owner died in hand
             self._finish(conn, claim)
         else:
             log.info("file.recovered", company=dirs.company, file=name,

@@ -84,6 +84,9 @@ class Metrics:
         self.oldest_ready_age = Gauge(
             "ingestd_oldest_ready_age_seconds",
             "Age of the oldest ready file not yet applied (0 when none waits).", registry=r)
+        self.workers_stuck = Gauge(
+            "ingestd_workers_stuck",
+            "Busy workers that have shown no progress for stuck_seconds.", registry=r)
         self.apply_duration = Histogram(
             "ingestd_apply_duration_seconds", "Time to apply one file, by company and format.",
             ["company", "format"], buckets=_DURATION_BUCKETS, registry=r)
@@ -99,9 +102,6 @@ class Metrics:
             "ingestd_carrier_circuit_open",
             "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
             registry=r)
-        self.workers_stuck = Gauge(
-            "ingestd_workers_stuck",
-            "Busy workers that have shown no progress for stuck_seconds.", registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 

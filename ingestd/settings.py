@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str | None = None
     retention_days: int = Field(0, ge=0)  # 0: keep finished files forever
+    progress_seconds: float = Field(5.0, gt=0)
+    stuck_seconds: float = Field(300.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

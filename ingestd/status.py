@@ -1,4 +1,9 @@
-"""`ingestd status`: what an on-call engineer asks first, per company."""
+"""`ingestd status`: what an on-call engineer asks first, per company.
+
+Everything comes from the database and the landing folders, so it answers the same
+from any shell, host or instance: the files in hand are the ``ingestd.in_hand`` rows
+every instance keeps up to date (``ingestd.progress``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import psycopg
 
 from ingestd import landing
-from ingestd.db import ledger
+from ingestd.db import in_hand, ledger
 from ingestd.db.companies import list_companies
 from ingestd.settings import Settings
 
@@ -21,26 +26,58 @@ def _backlog(inbox: os.PathLike[str] | str, marker_mode: bool) -> int:
         return 0
 
 
+def _in_hand(conn: psycopg.Connection[Any], company: str,
+             settings: Settings) -> list[dict[str, Any]]:
+    # A live instance refreshes its rows every progress_seconds; a row left much longer
+    # belongs to an instance that is gone or wedged (its claim is recovered later).
+    stale_after = max(30.0, 3 * settings.progress_seconds)
+    rows = []
+    for r in in_hand.for_company(conn, company):
+        age = r.pop("age_s")
+        rows.append({**r, "stale": age > stale_after})
+    return rows
+
+
 def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
     companies = []
     for company in list_companies(conn):
         dirs = landing.CompanyDirs(settings.landing_root / company.id)
         recent = ledger.recent(conn, company.id, 5)
-        last_error = next((r for r in recent if r["status"] == "failed" or r["rejected"]), None)
+        failed = ledger.last_failed(conn, company.id)
         companies.append({
             "company": company.id,
             "backlog": _backlog(dirs.inbox, settings.marker_mode),
             "processing": len(list(dirs.processing.iterdir())) if dirs.processing.is_dir() else 0,
+            "in_hand": _in_hand(conn, company.id, settings),
             "last_hour": ledger.counts_since(conn, company.id, 3600),
-            "last_error": None if last_error is None else {
-                "file": last_error["name"],
-                "error_class": last_error["error_class"],
-                "error_message": last_error["error_message"],
-                "rejected": last_error["rejected"],
+            # The last file that failed (nothing applied); rejected rows are not an error
+            # of the file and show in `recent`.
+            "last_error": None if failed is None else {
+                "file": failed["name"],
+                "error_class": failed["error_class"],
+                "error_message": failed["error_message"],
+                "at": failed["committed_at"],
             },
             "recent": recent,
         })
     return {"landing_root": str(settings.landing_root.absolute()), "companies": companies}
+
+
+def _size(n: int) -> str:
+    value, unit = float(n), "B"
+    for bigger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _in_hand_line(f: dict[str, Any]) -> str:
+    total = f["bytes_total"]
+    pct = f" ({100 * f['bytes_done'] / total:.0f}%)" if total else ""
+    flags = ("  STUCK" if f["stuck"] else "") + ("  (stale: not updated)" if f["stale"] else "")
+    return (f"  {f['started_at']:%Y-%m-%d %H:%M:%S}  in hand   {f['file']}  "
+            f"rows={f['rows_done']} bytes={_size(f['bytes_done'])}/{_size(total)}{pct}{flags}")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -51,23 +88,24 @@ def render(report: dict[str, Any]) -> str:
     lines.append("-" * len(head))
     for c in report["companies"]:
         err = c["last_error"]
-        err_text = "-"
-        if err:
-            err_text = (f"{err['file']}: {err['error_class']}" if err["error_class"]
-                        else f"{err['file']}: {err['rejected']} row(s) rejected")
+        err_text = f"{err['file']}: {err['error_class']}" if err else "-"
         lines.append(f"{c['company']:<16} {c['backlog']:>7} {c['processing']:>7} "
                      f"{c['last_hour'].get('done', 0):>8} {c['last_hour'].get('failed', 0):>9}"
                      f"  {err_text}")
     for c in report["companies"]:
+        if c["in_hand"]:
+            lines += ["", f"{c['company']}: files in hand"]
+            lines += [_in_hand_line(f) for f in c["in_hand"]]
         if not c["recent"]:
             continue
         lines += ["", f"{c['company']}: last files"]
         for r in c["recent"]:
             outcome = "duplicate" if r["duplicate"] else r["status"]
             where = "" if r["finished_at"] else "  (finishing)"
+            error = f"  {r['error_class']}" if r["status"] == "failed" else ""
             lines.append(f"  {r['committed_at']:%Y-%m-%d %H:%M:%S}  {outcome:<9} "
                          f"{r['name']}  rows={r['rows']} accepted={r['accepted']} "
-                         f"rejected={r['rejected']}{where}")
+                         f"rejected={r['rejected']}{error}{where}")
     if not report["companies"]:
         lines.append("(no companies: add one with `ingestd company add ID`)")
     return "\n".join(lines)

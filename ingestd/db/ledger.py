@@ -126,6 +126,15 @@ def recent(conn: psycopg.Connection[Any], company: str, limit: int = 5) -> list[
         ).fetchall()
 
 
+def last_failed(conn: psycopg.Connection[Any], company: str) -> dict[str, Any] | None:
+    """The company's most recent failed file (nothing applied), however old."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT name, error_class, error_message, committed_at FROM ingestd.files"
+            " WHERE company = %s AND status = 'failed' ORDER BY id DESC LIMIT 1", (company,),
+        ).fetchone()
+
+
 def counts_since(conn: psycopg.Connection[Any], company: str, seconds: float) -> dict[str, int]:
     rows = conn.execute(
         "SELECT status, count(*) FROM ingestd.files WHERE company = %s"

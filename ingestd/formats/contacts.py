@@ -332,6 +332,7 @@ class ContactsReader:
     """
 
     def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
         self._records = self._data(stream)
         header = next(self._records, None)
         if header is None:
@@ -339,6 +340,11 @@ class ContactsReader:
         header[0] = header[0].removeprefix("\ufeff")
         self.columns: list[str] = header
         self._layout = _Layout.from_header(header)
+
+    def bytes_read(self) -> int | None:
+        """How far the file is read (the decoder reads ahead a block); None for text."""
+        buffer = getattr(self._stream, "buffer", None)
+        return buffer.tell() if buffer is not None else None
 
     @classmethod
     def from_text(cls, text: str) -> ContactsReader:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingestd.errors import RowError
+from ingestd.progress import NO_PROGRESS, Handle
 
 if TYPE_CHECKING:
     from ingestd.carrier import CarrierLookup
@@ -107,6 +108,8 @@ class ApplyContext:
     # for persons, the records that failed the carrier lookup transiently (retry file).
     columns: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Advanced after every chunk: `ingestd status`, file.progress and the stuck watchdog.
+    progress: Handle = NO_PROGRESS
 
 
 class Processor(Protocol):

@@ -119,6 +119,7 @@ class ContactsProcessor:
                 contacts = store.fetch({s.code for s in batch if s.error is None})
                 resolver.resolve(batch, contacts)
                 store.write(contacts.values())
+                ctx.progress.advance(ctx.results.rows, reader.bytes_read())
 
 
 def _read_headers(ctx: ApplyContext) -> datetime | None:

@@ -134,6 +134,7 @@ class PersonsProcessor:
             chunker = _Chunk(ctx, reader.fields, reader.multi_select_delimiter)
             for chunk in reader.chunks(ctx.settings.chunk_size):
                 chunker.run(chunk)
+                ctx.progress.advance(ctx.results.rows, fh.tell())
 
 
 class _Chunk:
