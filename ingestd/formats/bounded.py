@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
-_SKIP_PIECE = 1 << 16  # bytes read at a time while dropping an oversize record
 
 
 class NotUtf8(Exception):
@@ -81,13 +80,17 @@ class _Overflow(Exception):
 class BoundedCsv:
     """``rows`` gives the records of ``stream`` as lists, or ``Oversize``/``Unparsable``.
 
-    ``strict`` is the csv module's option (text after a closing quote is an error).
+    ``strict`` is the csv module's option (text after a closing quote is an error);
+    ``piece`` is how much is read at a time while dropping an oversize record.
     Raises ``NotUtf8`` where the stream stops being UTF-8.
     """
 
-    def __init__(self, stream: BinaryIO, limit: int, *, strict: bool = False) -> None:
-        if limit < 1:
-            raise ValueError("the line limit must be at least 1 byte")
+    def __init__(
+        self, stream: BinaryIO, limit: int, *, strict: bool = False, piece: int = 1 << 16
+    ) -> None:
+        if limit < 1 or piece < 1:
+            raise ValueError("the line limit and the piece must be at least 1 byte")
+        self._piece = piece
         self.limit = limit
         self._stream = stream
         self._delimiter = ","
@@ -196,7 +199,7 @@ class BoundedCsv:
                     return
             else:
                 column += len(piece)
-            piece = readline(_SKIP_PIECE)
+            piece = readline(self._piece)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as e:
@@ -221,7 +224,7 @@ class _Skipper:
     """
 
     def __init__(self, delimiter: str, strict: bool, quoted: bool) -> None:
-        self._delimiter = ","
+        self._delimiter = delimiter
         self._strict = strict
         self._state = _QUOTED if quoted else _FIELD_START
         self._unquoted_event = re.compile(f"[\r\n]|{re.escape(delimiter)}\"")
