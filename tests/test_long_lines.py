@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from daemon_helpers import Daemon, base_env, drop, query, result_json, run_cli, setup_company
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ingestd.db.companies import add_company
+from ingestd.carrier import make_carrier
 from ingestd.db.database import Database
 from ingestd.errors import (
     CONTACTS_GLOBAL,
@@ -34,8 +32,8 @@ from ingestd.errors import (
     MALFORMED_ROW,
     UNKNOWN_8BIT_ENCODING,
     FileError,
+    RowError,
 )
-from ingestd.carrier import make_carrier
 from ingestd.formats.bounded import OVERSIZE, BoundedCsv, NotUtf8, Oversize, Unparsable
 from ingestd.formats.contacts import COLUMNS, ContactsReader, Section
 from ingestd.formats.persons import Record, open_persons
@@ -105,7 +103,8 @@ def test_persons_record_at_the_limit_is_read() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"mdn," + b"a" * BIG + b"\n+1,x\n", f"line 1 is longer than max_line_bytes ({LIMIT} bytes)"),
+        (b"mdn," + b"a" * BIG + b"\n+1,x\n",
+         f"line 1 is longer than max_line_bytes ({LIMIT} bytes)"),
         (b"Fields: mdn\nX-Note: " + b"n" * BIG + b"\n\n+1\n",
          f"line 2 is longer than max_line_bytes ({LIMIT} bytes)"),
         (b"Delimiter: ;\n\nmdn;" + b"a" * BIG + b"\n+1;x\n",
@@ -133,9 +132,7 @@ def test_persons_lines_after_a_long_record_keep_their_numbers_for_encoding_error
     assert "byte 0xE9 on line 3004 (at byte 7)" in error.message
 
 
-def _row_error(message: str) -> Any:
-    from ingestd.errors import RowError
-
+def _row_error(message: str) -> RowError:
     return RowError(MALFORMED_ROW, message)
 
 
@@ -308,7 +305,7 @@ def test_bounded_csv_finds_the_first_bad_byte_also_in_dropped_records(
 
 def test_bounded_csv_oversize_is_one_value() -> None:
     assert bounded(b"a\n" + b"b" * 100 + b"\nc\n", 10, ",", True, 3) == [["a"], "oversize", ["c"]]
-    assert OVERSIZE == Oversize()
+    assert Oversize() == OVERSIZE
 
 
 # --- the setting ------------------------------------------------------------------------
@@ -319,3 +316,128 @@ def test_max_line_bytes_setting() -> None:
     assert load_settings(max_line_bytes=4096).max_line_bytes == 4096
     with pytest.raises(SettingsError, match="max_line_bytes"):
         load_settings(max_line_bytes=100)
+
+
+# --- through the Pipeline (real database, real files) ---------------------------------
+
+
+class Landing:
+    """Company acme under a landing root, and a Pipeline with ``max_line_bytes`` = LIMIT."""
+
+    def __init__(self, db_url: str, root: Path, db: Database) -> None:
+        self.db_url, self.root, self.db = db_url, root, db
+        self.settings = load_settings(database_url=db_url, landing_root=root,
+                                      state_dir=root.parent / "state", max_line_bytes=LIMIT)
+        self.dirs = setup_company(db_url, root, "acme")
+
+    def process(self, name: str, content: bytes, headers: bytes | None = None) -> str:
+        if headers is not None:
+            drop(self.dirs, name + ".headers", headers)
+        pipeline = Pipeline(self.settings, self.db, make_carrier(self.settings))
+        outcome = pipeline.process(drop(self.dirs, name, content))
+        return outcome.status
+
+    def result(self, name: str, where: str) -> dict[str, Any]:
+        return result_json(self.dirs.done if where == "done" else self.dirs.failed, name)
+
+    def sidecar(self, name: str) -> list[list[str]]:
+        with open(self.dirs.done / name, encoding="utf-8", newline="") as fh:
+            return list(csv.reader(fh))
+
+
+@pytest.fixture
+def acme(db_url: str, tmp_path: Path) -> Iterator[Landing]:
+    root = tmp_path / "landing"
+    settings = load_settings(database_url=db_url, landing_root=root, state_dir=tmp_path / "s")
+    with Database(settings, pool_size=2) as db:
+        yield Landing(db_url, root, db)
+
+
+def stored_mdns(db_url: str) -> list[str]:
+    return [r[0] for r in query(db_url, "SELECT mdn FROM acme.persons ORDER BY mdn")]
+
+
+def test_pipeline_persons_long_line_is_a_malformed_row_and_neighbours_are_applied(
+        acme: Landing) -> None:
+    content = (f"mdn,external_person_id\n{mdn(1)},e1\n".encode() + f"{mdn(2)},".encode()
+               + b"x" * BIG + f"\n{mdn(3)},e3\n".encode())
+    assert acme.process("big.persons", content) == "done"
+    result = acme.result("big.persons", "done")
+    assert (result["rows"], result["accepted"], result["rejected"]) == (3, 2, 1)
+    assert result["rejected_by_class"] == {MALFORMED_ROW: 1}
+    assert acme.sidecar("big.persons.errors.csv") == [
+        ["record", "error_class", "error_message", "mdn", "external_person_id"],
+        ["2", MALFORMED_ROW, TOO_LONG],
+    ]
+    assert stored_mdns(acme.db_url) == [mdn(1), mdn(3)]
+
+
+def test_pipeline_persons_long_header_line_fails_the_file(acme: Landing) -> None:
+    content = b"Fields: mdn\nX-Note: " + b"n" * BIG + f"\n\n{mdn(1)}\n".encode()
+    assert acme.process("head.persons", content) == "failed"
+    assert acme.result("head.persons", "failed")["error"] == {
+        "class": INVALID_IMPORT_FILE_FORMAT,
+        "message": f"line 2 is longer than max_line_bytes ({LIMIT} bytes)",
+    }
+    assert stored_mdns(acme.db_url) == []
+
+
+def test_pipeline_contacts_long_record_is_rejected_and_neighbours_accepted(
+        acme: Landing) -> None:
+    note = "line\r\n" * 2000  # a multi-line quoted field over the limit
+    text = contacts_text(contact_row("a"), contact_row("b", responseValue=note),
+                         contact_row("c"), contact_row("d", responseValue="v" * BIG))
+    assert acme.process("c.csv", text.encode()) == "done"
+    result = acme.result("c.csv", "done")
+    assert (result["rows"], result["accepted"], result["rejected"]) == (4, 2, 2)
+    assert result["rejected_by_class"] == {CONTACTS_REJECTED: 2}
+    assert acme.sidecar("c.csv.rejected.csv") == [["2", CONTACTS_TOO_LONG],
+                                                  ["4", CONTACTS_TOO_LONG]]
+    assert [r[0] for r in acme.sidecar("c.csv.accepted.csv")] == ["1", "3"]
+    codes = query(acme.db_url, "SELECT response_tracking_code FROM acme.contacts ORDER BY 1")
+    assert codes == [("a",), ("c",)]
+
+
+def test_pipeline_contacts_long_header_row_and_huge_headers_file_are_global(
+        acme: Landing) -> None:
+    header = (",".join(HEADER) + "," + "h" * BIG + "\r\n").encode()
+    assert acme.process("h.csv", header) == "failed"
+    assert acme.result("h.csv", "failed")["error"] == {
+        "class": CONTACTS_GLOBAL,
+        "message": f"The header row is longer than max_line_bytes ({LIMIT} bytes).",
+    }
+    headers = b"If-Unmodified-Since: Sat, 01 Jan 2000 00:00:00 GMT\n" + b"X: " + b"y" * BIG
+    assert acme.process("p.csv", contacts_text(contact_row("a")).encode(), headers) == "failed"
+    assert acme.result("p.csv", "failed")["error"] == {
+        "class": CONTACTS_GLOBAL, "message": "p.csv.headers is larger than 65536 bytes.",
+    }
+
+
+# --- the daemon, as a subprocess -----------------------------------------------------------
+
+
+def test_daemon_with_max_line_bytes_from_the_environment(
+        db_url: str, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    dirs = setup_company(db_url, landing, "acme")
+    env = base_env(db_url, landing, tmp_path / "state", INGESTD_MAX_LINE_BYTES=str(LIMIT))
+    d = Daemon(env).start()
+    try:
+        drop(dirs, "big.persons", f"mdn\n{mdn(1)}\n".encode() + b"9" * BIG
+             + f"\n{mdn(3)}\n".encode())
+        done = d.wait_event("file.done", file="big.persons", timeout=60)[0]
+        assert (done["rows"], done["accepted"], done["rejected"]) == (3, 2, 1)
+    finally:
+        assert d.stop() == 0, d.tail()
+    with open(dirs.done / "big.persons.errors.csv", encoding="utf-8", newline="") as fh:
+        assert list(csv.reader(fh))[1:] == [["2", MALFORMED_ROW, TOO_LONG]]
+    assert stored_mdns(db_url) == [mdn(1), mdn(3)]
+
+
+def test_daemon_refuses_a_tiny_max_line_bytes(db_url: str, tmp_path: Path) -> None:
+    env = base_env(db_url, tmp_path / "landing", tmp_path / "state",
+                   INGESTD_MAX_LINE_BYTES="100")
+    r = run_cli(["run"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    [line] = r.stderr.splitlines()
+    assert "max_line_bytes" in line and "INGESTD_MAX_LINE_BYTES" in line
