@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Work
     workers: int = Field(4, ge=1)
     chunk_size: int = Field(5000, ge=1)
+    # A record (its lines) longer than this is a row error; memory never follows a line.
+    max_line_bytes: int = Field(1 << 20, ge=1024)
     allow_duplicates: bool = False
     stop_timeout: float = Field(30.0, gt=0)
     default_region: str = "US"

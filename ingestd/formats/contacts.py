@@ -25,6 +25,10 @@ Decisions where FORMATS.md is silent (documented here and in the report):
   unknown or repeated column name is a global error (silently dropping a column
   would lose data). ``id``/``ID`` (any case) is ignored.
 - Empty lines are skipped and not counted as records.
+- No read holds more than ``max_line_bytes`` (``formats.bounded``). A data record
+  (its lines, line ends included) longer than that is rejected as a section of its
+  own (its code is not read); it is read past to its true end (quotes followed),
+  so later records keep their numbers. A longer header row is a global error.
 - Rows of one section must not repeat a ``treatmentId`` (treatments are keyed by it).
 - A NUL character in any field is invalid (PostgreSQL text cannot hold it).
 - Messages name the failing record when it is not the section's first row (the
@@ -33,7 +37,6 @@ Decisions where FORMATS.md is silent (documented here and in the report):
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 from collections.abc import Iterator
@@ -43,9 +46,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from ingestd.errors import CONTACTS_GLOBAL, FileError
+from ingestd.formats.bounded import (
+    DEFAULT_MAX_LINE_BYTES,
+    BoundedCsv,
+    NotUtf8,
+    Oversize,
+    Unparsable,
+)
 from ingestd.partner_files import open_partner_file
 
 # A typed cell: text, boolean, timestamp, or None for a blank cell.
@@ -331,48 +341,57 @@ class ContactsReader:
     that are not UTF-8 or a CSV the parser cannot read, whenever it meets them.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._stream = stream
-        self._records = self._data(stream)
+        self._too_long = f"The row is longer than max_line_bytes ({max_line_bytes} bytes)."
+        self._records = self._data(BoundedCsv(stream, max_line_bytes))
         header = next(self._records, None)
         if header is None:
             raise FileError(CONTACTS_GLOBAL, "The file is empty: a header row is required.")
-        header[0] = header[0].removeprefix("\ufeff")
+        if isinstance(header, Oversize):
+            raise FileError(
+                CONTACTS_GLOBAL,
+                f"The header row is longer than max_line_bytes ({max_line_bytes} bytes).",
+            )
         self.columns: list[str] = header
         self._layout = _Layout.from_header(header)
 
-    def bytes_read(self) -> int | None:
-        """How far the file is read (the decoder reads ahead a block); None for text."""
-        buffer = getattr(self._stream, "buffer", None)
-        return buffer.tell() if buffer is not None else None
+    def bytes_read(self) -> int:
+        """How far the file is read (the reader works a piece ahead of the records)."""
+        return self._stream.tell()
 
     @classmethod
-    def from_text(cls, text: str) -> ContactsReader:
-        return cls(io.StringIO(text, newline=""))
+    def from_text(cls, text: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> ContactsReader:
+        return cls(io.BytesIO(text.encode("utf-8")), max_line_bytes)
 
     @staticmethod
-    def _data(stream: TextIO) -> Iterator[list[str]]:
+    def _data(source: BoundedCsv) -> Iterator[list[str] | Oversize]:
         """Non-empty CSV records, with decoding and parsing problems made global errors."""
-        reader = csv.reader(stream)
         try:
-            for fields in reader:
-                if fields:
-                    yield fields
-        except UnicodeDecodeError as exc:
-            # The decoder works ahead of the CSV parser, so no line number is reliable.
-            bad = exc.object[exc.start]
+            for fields in source.rows():
+                if isinstance(fields, Unparsable):
+                    raise FileError(
+                        CONTACTS_GLOBAL,
+                        f"The CSV cannot be read near line {fields.line}: {fields.reason}.",
+                    )
+                yield fields
+        except NotUtf8 as exc:
             raise FileError(
-                CONTACTS_GLOBAL, f"The file is not UTF-8 text (byte 0x{bad:02x} cannot be decoded)."
-            ) from None
-        except csv.Error as exc:
-            raise FileError(
-                CONTACTS_GLOBAL, f"The CSV cannot be read near line {reader.line_num}: {exc}."
+                CONTACTS_GLOBAL,
+                f"The file is not UTF-8 text (byte 0x{exc.byte:02x} cannot be decoded).",
             ) from None
 
     def sections(self) -> Iterator[Section]:
         """Sections in file order; a blank-code row is a rejected section of its own."""
         builder: _SectionBuilder | None = None
         for record, fields in enumerate(self._records, start=1):
+            if isinstance(fields, Oversize):
+                # Its code is unknown: it stands alone, like a blank-code row.
+                if builder is not None:
+                    yield builder.section
+                    builder = None
+                yield Section(code="", rows=[ContactRow(record, [], {})], error=self._too_long)
+                continue
             code = self._layout.code_of(fields)
             blank = not code.strip()
             if builder is not None and not blank and code == builder.section.code:
@@ -390,14 +409,17 @@ class ContactsReader:
 
 
 @contextmanager
-def open_contacts(path: Path) -> Iterator[ContactsReader]:
+def open_contacts(
+    path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[ContactsReader]:
     """Open a contacts file for streaming (UTF-8, a byte-order mark tolerated)."""
-    with io.TextIOWrapper(open_partner_file(path), encoding="utf-8-sig",
-                          newline="") as stream:
-        yield ContactsReader(stream)
+    with open_partner_file(path) as stream:
+        yield ContactsReader(stream, max_line_bytes)
 
 
 # --- NAME.csv.headers ---------------------------------------------------------------
+
+HEADERS_FILE_MAX_BYTES = 64 * 1024  # it holds a line or two; more is a mistake, not data
 
 
 def parse_headers_file(text: str) -> datetime | None:

@@ -10,6 +10,11 @@ Reading (FORMATS.md section 1, plus these choices where it is silent):
   as strict UTF-8 on its own. UTF-8 never uses byte 0x0A inside a multi-byte
   sequence, so this is exactly whole-file decoding, yet memory stays one line
   and an invalid byte is reported with its physical line.
+* No read holds more than ``max_line_bytes`` (``formats.bounded``). A body record
+  (its lines, line ends included) longer than that is a ``MalformedRow`` "Row is
+  longer than max_line_bytes (N bytes)" with no values; it is read past to its
+  true end (quotes followed), so later records keep their numbers. A longer
+  header line, or a longer field-name row, fails the file.
 * A UTF-8 byte-order mark at the start of the file is dropped.
 * A header block starts when the first line is ``Name: value`` with ``Name`` an
   HTTP token. Every following line up to a blank one must be a header too; the
@@ -30,8 +35,8 @@ Reading (FORMATS.md section 1, plus these choices where it is silent):
   closing quote (``"ab"c``) and a quote still open at the end of the file are
   errors of that record: ``MalformedRow`` "Row is not valid CSV: ..." with no
   values (the module does not return the partial row). Reading resumes on the
-  next physical line. A field longer than ``csv.field_size_limit()`` (128 KiB by
-  default) is such an error too, which also bounds memory on a stray quote.
+  next physical line. (The csv module's field limit is raised to at least
+  ``max_line_bytes``, so a stray quote ends as an over-long record instead.)
 * A record holding a NUL character is a ``MalformedRow`` "Row contains a NUL
   character" (PostgreSQL text cannot store NUL); its echoed values show U+FFFD
   in its place.
@@ -42,11 +47,9 @@ Reading (FORMATS.md section 1, plus these choices where it is silent):
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import BinaryIO
 
 from ingestd.errors import (
@@ -57,6 +60,14 @@ from ingestd.errors import (
     UNKNOWN_8BIT_ENCODING,
     FileError,
     RowError,
+)
+from ingestd.formats.bounded import (
+    DEFAULT_MAX_LINE_BYTES,
+    BoundedCsv,
+    LineTooLong,
+    NotUtf8,
+    Oversize,
+    Unparsable,
 )
 
 IDENTIFYING = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
@@ -74,7 +85,6 @@ DEFAULT_DELIMITER = ","
 DEFAULT_MULTI_SELECT_DELIMITER = "|"
 KNOWN_HEADERS = ("fields", "delimiter", "multi-select-delimiter")
 
-_BOM = "\ufeff"
 # RFC 9110 token, then a colon: the shape of an HTTP header line.
 _HEADER_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):(.*)", re.DOTALL)
 _TAB_WORDS = frozenset({"\t", "tab", "\\t"})
@@ -95,6 +105,9 @@ class Record:
     error: RowError | None = None
 
 
+_Row = list[str] | Oversize | Unparsable
+
+
 class PersonsReader:
     """A Person Import whose header is read; ``chunks`` streams the body once."""
 
@@ -104,13 +117,15 @@ class PersonsReader:
         delimiter: str,
         multi_select_delimiter: str,
         warnings: list[str],
-        body: _Body,
+        rows: Iterator[_Row],
+        max_line_bytes: int,
     ) -> None:
         self.fields = fields
         self.delimiter = delimiter
         self.multi_select_delimiter = multi_select_delimiter
         self.warnings = warnings
-        self._body = body
+        self._rows = rows
+        self._too_long = _too_long(max_line_bytes)
         self._records = 0
 
     def chunks(self, size: int) -> Iterator[list[Record]]:
@@ -123,105 +138,103 @@ class PersonsReader:
             raise ValueError("chunk size must be at least 1")
         width = len(self.fields)
         chunk: list[Record] = []
-        for row in self._body.rows():
-            self._records += 1
-            number = self._records
-            if isinstance(row, RowError):
-                record = Record(number, [], row)
-            elif len(row) != width:
-                record = Record(number, row, _shape_error(len(row), width))
-            elif "\x00" in "".join(row):
-                # PostgreSQL text cannot hold NUL, not even in the error sidecar.
-                record = Record(number, [v.replace("\x00", "\ufffd") for v in row], _NUL_IN_ROW)
-            else:
-                record = Record(number, row)
-            chunk.append(record)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
+        try:
+            for row in self._rows:
+                self._records += 1
+                number = self._records
+                if not isinstance(row, list):
+                    record = Record(number, [], self._row_error(row))
+                elif len(row) != width:
+                    record = Record(number, row, _shape_error(len(row), width))
+                elif "\x00" in "".join(row):
+                    # PostgreSQL text cannot hold NUL, not even in the error sidecar.
+                    values = [v.replace("\x00", "\ufffd") for v in row]
+                    record = Record(number, values, _NUL_IN_ROW)
+                else:
+                    record = Record(number, row)
+                chunk.append(record)
+                if len(chunk) >= size:
+                    yield chunk
+                    chunk = []
+        except NotUtf8 as e:
+            raise _encoding_error(e) from None
         if chunk:
             yield chunk
+
+    def _row_error(self, row: Oversize | Unparsable) -> RowError:
+        if isinstance(row, Oversize):
+            return self._too_long
+        return RowError(MALFORMED_ROW, f"Row is not valid CSV: {row.reason}")
+
+
+def _too_long(limit: int) -> RowError:
+    return RowError(MALFORMED_ROW, f"Row is longer than max_line_bytes ({limit} bytes)")
 
 
 def _shape_error(count: int, width: int) -> RowError:
     return RowError(MALFORMED_ROW, f"Row has {count} fields; the header has {width}")
 
 
-class _Body:
-    """The CSV body: rows from decoded lines, with physical line numbers for errors."""
-
-    def __init__(self, lines: Iterable[str], lines_before: int, delimiter: str) -> None:
-        self._lines_before = lines_before
-        self._reader = csv.reader(lines, delimiter=delimiter, strict=True)
-
-    def rows(self) -> Iterator[list[str] | RowError]:
-        """Non-empty rows, or the error of a record the csv module rejected."""
-        reader = self._reader
-        while True:
-            try:
-                # The fast path: the loop stays in C until a row error or the end.
-                for row in reader:
-                    if row:
-                        yield row
-                return
-            except csv.Error as e:
-                yield RowError(MALFORMED_ROW, f"Row is not valid CSV: {e}")
-            except UnicodeDecodeError as e:
-                # The reader counts the lines it received; the bad one is the next.
-                raise _encoding_error(e, self._lines_before + self._reader.line_num + 1) from None
-
-    def first_row(self) -> list[str] | None:
-        """The first non-empty row (the header row), or None at the end of the file."""
-        for row in self.rows():
-            if isinstance(row, RowError):
-                raise FileError(INVALID_IMPORT_FILE_FORMAT, f"header row: {row.message}")
-            return row
-        return None
+def _first_row(rows: Iterator[_Row], limit: int) -> list[str] | None:
+    """The first non-empty row (the header row), or None at the end of the file."""
+    try:
+        row = next(rows, None)
+    except NotUtf8 as e:
+        raise _encoding_error(e) from None
+    if isinstance(row, Oversize):
+        raise FileError(INVALID_IMPORT_FILE_FORMAT, f"header row: {_too_long(limit).message}")
+    if isinstance(row, Unparsable):
+        message = f"header row: Row is not valid CSV: {row.reason}"
+        raise FileError(INVALID_IMPORT_FILE_FORMAT, message)
+    return row
 
 
-def open_persons(stream: BinaryIO) -> PersonsReader:
+def open_persons(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> PersonsReader:
     """Read the header block and field names of a Person Import.
 
     ``stream`` is read lazily: the body is read by ``PersonsReader.chunks``.
     Raises ``FileError`` for file-level problems found so far.
     """
-    lines = iter(stream)
-    first_raw = next(lines, None)
-    if first_raw is None:
+    source = BoundedCsv(stream, max_line_bytes, strict=True)
+    first_raw = _header_line(source)
+    if not first_raw:
         raise FileError(INVALID_IMPORT_FILE_FORMAT, NO_HEADER_ROW_MESSAGE)
     first = _decode(first_raw, 1)
-    if first.startswith(_BOM):
-        first = first[1:]
-    body_text = map(bytes.decode, lines)  # strict UTF-8, in C
 
     header_match = _HEADER_LINE.fullmatch(_strip_line_end(first))
     if header_match is None:
         headers: dict[str, str] = {}
         warnings: list[str] = []
-        body_lines: Iterable[str] = chain((first,), body_text)
-        lines_before_body = 0
+        body_first = first_raw  # the field-name row, or the first record after Fields
     else:
-        headers, warnings, lines_before_body = _read_header_block(header_match, lines)
-        body_lines = body_text
+        headers, warnings = _read_header_block(header_match, source)
+        body_first = b""
 
     delimiter = _delimiter_header(headers, "delimiter", DEFAULT_DELIMITER)
     multi = _delimiter_header(headers, "multi-select-delimiter", DEFAULT_MULTI_SELECT_DELIMITER)
-    body = _Body(body_lines, lines_before_body, delimiter)
+    rows = source.rows(body_first, delimiter)
     if "fields" in headers:
         names = headers["fields"].split(",")
     else:
-        row = body.first_row()
+        row = _first_row(rows, max_line_bytes)
         if row is None:
             raise FileError(INVALID_IMPORT_FILE_FORMAT, NO_HEADER_ROW_MESSAGE)
         names = row
     fields = _check_fields(names)
-    return PersonsReader(fields, delimiter, multi, warnings, body)
+    return PersonsReader(fields, delimiter, multi, warnings, rows, max_line_bytes)
+
+
+def _header_line(source: BoundedCsv) -> bytes:
+    try:
+        return source.next_line()
+    except LineTooLong as e:
+        raise FileError(INVALID_IMPORT_FILE_FORMAT, str(e)) from None
 
 
 def _read_header_block(
-    first: re.Match[str], lines: Iterator[bytes]
-) -> tuple[dict[str, str], list[str], int]:
-    """Headers (lowercased names), warnings, and the number of lines the block used."""
+    first: re.Match[str], source: BoundedCsv
+) -> tuple[dict[str, str], list[str]]:
+    """Headers (lowercased names) and warnings; the source is left at the body."""
     headers: dict[str, str] = {}
     warnings: list[str] = []
     match, line_no = first, 1
@@ -234,16 +247,16 @@ def _read_header_block(
         headers[name] = match.group(2).strip(" ")
         if name not in KNOWN_HEADERS:
             warnings.append(f"unknown header {match.group(1)!r} ignored (line {line_no})")
-        raw = next(lines, None)
+        raw = _header_line(source)
         line_no += 1
-        if raw is None:
+        if not raw:
             raise FileError(
                 INVALID_IMPORT_FILE_FORMAT,
                 "the header block must end with a blank line (end of file reached)",
             )
         line = _strip_line_end(_decode(raw, line_no))
         if line == "":
-            return headers, warnings, line_no
+            return headers, warnings
         next_match = _HEADER_LINE.fullmatch(line)
         if next_match is None:
             raise FileError(
@@ -290,15 +303,11 @@ def _decode(raw: bytes, line_no: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _encoding_error(e, line_no) from None
+        raise _encoding_error(NotUtf8(e.object[e.start], line_no, e.start + 1)) from None
 
 
-def _encoding_error(error: UnicodeDecodeError, line_no: int) -> FileError:
-    bad = error.object[error.start]
-    return FileError(
-        UNKNOWN_8BIT_ENCODING,
-        f"not valid UTF-8: byte 0x{bad:02X} on line {line_no} (at byte {error.start + 1})",
-    )
+def _encoding_error(error: NotUtf8) -> FileError:
+    return FileError(UNKNOWN_8BIT_ENCODING, f"not valid UTF-8: {error}")
 
 
 def _strip_line_end(line: str) -> str:

@@ -35,6 +35,7 @@ from ingestd.errors import (
 )
 from ingestd.formats.contacts import (
     COLUMNS,
+    HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
     ContactRow,
     Kind,
@@ -111,7 +112,7 @@ class ContactsProcessor:
 
     def apply(self, ctx: ApplyContext) -> None:
         unmodified_since = _read_headers(ctx)
-        with open_contacts(ctx.path) as reader:
+        with open_contacts(ctx.path, ctx.settings.max_line_bytes) as reader:
             ctx.columns = list(reader.columns)
             store = _Store(ctx.conn, ctx.company.schema)
             resolver = _Resolver(ctx.results, unmodified_since)
@@ -126,8 +127,14 @@ def _read_headers(ctx: ApplyContext) -> datetime | None:
     if ctx.headers_path is None:
         return None
     try:
-        with open_partner_file(ctx.headers_path) as fh:
-            text = fh.read().decode("utf-8")
+        with open_partner_file(ctx.headers_path) as stream:
+            raw = stream.read(HEADERS_FILE_MAX_BYTES + 1)  # a few lines: never read a huge one
+        if len(raw) > HEADERS_FILE_MAX_BYTES:
+            raise FileError(
+                CONTACTS_GLOBAL,
+                f"{ctx.name}.headers is larger than {HEADERS_FILE_MAX_BYTES} bytes.",
+            )
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise FileError(CONTACTS_GLOBAL, f"{ctx.name}.headers is not UTF-8 text.") from None
     except OSError as exc:

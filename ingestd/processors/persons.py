@@ -126,7 +126,7 @@ class PersonsProcessor:
 
     def apply(self, ctx: ApplyContext) -> None:
         with open_partner_file(ctx.path) as fh:
-            reader = open_persons(fh)
+            reader = open_persons(fh, ctx.settings.max_line_bytes)
             ctx.columns = list(reader.fields)
             ctx.warnings.extend(reader.warnings)
             ctx.extra["delimiter"] = reader.delimiter
