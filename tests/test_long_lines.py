@@ -366,8 +366,9 @@ def test_pipeline_persons_long_line_is_a_malformed_row_and_neighbours_are_applie
     assert (result["rows"], result["accepted"], result["rejected"]) == (3, 2, 1)
     assert result["rejected_by_class"] == {MALFORMED_ROW: 1}
     assert acme.sidecar("big.persons.errors.csv") == [
-        ["record", "error_class", "error_message", "mdn", "external_person_id"],
-        ["2", MALFORMED_ROW, TOO_LONG],
+        ["record", "error_class", "error_message", "error_field", "error_detail", "mdn",
+         "external_person_id"],
+        ["2", MALFORMED_ROW, TOO_LONG, "", TOO_LONG[0].lower() + TOO_LONG[1:]],
     ]
     assert stored_mdns(acme.db_url) == [mdn(1), mdn(3)]
 
@@ -430,7 +431,8 @@ def test_daemon_with_max_line_bytes_from_the_environment(
     finally:
         assert d.stop() == 0, d.tail()
     with open(dirs.done / "big.persons.errors.csv", encoding="utf-8", newline="") as fh:
-        assert list(csv.reader(fh))[1:] == [["2", MALFORMED_ROW, TOO_LONG]]
+        assert list(csv.reader(fh))[1:] == [
+            ["2", MALFORMED_ROW, TOO_LONG, "", TOO_LONG[0].lower() + TOO_LONG[1:]]]
     assert stored_mdns(db_url) == [mdn(1), mdn(3)]
 
 
