@@ -360,7 +360,8 @@ def test_person_id_valid(raw: str, value: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["0", "000", "abc", "-5", "+5", "1.0", " 1", "1e3", "١٢", "²", "9223372036854775808"]
+    "raw", ["0", "000", "abc", "-5", "+5", "1.0", " 1", "1e3", "١٢", "²", "9223372036854775808",
+            "1" * 5000]
 )
 def test_person_id_invalid(raw: str) -> None:
     assert parse_person_id(raw) == RowError(INVALID_PERSON_ID, "Invalid person_id")

@@ -320,7 +320,8 @@ def _strip_line_end(line: str) -> str:
 
 def parse_person_id(raw: str) -> int | RowError:
     """A ``person_id`` cell as an int: ASCII digits, 1 to the bigint maximum."""
-    if not (raw.isascii() and raw.isdigit()):
+    # The length check comes first: int() refuses digit strings over 4300 long.
+    if not (raw.isascii() and raw.isdigit()) or len(raw.lstrip("0")) > 19:
         return _INVALID_PERSON_ID
     value = int(raw)
     return value if 0 < value <= _PERSON_ID_MAX else _INVALID_PERSON_ID
