@@ -408,9 +408,16 @@ class Pipeline:
         lock, so no live worker anywhere owns these claims."""
         if not dirs.processing.is_dir():
             return
+        swept = False
         for claim_dir in sorted(dirs.processing.iterdir()):
             if not claim_dir.is_dir() or claim_dir.is_symlink():
                 continue
+            if not swept:
+                # A kill while a sidecar was written leaves its temporary file, and always
+                # a claim too (the file moves after its sidecars): sweep them here, once.
+                swept = True
+                for d in (dirs.done, dirs.failed):
+                    sidecars.remove_temp_files(d)
             entry = ledger.by_claim(conn, claim_dir.name)
             conn.commit()
             marker = self.settings.marker_mode

@@ -393,3 +393,32 @@ def test_kill_between_moving_the_companion_and_the_file_loses_neither(
     assert listing(acme.inbox) == [] and list(entries(acme.processing)) == []
     [entry] = ledger(db_url)
     assert entry["name"] == name and entry["status"] == "done"
+
+
+def test_kill_while_a_sidecar_is_written_leaves_no_temporary_file(
+        tmp_path: Path, db_url: str, landing: Path) -> None:
+    """A SIGKILL inside ``write_atomic`` leaves its half-written ``.ingestd-*.tmp`` in
+    done/ (never under a final name), and always a claim, since the file moves after its
+    sidecars. Recovery of that claim must sweep the temporary file away."""
+    acme = setup_company(db_url, landing, "acme", FIELDS)
+    env = base_env(db_url, landing, tmp_path / "state")
+    d = Daemon({**env, "INGESTD_FAILPOINT": failpoints.AFTER_COMMIT})
+    try:
+        d.start()
+        (acme.inbox / "a.persons").write_bytes(b"external_person_id,note\na1,x\n,orphan\n")
+        assert d.wait_exit(timeout=60) == -signal.SIGKILL, d.tail()
+    finally:
+        d.kill()
+    # what the kill one instant later, half-way through errors.csv, leaves behind
+    (acme.done / ".ingestd-0123456789ab.tmp").write_bytes(b"record,error_class,err")
+    assert len(listing(acme.processing)) == 1
+
+    d2 = Daemon(env)
+    try:
+        d2.start()
+        d2.wait_event("file.done", file="a.persons", timeout=60)
+        assert d2.stop(signal.SIGTERM) == 0, d2.tail()
+    finally:
+        d2.kill()
+    assert listing(acme.done) == ["a.persons", "a.persons.errors.csv", "a.persons.result.json"]
+    assert list(entries(acme.processing)) == []
