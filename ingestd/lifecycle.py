@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -226,7 +225,9 @@ class Pipeline:
                                      claim.claim_id, size)
 
     def _unclaim(self, claim: Claim) -> None:
-        for p in list(claim.dir.iterdir()):
+        # The file first, its companions after: a crash in between leaves a claim with
+        # only companions, which recovery gives back (never a file without its companion).
+        for p in sorted(claim.dir.iterdir(), key=lambda p: p.name != claim.name):
             target = claim.dirs.inbox / p.name
             if os.path.lexists(target):
                 target = claim.dirs.inbox / landing.unique_name(claim.dirs.inbox, p.name)
@@ -449,9 +450,16 @@ class Pipeline:
         lock, so no live worker anywhere owns these claims."""
         if not dirs.processing.is_dir():
             return
+        swept = False
         for claim_dir in sorted(dirs.processing.iterdir()):
             if not claim_dir.is_dir() or claim_dir.is_symlink():
                 continue
+            if not swept:
+                # A kill while a sidecar was written leaves its temporary file, and always
+                # a claim too (the file moves after its sidecars): sweep them here, once.
+                swept = True
+                for d in (dirs.done, dirs.failed):
+                    sidecars.remove_temp_files(d)
             try:
                 self._recover_claim(conn, dirs, claim_dir)
             except Exception as exc:
@@ -477,7 +485,11 @@ class Pipeline:
         conn.commit()
         name = self._claimed_name(claim_dir) or (entry.name if entry else None)
         if name is None:
-            shutil.rmtree(claim_dir, ignore_errors=True)  # crashed between mkdir and rename
+            # Crashed while claiming (between mkdir and the renames) or giving back:
+            # the file is in the inbox and any companion here must rejoin it there.
+            # Deleting it would drop a CSV's precondition, or in marker mode the
+            # marker its file waits for.
+            self._give_back(claim_dir, dirs)
             return
         claim = Claim(dirs, claim_dir.name, name)
         if entry is not None:
@@ -490,6 +502,16 @@ class Pipeline:
             log.info("file.recovered", company=dirs.company, file=name,
                      claim=claim.claim_id, action="apply")
             self._apply_and_finish(conn, claim)
+
+    @staticmethod
+    def _give_back(claim_dir: Path, dirs: CompanyDirs) -> None:
+        for p in list(claim_dir.iterdir()):
+            target = dirs.inbox / p.name
+            if os.path.lexists(target):  # the partner sent a new one meanwhile: theirs wins
+                p.unlink()
+            else:
+                os.rename(p, target)
+        claim_dir.rmdir()
 
     def company_dirs(self) -> list[CompanyDirs]:
         if not self.root.is_dir():

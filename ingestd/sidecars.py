@@ -13,6 +13,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ def neutralise(cell: Any) -> Any:
     if isinstance(cell, str) and cell[:1] in _FORMULA_START:
         return "'" + cell
     return cell
+_TEMP = re.compile(r"\.ingestd-[0-9a-f]{12}\.tmp")
 
 
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
@@ -45,6 +47,23 @@ def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def remove_temp_files(directory: Path) -> None:
+    """Delete what a process killed inside ``write_atomic`` left behind.
+
+    Only safe while nobody writes sidecars into ``directory``: under the company lock.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if _TEMP.fullmatch(name):
+            try:
+                os.unlink(directory / name)
+            except FileNotFoundError:
+                pass
 
 
 def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
