@@ -207,7 +207,8 @@ def test_result_json_that_does_not_fit_leaves_the_file_in_its_claim_until_space_
         assert set(listing(acme.done)) <= {"good.persons.errors.csv"}
         for name in listing(acme.done):
             assert (acme.done / name).read_bytes() == (
-                b"record,error_class,error_message,external_person_id,note\r\n")
+                b"record,error_class,error_message,error_field,error_detail,external_person_id,"
+                b"note\r\n")
         assert no_temp_files(acme)
         [entry] = ledger(db_url)
         assert entry["status"] == "done" and entry["finished_at"] is None
