@@ -56,8 +56,8 @@ def remove_temp_files(directory: Path) -> None:
     """
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
-        return
+    except OSError:
+        return  # missing or not a folder: the finish that needs it reports that
     for name in names:
         if _TEMP.fullmatch(name):
             try:
