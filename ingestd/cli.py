@@ -7,11 +7,13 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -149,6 +151,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed: {path} is {kind}; only regular files are imported", file=sys.stderr)
         return 1
     staged: list[Path] = []
+    _second_interrupt_exits()
     with Database(settings, pool_size=2) as db:
         db.upgrade()
         _require_company(db, company)
@@ -161,10 +164,6 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 if outcome.status != "busy":
                     break
                 time.sleep(0.5)  # a daemon is working on this company; wait our turn
-        except KeyboardInterrupt:
-            print(f"ingestd: interrupted: {path.name} rolls back; if it was claimed, "
-                  "it is recovered at the next start of ingestd run", file=sys.stderr)
-            raise
         finally:
             for p in staged:  # copies the pipeline did not claim (interrupted, busy)
                 if os.path.lexists(p):
@@ -174,6 +173,27 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     _print_result(outcome.result, outcome.final_path)
     return 0 if outcome.status == "done" else 1
+
+
+def _second_interrupt_exits() -> None:
+    """First Ctrl-C: KeyboardInterrupt, unwound cleanly (which may wait for carrier
+    lookups in flight); a second one exits at once. os.write, not print: a signal handler
+    must not take the lock of the stream the interrupted code may be writing."""
+    interrupted = False
+    recovered = (b"the file in hand rolls back and is recovered at the next start"
+                 b" (ingestd run, or ingest for the same company)")
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted:
+            os.write(2, b"ingestd: second interrupt: stopping now; " + recovered + b"\n")
+            os._exit(130)
+        interrupted = True
+        os.write(2, b"ingestd: interrupted: stopping; Ctrl-C again to stop at once; "
+                    + recovered + b"\n")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def _require_company(db: Database, company: str) -> None:
