@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -55,12 +54,16 @@ def reset_command() -> str:
 
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
-    """A git repository holding a copy of sample_drop/ and the example fields, as a clone."""
+    """A git repository holding the committed sample_drop/ and example fields, as a clone.
+
+    Taken from git, not from the working tree: the Quick start may have moved the
+    repository's sample files out of inbox/."""
     repo = tmp_path / "clone"
-    shutil.copytree(ROOT / "sample_drop", repo / "sample_drop")
-    (repo / "config").mkdir()
-    shutil.copy(ROOT / "config" / "fields.example.toml", repo / "config")
-    shutil.copy(ROOT / ".gitignore", repo)
+    repo.mkdir()
+    archive = subprocess.run(["git", "archive", "HEAD", "sample_drop", ".gitignore",
+                              "config/fields.example.toml"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(repo)], input=archive, check=True)
     for args in (["init", "-q"], ["add", "-A"],
                  ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "s"]):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
