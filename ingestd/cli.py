@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -22,7 +25,7 @@ from ingestd import landing, logs
 from ingestd.db.companies import CompanyError, validate_company_id
 from ingestd.db.database import Database, DatabaseUnavailable, unavailable_reason
 from ingestd.db.embedded import EmbeddedError
-from ingestd.settings import Settings, SettingsError, load_settings
+from ingestd.settings import Settings, SettingsError, check_for_run, check_region, load_settings
 
 log = structlog.get_logger("ingestd.cli")
 
@@ -58,6 +61,11 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.db.companies import add_company
 
+    if args.region is not None:
+        try:
+            args.region = check_region(args.region)
+        except ValueError as exc:
+            raise _UsageError(f"--region: {exc}") from None
     with _db(settings) as db, db.connect() as conn:
         try:
             created = add_company(conn, args.id, args.region or settings.default_region)
@@ -141,7 +149,6 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     path, company = _target(args, settings)
     dirs = landing.CompanyDirs(settings.landing_root / company)
-    dirs.inbox.mkdir(parents=True, exist_ok=True)
     outside = path.parent.absolute() != dirs.inbox.absolute()
     if outside and not landing.is_regular(path):
         # Only a regular file can be copied in; in an inbox, the pipeline itself fails
@@ -149,36 +156,35 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         kind = "a directory" if path.is_dir() else "not a regular file"
         print(f"failed: {path} is {kind}; only regular files are imported", file=sys.stderr)
         return 1
-    if outside:
-        # Copied in under an in-flight name so a running daemon leaves it alone.
-        staged = dirs.inbox / f".ingest-{landing.new_claim_id()}-{path.name}"
-        for comp in landing.companions(path.parent, path.name, settings.marker_mode):
-            shutil.copy2(comp, dirs.inbox / (staged.name + comp.name[len(path.name):]))
-        shutil.copy2(path, staged, follow_symlinks=False)
-        source, name = staged, path.name
-    else:
-        source, name = path, path.name
+    staged: list[Path] = []
+    _second_interrupt_exits()
     # the company lock, the carrier cache and the progress rows (ingestd.in_hand)
     with Database(settings, pool_size=3) as db:
         db.upgrade()
+        _require_company(db, company)
+        dirs.inbox.mkdir(parents=True, exist_ok=True)
         on_terminal = sys.stderr.isatty()
         tracker = Tracker(progress_seconds=settings.progress_seconds,
                           stuck_seconds=settings.stuck_seconds, pool=db.pool,
                           log_lines=not on_terminal)  # a bar instead of file.progress lines
-        pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
         view = (progress_bar.bar(tracker, sys.stderr, lambda stream: logs.configure(
                     "info", settings.log_format, stream=stream))
                 if on_terminal else nullcontext())
         tracker.start()
         try:
+            source = _stage(path, dirs.inbox, settings.marker_mode, staged) if outside else path
+            pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
             with view:
                 while True:
-                    outcome = pipeline.process(source, name=name)
+                    outcome = pipeline.process(source, name=path.name)
                     if outcome.status != "busy":
                         break
                     time.sleep(0.5)  # a daemon is working on this company; wait our turn
         finally:
             tracker.stop()
+            for p in staged:  # copies the pipeline did not claim (interrupted, busy)
+                if os.path.lexists(p):
+                    p.unlink()
     if outcome.status == "gone":
         print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
         return 1
@@ -186,20 +192,75 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if outcome.status == "done" else 1
 
 
-def _print_result(result: dict[str, Any], final: Path | None) -> None:
-    line = (f"{result.get('status')}: {result.get('file')} ({result.get('format')}) "
-            f"rows={result.get('rows')} accepted={result.get('accepted')} "
-            f"rejected={result.get('rejected')}")
-    if final:
-        line += f" -> {final}"
-    print(line)
-    if "error" in result:
-        print(f"  {result['error']['class']}: {result['error']['message']}")
+def _second_interrupt_exits() -> None:
+    """First Ctrl-C: KeyboardInterrupt, unwound cleanly (which may wait for carrier
+    lookups in flight); a second one exits at once. os.write, not print: a signal handler
+    must not take the lock of the stream the interrupted code may be writing."""
+    interrupted = False
+    recovered = (b"the file in hand rolls back and is recovered at the next start"
+                 b" (ingestd run, or ingest for the same company)")
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted:
+            os.write(2, b"ingestd: second interrupt: stopping now; " + recovered + b"\n")
+            os._exit(130)
+        interrupted = True
+        os.write(2, b"ingestd: interrupted: stopping; Ctrl-C again to stop at once; "
+                    + recovered + b"\n")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def _require_company(db: Database, company: str) -> None:
+    from ingestd.db.companies import get_company
+
+    with db.connect() as conn:
+        if get_company(conn, company) is None:
+            raise _UsageError(f"company {company!r} is not set up "
+                              f"(ingestd company add {company})")
+
+
+def _stage(path: Path, inbox: Path, marker_mode: bool, staged: list[Path]) -> Path:
+    """Copy a file from elsewhere into the inbox under an in-flight name, so a running
+    daemon leaves it alone; the pipeline keeps ``path.name`` as the file's name."""
+    target = inbox / f".ingest-{landing.new_claim_id()}-{path.name}"
+    for comp in landing.companions(path.parent, path.name, marker_mode):
+        staged.append(inbox / (target.name + comp.name[len(path.name):]))
+        shutil.copy2(comp, staged[-1])
+    staged.append(target)
+    shutil.copy2(path, target, follow_symlinks=False)
+    return target
+
+
+def _print_result(result: dict[str, Any], final: Path | None, *, dry_run: bool = False) -> None:
+    """``ingest``: what happened; ``check`` (``dry_run``): what would happen, never "done:"."""
+    name, error = result.get("file"), result.get("error")
+    warnings = list(result.get("warnings", []))
+    if not dry_run:
+        line = (f"{result.get('status')}: {name} ({result.get('format')}) "
+                f"rows={result.get('rows')} accepted={result.get('accepted')} "
+                f"rejected={result.get('rejected')}")
+        if final:
+            line += f" -> {final}"
+        print(line)
+        if error:
+            print(f"  {error['class']}: {error['message']}")
+    elif error:
+        print(f"{name}: would fail: {error['class']}: {error['message']}")
+    elif "duplicate_of" in result:
+        warnings = warnings[:-1]  # the pipeline's own duplicate warning, in the past tense
+        print(f"{name}: would be a duplicate of {result['duplicate_of']} (same content, "
+              "already applied): nothing would be applied")
+    else:
+        print(f"{name} ({result.get('format')}): would be done: {result.get('rows')} rows, "
+              f"{result.get('accepted')} accepted, {result.get('rejected')} rejected")
     for rec, err in result.get("_sample_errors", []):
         where = f"{err.field}: " if err.field else ""
         detail = f" ({where}{err.detail})" if err.detail else ""
         print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
-    for w in result.get("warnings", []):
+    for w in warnings:
         print(f"  warning: {w}")
 
 
@@ -211,7 +272,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     with Database(settings, pool_size=1) as db:
         db.upgrade()
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
-    _print_result(result, None)
+    _print_result(result, None, dry_run=True)
     return 0 if result["status"] == "done" and not result["rejected"] else 1
 
 
@@ -283,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest partner file drops into PostgreSQL, exactly once. Settings come "
                     "from INGESTD_* environment variables and the TOML file named by "
                     "INGESTD_CONFIG.")
+    p.add_argument("--version", action="version",
+                   version=f"ingestd {importlib.metadata.version('ingestd')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
@@ -344,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
+        if args.fn is cmd_run:
+            check_for_run(settings)
     except SettingsError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ refreshes STATUS= and the gauges, and handles signals.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -59,6 +60,14 @@ class Daemon:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self.reload_event.set()
+        elif signum == signal.SIGINT and self.stop_event.is_set():
+            # A second Ctrl-C: the operator will not wait. Nothing is lost: uncommitted
+            # work rolls back with the connections, claims stay in .processing/ and are
+            # recovered at the next start. os.write, not the logger: a handler must not
+            # take the lock the interrupted code may hold.
+            os.write(2, b"ingestd: second interrupt: stopping now; files in hand roll back"
+                        b" and are recovered at the next start\n")
+            os._exit(130)
         else:
             self.stop_event.set()
 

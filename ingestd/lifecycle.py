@@ -199,7 +199,7 @@ class Pipeline:
                 os.rename(comp, path.parent / (path.name + comp.name[len(claim.name):]))
             claim.dir.rmdir()
             return None
-        log.info("file.claimed", company=dirs.company, file=path.name, claim=claim.claim_id)
+        log.info("file.claimed", company=dirs.company, file=claim.name, claim=claim.claim_id)
         return claim
 
     def _apply_and_finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:

@@ -5,10 +5,18 @@ Every key here is documented, with its default, in ``config/ingestd.example.toml
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
+import re
+import socket
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import phonenumbers
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -77,9 +85,7 @@ class Settings(BaseSettings):
     @field_validator("default_region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if len(v) != 2 or not v.isalpha():
-            raise ValueError("must be a two-letter region code such as US")
-        return v.upper()
+        return check_region(v)
 
     @classmethod
     def settings_customise_sources(
@@ -102,12 +108,22 @@ class SettingsError(Exception):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings or raise ``SettingsError`` with a one-line message."""
+    """Build settings or raise ``SettingsError`` with a one-line message.
+
+    Unknown ``INGESTD_*`` environment variables are warned about on stderr, not refused:
+    the environment is shared with other programs and older deployments.
+    """
     config = os.environ.get("INGESTD_CONFIG")
     if config and not Path(config).is_file():
         raise SettingsError(f"INGESTD_CONFIG: no such file: {config}")
+    if config:
+        _check_toml(Path(config))
+    for warning in unknown_env_warnings(os.environ):
+        print(f"ingestd: warning: {warning}", file=sys.stderr)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        _check_settings(settings, config)
+        return settings
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "?"
@@ -115,5 +131,120 @@ def load_settings(**overrides: Any) -> Settings:
         if config:
             where += f" or {key} in {config}"
         raise SettingsError(f"invalid setting {key} ({where}): {err['msg']}") from None
+    except SettingsError:
+        raise
     except Exception as exc:  # a TOML syntax error, for instance
         raise SettingsError(f"invalid settings: {exc}") from None
+
+
+# -- validation beyond single fields ---------------------------------------------------------
+# Kept apart from the model so that each check can name its key and where it came from.
+
+# Read by ingestd but not settings: the config file itself, the crash-test hook, the suite's
+# database.
+OTHER_ENV = {"INGESTD_CONFIG", "INGESTD_FAILPOINT", "INGESTD_TEST_DATABASE_URL"}
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def check_region(region: str) -> str:
+    """A region phonenumbers knows (``US``, ``GB``…), upper-cased; ValueError otherwise."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"unknown region {region!r}: use a two-letter region code such as US "
+                         "or GB")
+    return code
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_toml(path: Path) -> None:
+    """Syntax errors with their line, and unknown keys, before pydantic sees the file."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"invalid TOML in {path}: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"INGESTD_CONFIG: cannot read {path}: {exc.strerror}") from None
+    fields = list(Settings.model_fields)
+    for key in data:
+        if key not in Settings.model_fields:
+            raise SettingsError(f"unknown setting {key} in {path}{_did_you_mean(key, fields)}")
+
+
+def unknown_env_warnings(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """One message per ``INGESTD_*`` variable that names no setting."""
+    known = {f"INGESTD_{name.upper()}" for name in Settings.model_fields} | OTHER_ENV
+    out = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if upper.startswith("INGESTD_") and upper not in known:
+            out.append(f"unknown environment variable {var} is ignored"
+                       + _did_you_mean(upper, sorted(known)))
+    return out
+
+
+def _where(key: str, config: str | None) -> str:
+    where = f"env INGESTD_{key.upper()}"
+    return where + (f" or {key} in {config}" if config else "")
+
+
+def _check_settings(s: Settings, config: str | None) -> None:
+    if s.metrics_address is not None:
+        try:
+            parse_host_port(s.metrics_address)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting metrics_address "
+                                f"({_where('metrics_address', config)}): {exc}") from None
+    if s.carrier_url is not None:
+        url = urlsplit(s.carrier_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SettingsError(f"invalid setting carrier_url ({_where('carrier_url', config)}):"
+                                f" {s.carrier_url!r} is not an http:// or https:// URL")
+    if s.carrier_mode == "http" and not s.carrier_url:
+        raise SettingsError(f"carrier_mode = \"http\" needs carrier_url "
+                            f"({_where('carrier_url', config)}), the lookup service's URL")
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` (every IPv4 interface) or ``[v6]:port``; ValueError otherwise."""
+    host, sep, port_s = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:9108)")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{address!r}: {host} is no IPv6 address") from None
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{address!r}: write an IPv6 address in brackets, e.g. [::1]:9108")
+    elif host and not _HOST.match(host):
+        raise ValueError(f"{address!r}: {host!r} is no host name or address")
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ValueError(f"{address!r}: the port must be a number from 0 to 65535")
+    return host or "0.0.0.0", int(port_s)
+
+
+def check_for_run(s: Settings) -> None:
+    """What only ``ingestd run`` needs, checked before the database or the watcher start."""
+    root = s.landing_root
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise SettingsError(f"landing_root {root} {what}; create it or fix INGESTD_LANDING_ROOT")
+    if s.metrics_address is not None:
+        host, port = parse_host_port(s.metrics_address)
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # as the metrics server binds: TIME_WAIT from a previous run is no conflict
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise SettingsError(f"metrics_address {s.metrics_address} cannot be bound: "
+                                f"{reason}") from None

@@ -21,7 +21,7 @@ from ingestd.formats.contacts import (
     parse_timestamp,
 )
 
-FORMATS = Path("/work/shared/formats")
+FORMATS = Path(__file__).parent / "data"  # the public SAS example
 HEADER = [c.name for c in COLUMNS]  # documented order, abTests included
 AB_TESTS = HEADER.index("abTests")
 

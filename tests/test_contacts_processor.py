@@ -28,7 +28,7 @@ from ingestd.processors.contacts import ContactsProcessor, _modified_after
 from ingestd.settings import load_settings
 
 HEADER = [c.name for c in COLUMNS]
-FORMATS = Path("/work/shared/formats")
+FORMATS = Path(__file__).parent / "data"  # the public SAS example
 Conn = psycopg.Connection[Any]
 
 

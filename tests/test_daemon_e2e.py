@@ -675,7 +675,8 @@ def test_check_writes_nothing(env: dict[str, str], db_url: str, landing: Path) -
     before = path.stat()
     r = run_cli(["check", str(path), "--company", "acme"], env)
     assert r.returncode == 1, r.stdout + r.stderr  # rows would be rejected
-    assert "rows=4 accepted=1 rejected=3" in r.stdout
+    assert "would be done: 4 rows, 1 accepted, 3 rejected" in r.stdout
+    assert "done:" not in r.stdout.replace("would be done:", "")
     assert errors.INVALID_MDN_FORMAT in r.stdout
     assert errors.PERSON_NOT_FOUND in r.stdout
 

@@ -30,6 +30,7 @@ def test_restart_after_kill_9_reuses_and_then_stops_the_server(tmp_path: Path) -
     parent.mkdir(mode=0o700)
     state = parent / "state"
     landing = tmp_path / "landing"
+    landing.mkdir()  # `ingestd run` refuses a landing root that does not exist
     env = {**os.environ, "INGESTD_STATE_DIR": str(state), "INGESTD_LANDING_ROOT": str(landing),
            "INGESTD_LOG_FORMAT": "json"}
     env.pop("INGESTD_DATABASE_URL", None)

@@ -29,7 +29,6 @@ from typing import Any
 import psycopg
 import pytest
 from daemon_helpers import (
-    ROOT,
     Daemon,
     base_env,
     drop,
@@ -442,7 +441,8 @@ def test_contacts_and_persons_keep_drop_order(tmp_path: Path, landing: Path, db_
     daemons.append(d)
     if when == "running":
         d.start(timeout=TIMEOUT)
-    sample_csv = ROOT / "sample_drop" / "acme" / "inbox" / "04-contacts.csv"
+    # The test data, not sample_drop/: the Quick start moves the sample out of inbox/.
+    sample_csv = Path(__file__).parent / "data" / "sas-example-request.csv"
     contacts = "".join(sample_csv.read_text().splitlines(keepends=True)[:2])
     # Names sort the other way round from the drop order, so only mtime can order them.
     older, newer = "z-contacts.csv", "a-people.persons"
