@@ -141,8 +141,9 @@ def load_settings(**overrides: Any) -> Settings:
 # Kept apart from the model so that each check can name its key and where it came from.
 
 # Read by ingestd but not settings: the config file itself, the crash-test hook, the suite's
-# database.
-OTHER_ENV = {"INGESTD_CONFIG", "INGESTD_FAILPOINT", "INGESTD_TEST_DATABASE_URL"}
+# database and its chaos run's seed.
+OTHER_ENV = {"INGESTD_CONFIG", "INGESTD_FAILPOINT", "INGESTD_TEST_DATABASE_URL",
+             "INGESTD_CHAOS_SEED"}
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 

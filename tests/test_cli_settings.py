@@ -223,7 +223,8 @@ def test_check_says_what_would_happen(db_url: str, landing: Path, tmp_path: Path
     first, *rest = r.stdout.splitlines()
     assert first == "mixed.persons (persons): would be done: 2 rows, 1 accepted, 1 rejected"
     assert rest == ["  record 2: MobilePhoneErrors::InvalidMDNFormat: The mdn is incorrectly "
-                    "formatted. It should be an E.164 mdn."], rest
+                    "formatted. It should be an E.164 mdn. (mdn: 'abc' is not E.164 "
+                    "(+ and digits) or 10 digits)"], rest
 
     broken = tmp_path / "broken.persons"
     broken.write_bytes(b"mdn\n\xff\n")
