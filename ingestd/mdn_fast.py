@@ -18,8 +18,13 @@ choice within a shared country code (``+1``: US, CA, ...) follows
 ``_region_code_for_number_from_list``: a region's ``leading_digits`` when it has
 them, else its full type check.
 
-Shapes not covered (ten digits in a region outside NANP: trunk prefixes differ
-per region) fall back to ``phonenumbers.parse`` and the library's own calls.
+The ``+`` form is read the way ``parse`` reads clean digits, without its repairs:
+the country code is the first 1-3 digit prefix phonenumbers knows and the rest is
+the national number as given (E.164 has no trunk prefix, so ``+112295551234`` and
+``+49030123456`` stay invalid). Ten digits in a NANP region are the national
+number (``parse`` would only strip a leading ``1``, leaving nine digits: invalid
+either way). Ten digits in any other region (trunk prefixes differ too much to
+mimic) fall back to ``phonenumbers.parse`` and the library's own calls.
 ``tests/test_mdn_fast.py`` checks that the verdicts are the library's.
 """
 
