@@ -105,21 +105,31 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def latency(env: dict[str, str], landing: Path, files: int) -> list[float]:
+STAGES = ("file.ready", "file.claimed", "file.applied", "file.done")
+
+
+def latency(env: dict[str, str], landing: Path,
+            files: int) -> tuple[list[float], dict[str, list[float]]]:
+    """Each file's latency, and the time from close to each stage's log line (seconds)."""
     dirs = CompanyDirs(landing / "lat")
     daemon = DaemonProcess(env)
     try:
         daemon.wait("daemon.started")
         out = []
+        closed_at: dict[str, float] = {}
         for i in range(files):
             name = f"drop-{i:04d}.persons"
             with open(dirs.inbox / name, "w") as fh:
                 fh.write(persons(i * 100, 100))
-            closed = time.time()
+            closed_at[name] = time.time()
             daemon.wait("file.done", count=i + 1)
             arrived = os.stat(dirs.done / name).st_ctime
-            out.append(arrived - closed - SETTLE)
-        return out
+            out.append(arrived - closed_at[name] - SETTLE)
+        stages: dict[str, list[float]] = {s: [] for s in STAGES}
+        for e in daemon.events:
+            if e.get("event") in stages and e.get("file") in closed_at:
+                stages[e["event"]].append(ts(e) - closed_at[e["file"]] - SETTLE)
+        return out, stages
     finally:
         daemon.stop()
 
@@ -158,10 +168,13 @@ def run(url: str, args: argparse.Namespace, tmp: Path) -> None:
                 "INGESTD_SETTLE_SECONDS": str(SETTLE), "INGESTD_WORKERS": str(args.workers),
                 "INGESTD_CARRIER_MODE": "offline", "PYTHONUNBUFFERED": "1"})
     if args.files:
-        lat = [s * 1000 for s in latency(env, landing, args.files)]
+        seconds, stages = latency(env, landing, args.files)
+        lat = [s * 1000 for s in seconds]
         print(f"latency, {args.files} files of 100 rows, close -> done/ minus {SETTLE:g} s "
               f"settle: p50 {pct(lat, 0.5):.0f} ms, p95 {pct(lat, 0.95):.0f} ms, "
               f"max {max(lat):.0f} ms (mean {statistics.fmean(lat):.0f} ms)")
+        print("  median from close (minus settle) to the log line: " + ", ".join(
+            f"{s} {statistics.median(v) * 1000:.0f} ms" for s, v in stages.items() if v))
     if args.backlog:
         from_claim, from_start = backlog(env, landing, args.backlog, args.backlog_rows,
                                          args.companies)
