@@ -27,6 +27,7 @@ timestamp in the future waits until it is settle_seconds in the past (clock skew
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import threading
@@ -51,6 +52,26 @@ from ingestd import landing
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.watcher")
+
+
+def _no_move_pairing() -> None:
+    """Stop watchdog holding an IN_MOVED_FROM back for 0.5 s to pair it with its
+    IN_MOVED_TO. Its queue is FIFO, so every event behind an unpaired one (each claim,
+    whose target folder is watched too late or not at all) waited too, and with many
+    renames each pairing scanned the whole queue. We need no pairs: a move pokes its
+    source and its destination alike."""
+    for module, cls in (("watchdog.observers.inotify_move_event_grouper",
+                         "InotifyMoveEventGrouper"),  # watchdog 6+
+                        ("watchdog.observers.inotify_buffer", "InotifyBuffer")):  # 4, 5
+        try:
+            target = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            continue
+        if hasattr(target, "delay"):
+            target.delay = 0
+
+
+_no_move_pairing()
 
 
 WRITING, CLOSED = "writing", "closed"
