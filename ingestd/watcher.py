@@ -154,9 +154,10 @@ class Watcher:
         self._observer.schedule(_Handler(self), str(self.root), recursive=True)
         self._observer.start()
         self._scan_now.set()  # the start-up scan
-        self._thread.start()
+        # Logged first: whatever the loop sees, it sees after this line.
         log.info("watcher.started", root=str(self.root),
                  observer=type(self._observer).__name__)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -230,8 +231,11 @@ class Watcher:
                         self.on_rescan()
                 with self._lock:
                     pending, self._pending = self._pending, {}
+                # One moment for the whole batch: files seen together (a start-up scan)
+                # settle together and are handed over together, oldest first.
+                seen = time.monotonic()
                 for path, (state, local) in pending.items():
-                    self._observe(path, state, local)
+                    self._observe(path, seen, state, local)
                 due = self._check_settled()
             except Exception:
                 log.exception("watcher.error")
@@ -239,7 +243,8 @@ class Watcher:
                        time.monotonic() + _MAX_SLEEP)
             self._wake.wait(max(0.0, wake - time.monotonic()))
 
-    def _observe(self, path: Path, state: str | None = None, local: bool = False) -> None:
+    def _observe(self, path: Path, seen: float, state: str | None = None,
+                 local: bool = False) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -254,7 +259,7 @@ class Watcher:
         cand = self._candidates.get(path)
         if cand is None or cand.key != key:
             writing = cand.writing if cand is not None else False
-            cand = self._candidates[path] = _Candidate(key, time.monotonic(), writing, local)
+            cand = self._candidates[path] = _Candidate(key, seen, writing, local)
         elif local:
             cand.local = True  # inotify saw this very version of the file change
         if state is not None:
