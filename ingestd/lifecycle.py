@@ -205,14 +205,14 @@ class Pipeline:
     def _apply_and_finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
         with self._in_hand(claim) as handle:
             try:
-                self.apply(conn, claim)
+                _, entry = self._apply(conn, claim)
             except FileChangedError:
                 self._unclaim(claim)
                 log.warning("file.changed", company=claim.company, file=claim.name,
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            return self._finish(conn, claim)
+            return self._finish(conn, claim, entry)
 
     def _in_hand(self, claim: Claim) -> AbstractContextManager[progress.Handle]:
         if self.tracker is None:
@@ -239,6 +239,10 @@ class Pipeline:
     def apply(self, conn: psycopg.Connection[Any], claim: Claim, *,
               dry_run: bool = False) -> dict[str, Any]:
         """Apply the claimed file and commit its rows with its ledger row; return result."""
+        return self._apply(conn, claim, dry_run=dry_run)[0]
+
+    def _apply(self, conn: psycopg.Connection[Any], claim: Claim, *,
+               dry_run: bool = False) -> tuple[dict[str, Any], ledger.LedgerEntry]:
         started = datetime.now(UTC)
         t0 = time.monotonic()
         path, company_id = claim.path, claim.company
@@ -301,7 +305,15 @@ class Pipeline:
                     raise FileChangedError(name)
             result = self._result(claim, fmt, sha, started, t0, results, error,
                                   duplicate, warnings)
-            ledger.complete(conn, file_id, result, meta, duplicate[0] if duplicate else None)
+            # The final name is chosen and recorded in the apply's own commit, before
+            # anything is written, so a crash re-finishes under the same name (under the
+            # company lock nothing else names files in done/ or failed/ meanwhile).
+            final = None
+            if not dry_run:
+                dest = claim.dirs.done if result["status"] == "done" else claim.dirs.failed
+                final = str(dest / landing.unique_name(dest, claim.name))
+            entry = ledger.complete(conn, file_id, result, meta,
+                                    duplicate[0] if duplicate else None, final)
             if not dry_run:
                 failpoints.hit(failpoints.BEFORE_COMMIT)
         if not dry_run:
@@ -309,7 +321,7 @@ class Pipeline:
                      rows=result["rows"], accepted=result["accepted"],
                      rejected=result["rejected"], duration_s=result["duration_s"])
         result["_sample_errors"] = results.sample_errors
-        return result
+        return result, entry
 
     @staticmethod
     def _inspect(claim: Claim, name: str,
@@ -363,16 +375,20 @@ class Pipeline:
 
     # -- finish: sidecars, then the move ------------------------------------------------
 
-    def _finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
+    def _finish(self, conn: psycopg.Connection[Any], claim: Claim,
+                entry: ledger.LedgerEntry | None = None) -> Outcome:
+        """Sidecars, then the move. ``entry``: the ledger row as the apply committed it
+        (None: read it, as recovery does)."""
         failpoints.hit(failpoints.AFTER_COMMIT)
-        entry = ledger.by_claim(conn, claim.claim_id)
-        conn.commit()
+        if entry is None:
+            entry = ledger.by_claim(conn, claim.claim_id)
+            conn.commit()
         if entry is None:
             raise RuntimeError(f"no ledger row for claim {claim.claim_id}")
         dest = claim.dirs.done if entry.status == "done" else claim.dirs.failed
         if entry.final_path:
             final = Path(entry.final_path)
-        else:
+        else:  # committed by an older version, which chose the name here
             # Recorded before anything is written, so a crash here re-finishes under
             # the same name instead of leaving orphan sidecars behind.
             final = dest / landing.unique_name(dest, claim.name)
@@ -385,7 +401,6 @@ class Pipeline:
             suffix = p.name[len(claim.name):] if p.name.startswith(claim.name) else p.name
             os.rename(p, final.parent / (final.name + suffix))
         ledger.set_finished(conn, entry.id)
-        conn.commit()
         try:
             claim.dir.rmdir()
         except OSError:
@@ -415,11 +430,14 @@ class Pipeline:
         result["file"] = entry.name
         if final.name != entry.name:
             result["stored_as"] = final.name
+        # A query only where rows were stored: a clean small file needs no round trips.
+        rejected = result.get("rejected", 1) != 0
         if entry.format == "persons" and entry.status == "done" \
                 and "duplicate_of" not in result:
             columns = entry.meta.get("columns", [])
-            sidecars.persons_errors(d, name, columns, ledger.rejected_rows(conn, entry.id),
-                                    guard=guard)
+            sidecars.persons_errors(
+                d, name, columns, ledger.rejected_rows(conn, entry.id) if rejected else (),
+                guard=guard)
             if result.get("rejected_by_class", {}).get(errors.TRANSIENT_LOOKUP_FAILURE):
                 sidecars.persons_retry(
                     d, name, columns, entry.meta.get("delimiter", ","),
@@ -428,11 +446,14 @@ class Pipeline:
                         conn, entry.id, errors.TRANSIENT_LOOKUP_FAILURE)))
         elif entry.format == "contacts":
             if entry.status == "done" and "duplicate_of" not in result:
-                sidecars.contacts_accepted(d, name, ledger.accepted_rows(conn, entry.id),
-                                           guard=guard)
+                accepted = result.get("accepted", 1) != 0
+                sidecars.contacts_accepted(
+                    d, name, ledger.accepted_rows(conn, entry.id) if accepted else (),
+                    guard=guard)
                 sidecars.contacts_rejected(
                     d, name, ((r.record, r.fields, r.message)
-                              for r in ledger.rejected_rows(conn, entry.id)), guard=guard)
+                              for r in ledger.rejected_rows(conn, entry.id)) if rejected
+                    else (), guard=guard)
             glob = [("*", result["error"]["message"])] if "error" in result else []
             sidecars.contacts_global(d, name, glob, guard=guard)
         conn.commit()

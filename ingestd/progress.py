@@ -239,8 +239,12 @@ class Tracker:
         if self._pool is None:
             return
         try:
-            with self._pool.connection() as conn:
+            # One round trip where the work allows, and no wait for the WAL flush: these
+            # rows are for people watching, and a server crash ends what they describe.
+            with self._pool.connection() as conn, conn.pipeline():
+                conn.execute("SET LOCAL synchronous_commit = off")
                 work(conn)
+                conn.commit()
         except psycopg.Error as exc:
             if not self._db_failing:
                 log.warning("progress.db_error", error=str(exc))
