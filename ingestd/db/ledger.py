@@ -91,14 +91,10 @@ def set_final_path(conn: psycopg.Connection[Any], file_id: int, final_path: str)
 def set_finished(conn: psycopg.Connection[Any], file_id: int) -> None:
     """Mark the file finished and commit, in one round trip (pipeline mode).
 
-    Committed without waiting for the WAL flush: no guarantee rests on this mark (the
-    apply's commit holds the rows, the outcome and the final path; the move is done),
-    and the next synchronous commit on the server, or the WAL writer within a fraction
-    of a second, makes it durable. Only a server crash in that instant can lose it;
-    then ``ingestd status`` shows the file as still finishing.
+    A durable commit: status, requeue and prune read this mark, so a server crash
+    right after the move must not lose it.
     """
     with conn.pipeline():
-        conn.execute("SET LOCAL synchronous_commit = off")
         conn.execute("UPDATE ingestd.files SET finished_at = now() WHERE id = %s", (file_id,))
         conn.commit()
 
