@@ -185,6 +185,8 @@ class Watcher:
         WRITING or CLOSED when the event says so; ``event``: inotify said it."""
         if path.parent.name != landing.INBOX or path.parent.parent.parent != self.root:
             return
+        if path.parent.parent.name.startswith("."):
+            return  # a hidden folder is no company; the scans skip it too
         name = path.name
         local = event and not self.settings.polling_observer
         if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
