@@ -245,6 +245,27 @@ def test_a_hard_link_to_a_file_elsewhere_is_failed_not_applied(
     assert other.read_text() == "external_person_id,note\nstolen,1\n"
 
 
+def test_a_hidden_folder_under_the_landing_root_is_left_alone(
+        start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
+    # A dotfolder is never a company (ids start with a letter): neither the scans nor
+    # the events may take its files, whether they were there at start or came later.
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    hidden = landing / ".trash" / "inbox"
+    hidden.mkdir(parents=True)
+    (hidden / "before.persons").write_text(GOOD_PERSONS)
+    d = start_daemon(INGESTD_RESCAN_SECONDS="0.5")
+    (hidden / "during.persons").write_text(GOOD_PERSONS)
+    drop(acme, "after.persons", GOOD_PERSONS)
+    d.wait_event("file.done", company="acme", file="after.persons", timeout=60)
+    # A settle period and several rescans later, the hidden files would have been taken.
+    drop(acme, "later.persons", "external_person_id,note\ng2,fine\n")
+    d.wait_event("file.done", company="acme", file="later.persons", timeout=60)
+    stop_cleanly(d)
+    assert sorted(p.name for p in hidden.iterdir()) == ["before.persons", "during.persons"]
+    assert sorted(p.name for p in (landing / ".trash").iterdir()) == ["inbox"]
+    assert [e for e in d.snapshot() if e.get("company") == ".trash"] == []
+
+
 # -- the opener itself --------------------------------------------------------------------
 
 def test_opener_reads_a_plain_file_with_blocking_reads(tmp_path: Path) -> None:
