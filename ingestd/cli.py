@@ -90,9 +90,9 @@ def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.custom_fields import load_definitions
     from ingestd.db.companies import get_company
-    from ingestd.db.fields import replace_fields
+    from ingestd.persons.custom_fields import load_definitions
+    from ingestd.persons.field_store import replace_fields
 
     try:
         definitions = load_definitions(Path(args.file))
@@ -110,7 +110,7 @@ def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.db.fields import list_fields
+    from ingestd.persons.field_store import list_fields
 
     with _db(settings) as db, db.connect() as conn:
         for d in list_fields(conn, args.company):
@@ -143,8 +143,8 @@ def _target(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd import progress_bar
-    from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
+    from ingestd.persons.carrier import make_carrier
     from ingestd.progress import Tracker
 
     path, company = _target(args, settings)
@@ -265,8 +265,8 @@ def _print_result(result: dict[str, Any], final: Path | None, *, dry_run: bool =
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
+    from ingestd.persons.carrier import make_carrier
 
     path, company = _target(args, settings)
     with Database(settings, pool_size=1) as db:

@@ -19,12 +19,12 @@ import psycopg
 import structlog
 
 from ingestd import errors, logs, metrics, retention
-from ingestd.carrier import HttpCarrierLookup, make_carrier
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
+from ingestd.persons.carrier import HttpCarrierLookup, make_carrier
 from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings, load_settings

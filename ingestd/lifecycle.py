@@ -21,13 +21,13 @@ import psycopg
 import structlog
 
 from ingestd import errors, failpoints, landing, partner_files, progress, sidecars
-from ingestd.carrier import CarrierLookup
+from ingestd.apply_context import ApplyContext, Processor, RowResults
 from ingestd.db import ledger
 from ingestd.db.companies import get_company
 from ingestd.db.database import Database
 from ingestd.errors import FileChangedError, FileError
 from ingestd.landing import CompanyDirs
-from ingestd.processors.base import ApplyContext, Processor, RowResults
+from ingestd.persons.carrier import CarrierLookup
 from ingestd.progress import Tracker
 from ingestd.settings import Settings
 
@@ -41,7 +41,7 @@ def processor_for(fmt: str) -> Processor:
 
         return PersonsProcessor()
     if fmt == "contacts":
-        from ingestd.processors.contacts import ContactsProcessor
+        from ingestd.contacts.apply import ContactsProcessor
 
         return ContactsProcessor()
     raise ValueError(fmt)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ingestd.db.ledger import RejectedRow
-from ingestd.formats.persons import iter_persons
+from ingestd.persons.reader import iter_persons
 
 # What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
 _FORMULA_START = frozenset("=+-@\t\r")

@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from ingestd.apply_context import Company
 from ingestd.db import migrations
 from ingestd.db.companies import add_company
 from ingestd.db.embedded import EmbeddedPostgres
-from ingestd.processors.base import Company
 
 TEMPLATE = "ingestd_test_template"
 

@@ -20,7 +20,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from ingestd.carrier import (
+from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE
+from ingestd.persons.carrier import (
     PERMANENT,
     PERMANENT_MESSAGE,
     TRANSIENT,
@@ -31,7 +32,6 @@ from ingestd.carrier import (
     OfflineCarrierLookup,
     make_carrier,
 )
-from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE
 from ingestd.settings import Settings
 
 US = "+12295551234"

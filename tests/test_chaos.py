@@ -47,8 +47,8 @@ from daemon_helpers import (
 from psycopg.conninfo import make_conninfo
 
 from ingestd import failpoints
-from ingestd.custom_fields import FieldDefinition
 from ingestd.landing import CompanyDirs, new_claim_id
+from ingestd.persons.custom_fields import FieldDefinition
 
 FIELDS = [FieldDefinition(name="note", type="string"),
           FieldDefinition(name="score", type="integer")]

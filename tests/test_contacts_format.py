@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.errors import CONTACTS_GLOBAL, FileError
-from ingestd.formats.contacts import (
+from ingestd.contacts.reader import (
     BLANK_CODE_MESSAGE,
     COLUMNS,
     OBJECT_VARIABLES_MESSAGE,
@@ -20,6 +19,7 @@ from ingestd.formats.contacts import (
     parse_headers_file,
     parse_timestamp,
 )
+from ingestd.errors import CONTACTS_GLOBAL, FileError
 
 FORMATS = Path(__file__).parent / "data"  # the public SAS example
 HEADER = [c.name for c in COLUMNS]  # documented order, abTests included

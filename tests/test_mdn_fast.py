@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
-from ingestd import mdn_fast
 from ingestd.errors import RowError
-from ingestd.phones import normalize_mdn, number_type_is_mobile
+from ingestd.persons import mdn_fast
+from ingestd.persons.phones import normalize_mdn, number_type_is_mobile
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 NON_GEO = sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)

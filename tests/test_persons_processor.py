@@ -28,15 +28,15 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from ingestd.carrier import CarrierLookup, make_carrier
-from ingestd.custom_fields import FieldDefinition
+from ingestd.apply_context import Company
 from ingestd.db.companies import add_company
 from ingestd.db.database import Database
-from ingestd.db.fields import replace_fields
 from ingestd.errors import RowError
-from ingestd.formats.persons import Record, open_persons
 from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.processors.base import Company
+from ingestd.persons.carrier import CarrierLookup, make_carrier
+from ingestd.persons.custom_fields import FieldDefinition
+from ingestd.persons.field_store import replace_fields
+from ingestd.persons.reader import Record, open_persons
 from ingestd.settings import Settings, load_settings
 
 Conn = psycopg.Connection[Any]

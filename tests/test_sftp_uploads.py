@@ -50,8 +50,8 @@ from daemon_helpers import (
 )
 
 from ingestd import errors
-from ingestd.formats.persons import write_persons
 from ingestd.landing import CompanyDirs
+from ingestd.persons.reader import write_persons
 
 COMPANY = "acme"
 USER = "acme"

@@ -26,15 +26,15 @@ import pytest
 from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
 
 from ingestd import errors, sidecars
-from ingestd.carrier import make_carrier
-from ingestd.custom_fields import FieldDefinition
+from ingestd.apply_context import Company
+from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db.database import Database
-from ingestd.db.fields import replace_fields
-from ingestd.formats.contacts import COLUMNS, OBJECT_VARIABLES_MESSAGE
-from ingestd.formats.persons import open_persons, write_persons
 from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.processors.base import Company
+from ingestd.persons.carrier import make_carrier
+from ingestd.persons.custom_fields import FieldDefinition
+from ingestd.persons.field_store import replace_fields
+from ingestd.persons.reader import open_persons, write_persons
 from ingestd.settings import load_settings
 
 Conn = psycopg.Connection[Any]

@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ingestd.apply_context import Company
 from ingestd.db import migrations
-from ingestd.processors.base import Company
 
 # Lowercase so the schema name needs no case games; no leading pg_ (reserved by PostgreSQL).
 COMPANY_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")

@@ -20,21 +20,21 @@ import psycopg
 from psycopg import sql
 
 from ingestd import errors
-from ingestd.carrier import CarrierResult
-from ingestd.custom_fields import FieldDefinition, convert, explain
-from ingestd.db.carrier_cache import cached_lookup
-from ingestd.db.fields import list_fields
+from ingestd.apply_context import ApplyContext
 from ingestd.errors import FileError, RowError, quoted
-from ingestd.formats.persons import (
+from ingestd.partner_files import open_partner_file
+from ingestd.persons.carrier import CarrierResult
+from ingestd.persons.carrier_cache import cached_lookup
+from ingestd.persons.custom_fields import FieldDefinition, convert, explain
+from ingestd.persons.field_store import list_fields
+from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
+from ingestd.persons.reader import (
     IDENTIFYING,
     Record,
     check_person_key,
     open_persons,
     parse_person_id,
 )
-from ingestd.partner_files import open_partner_file
-from ingestd.phones import explain_invalid_mdn, normalize_mdn
-from ingestd.processors.base import ApplyContext
 
 ERR_NOT_FOUND = RowError(errors.PERSON_NOT_FOUND, errors.MSG_PERSON_NOT_FOUND)
 ERR_CREATE = RowError(errors.PERSON_CREATE_REQUIRES, errors.MSG_PERSON_CREATE_REQUIRES,

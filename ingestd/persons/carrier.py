@@ -125,7 +125,7 @@ from tenacity.stop import stop_base
 
 from ingestd import progress
 from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
-from ingestd.phones import number_type_is_mobile
+from ingestd.persons.phones import number_type_is_mobile
 
 if TYPE_CHECKING:
     from ingestd.settings import Settings

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from ingestd.carrier import CarrierLookup, CarrierResult
 from ingestd.errors import TRANSIENT_LOOKUP_FAILURE, RowError
+from ingestd.persons.carrier import CarrierLookup, CarrierResult
 
 
 def cached_lookup(conn: psycopg.Connection[Any], carrier: CarrierLookup, numbers: Iterable[str],

@@ -20,7 +20,7 @@ from ingestd.errors import RowError
 from ingestd.progress import NO_PROGRESS, Handle
 
 if TYPE_CHECKING:
-    from ingestd.carrier import CarrierLookup
+    from ingestd.persons.carrier import CarrierLookup
     from ingestd.settings import Settings
 
 

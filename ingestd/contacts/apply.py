@@ -24,16 +24,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ingestd.errors import (
-    CONTACTS_GLOBAL,
-    CONTACTS_PRECONDITION_FAILED,
-    CONTACTS_PRECONDITION_REQUIRED,
-    CONTACTS_REJECTED,
-    CONTACTS_UPDATE_REJECTED,
-    FileError,
-    RowError,
-)
-from ingestd.formats.contacts import (
+from ingestd.apply_context import ApplyContext, RowResults
+from ingestd.contacts.reader import (
     COLUMNS,
     HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
@@ -45,8 +37,16 @@ from ingestd.formats.contacts import (
     open_contacts,
     parse_headers_file,
 )
+from ingestd.errors import (
+    CONTACTS_GLOBAL,
+    CONTACTS_PRECONDITION_FAILED,
+    CONTACTS_PRECONDITION_REQUIRED,
+    CONTACTS_REJECTED,
+    CONTACTS_UPDATE_REJECTED,
+    FileError,
+    RowError,
+)
 from ingestd.partner_files import open_partner_file
-from ingestd.processors.base import ApplyContext, RowResults
 
 # The tables' columns, by CSV column name (0002_contacts.sql).
 DB_COLUMN: dict[str, str] = {

@@ -52,6 +52,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ingestd.bounded_csv import (
+    DEFAULT_MAX_LINE_BYTES,
+    BoundedCsv,
+    LineTooLong,
+    NotUtf8,
+    Oversize,
+    Unparsable,
+)
 from ingestd.errors import (
     INVALID_IMPORT_FILE_FORMAT,
     INVALID_PERSON_ID,
@@ -60,14 +68,6 @@ from ingestd.errors import (
     UNKNOWN_8BIT_ENCODING,
     FileError,
     RowError,
-)
-from ingestd.formats.bounded import (
-    DEFAULT_MAX_LINE_BYTES,
-    BoundedCsv,
-    LineTooLong,
-    NotUtf8,
-    Oversize,
-    Unparsable,
 )
 
 IDENTIFYING = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")

@@ -48,14 +48,14 @@ from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
 
-from ingestd.errors import CONTACTS_GLOBAL, FileError
-from ingestd.formats.bounded import (
+from ingestd.bounded_csv import (
     DEFAULT_MAX_LINE_BYTES,
     BoundedCsv,
     NotUtf8,
     Oversize,
     Unparsable,
 )
+from ingestd.errors import CONTACTS_GLOBAL, FileError
 from ingestd.partner_files import open_partner_file
 
 # A typed cell: text, boolean, timestamp, or None for a blank cell.

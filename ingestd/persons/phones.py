@@ -20,7 +20,7 @@ from functools import lru_cache
 from phonenumbers import PhoneNumberType
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError, quoted
-from ingestd.mdn_fast import MAX_E164_DIGITS, classify
+from ingestd.persons.mdn_fast import MAX_E164_DIGITS, classify
 
 # The seed's message cell for this class is empty; its description is the text
 # partners know, so that is the message.
