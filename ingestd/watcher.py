@@ -1,6 +1,6 @@
 """Noticing finished uploads: watchdog events, a start-up scan and a periodic rescan.
 
-Emits paths that are *ready* (DESIGN.md): a regular file whose name passes the
+Emits paths that are *ready* (docs/design.md): a regular file whose name passes the
 filters, that was closed after its last write, and whose size and mtime have not
 changed for the settle period. Both are needed: a writer may pause longer than
 the settle period with the file open (a slow SFTP upload), and a close alone
@@ -112,9 +112,6 @@ class Watcher:
     def rescan(self) -> None:
         self._scan_now.set()
 
-    def candidates(self) -> int:
-        return len(self._candidates)
-
     # -- input --------------------------------------------------------------------
 
     def poke(self, path: Path, state: str | None = None) -> None:
@@ -132,14 +129,9 @@ class Watcher:
                 self._pending[path] = state  # events arrive in order: the last one wins
 
     def _scan(self) -> None:
-        if not self.root.is_dir():
-            return
-        for company in self.root.iterdir():
-            inbox = company / landing.INBOX
-            if company.name.startswith(".") or not inbox.is_dir() or company.is_symlink():
-                continue
+        for dirs in landing.company_dirs(self.root):
             try:
-                entries = list(os.scandir(inbox))
+                entries = list(os.scandir(dirs.inbox))
             except OSError:
                 continue
             for entry in entries:

@@ -13,10 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ingestd.apply_context import ApplyContext, Company, RowResults
+from ingestd.apply_context import ApplyContext
 from ingestd.contacts.apply import ContactsProcessor, _modified_after
 from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db import ledger
+from ingestd.db.companies import Company
+from ingestd.db.ledger import RowResults
 from ingestd.errors import (
     CONTACTS_GLOBAL,
     CONTACTS_PRECONDITION_FAILED,

@@ -27,7 +27,7 @@ _MOBILE = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 
 
 def reference(raw: str, region: str) -> tuple[str, int] | None:
-    """phonenumbers' verdict, per call, on the number ``raw`` spells (FORMATS.md section 1)."""
+    """phonenumbers' verdict, per call, on the number ``raw`` spells (docs/formats.md section 1)."""
     if raw.startswith("+"):
         digits = raw[1:]
         if not re.fullmatch(r"[0-9]{1,15}", digits):

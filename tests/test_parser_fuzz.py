@@ -27,7 +27,7 @@ from ingestd.errors import (
 )
 from ingestd.persons.reader import IDENTIFYING, open_persons, write_persons
 
-# What a Person Import may fail with as a whole (FORMATS.md section 1).
+# What a Person Import may fail with as a whole (docs/formats.md section 1).
 PERSONS_FILE_ERRORS = {INVALID_IMPORT_FILE_FORMAT, UNKNOWN_8BIT_ENCODING}
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
