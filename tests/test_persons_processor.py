@@ -5,7 +5,7 @@ Each test drops a ``.persons`` file into ``landing/acme/inbox/`` and calls
 ``done/NAME.retry.persons``, ``NAME.result.json``) and in ``acme.persons``.
 
 The HTTP carrier tests run a real local HTTP server that implements the contract of
-``ingestd/carrier.py``; backoffs are milliseconds and nothing depends on how long anything
+``ingestd/persons/carrier.py``; backoffs are milliseconds and nothing depends on how long anything
 takes: the server answers from a per-number script and counts calls.
 """
 
