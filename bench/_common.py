@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ingestd.contacts.reader import COLUMNS
 from ingestd.db.embedded import EmbeddedPostgres
-from ingestd.formats.contacts import COLUMNS
 
 COMPANY = "acme"
 INGESTD = str(Path(sys.executable).with_name("ingestd"))

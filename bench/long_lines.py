@@ -18,13 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ingestd.formats.contacts import COLUMNS
+from ingestd.contacts.reader import COLUMNS
 
 # Run in a child, so each peak is that file's alone. Prints: records, peak RSS in KiB.
 _READ = """
 import resource, sys
-from ingestd.formats.contacts import open_contacts
-from ingestd.formats.persons import open_persons
+from ingestd.contacts.reader import open_contacts
+from ingestd.persons.reader import open_persons
 path = sys.argv[1]
 if path.endswith(".persons"):
     with open(path, "rb") as fh:

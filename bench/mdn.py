@@ -18,7 +18,7 @@ import phonenumbers
 from _common import mdn
 from phonenumbers import PhoneNumber, PhoneNumberFormat
 
-from ingestd.mdn_fast import classify, split_country_code
+from ingestd.persons.mdn_fast import classify, split_country_code
 
 
 def library(raw: str, region: str) -> tuple[str, int] | None:

@@ -25,6 +25,7 @@ from ingestd import landing, logs
 from ingestd.db.companies import CompanyError, validate_company_id
 from ingestd.db.database import Database, DatabaseUnavailable, unavailable_reason
 from ingestd.db.embedded import EmbeddedError
+from ingestd.results import FileResult
 from ingestd.settings import Settings, SettingsError, check_for_run, check_region, load_settings
 
 log = structlog.get_logger("ingestd.cli")
@@ -90,9 +91,9 @@ def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.custom_fields import load_definitions
     from ingestd.db.companies import get_company
-    from ingestd.db.fields import replace_fields
+    from ingestd.persons.custom_fields import load_definitions
+    from ingestd.persons.field_store import replace_fields
 
     try:
         definitions = load_definitions(Path(args.file))
@@ -110,7 +111,7 @@ def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.db.fields import list_fields
+    from ingestd.persons.field_store import list_fields
 
     with _db(settings) as db, db.connect() as conn:
         for d in list_fields(conn, args.company):
@@ -143,8 +144,8 @@ def _target(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd import progress_bar
-    from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
+    from ingestd.persons.carrier import make_carrier
     from ingestd.progress import Tracker
 
     path, company = _target(args, settings)
@@ -187,6 +188,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                     p.unlink()
     if outcome.status == "gone":
         print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
+        return 1
+    if outcome.result is None:  # changed while being read: back in the inbox
+        print(f"ingestd: {path} changed while being read; try again once it settles",
+              file=sys.stderr)
         return 1
     _print_result(outcome.result, outcome.final_path)
     return 0 if outcome.status == "done" else 1
@@ -234,29 +239,28 @@ def _stage(path: Path, inbox: Path, marker_mode: bool, staged: list[Path]) -> Pa
     return target
 
 
-def _print_result(result: dict[str, Any], final: Path | None, *, dry_run: bool = False) -> None:
+def _print_result(result: FileResult, final: Path | None, *, dry_run: bool = False) -> None:
     """``ingest``: what happened; ``check`` (``dry_run``): what would happen, never "done:"."""
-    name, error = result.get("file"), result.get("error")
-    warnings = list(result.get("warnings", []))
+    name, error = result.file, result.error
+    warnings = list(result.warnings)
     if not dry_run:
-        line = (f"{result.get('status')}: {name} ({result.get('format')}) "
-                f"rows={result.get('rows')} accepted={result.get('accepted')} "
-                f"rejected={result.get('rejected')}")
+        line = (f"{result.status}: {name} ({result.format}) rows={result.rows} "
+                f"accepted={result.accepted} rejected={result.rejected}")
         if final:
             line += f" -> {final}"
         print(line)
         if error:
-            print(f"  {error['class']}: {error['message']}")
+            print(f"  {error.error_class}: {error.message}")
     elif error:
-        print(f"{name}: would fail: {error['class']}: {error['message']}")
-    elif "duplicate_of" in result:
+        print(f"{name}: would fail: {error.error_class}: {error.message}")
+    elif result.duplicate_of is not None:
         warnings = warnings[:-1]  # the pipeline's own duplicate warning, in the past tense
-        print(f"{name}: would be a duplicate of {result['duplicate_of']} (same content, "
+        print(f"{name}: would be a duplicate of {result.duplicate_of} (same content, "
               "already applied): nothing would be applied")
     else:
-        print(f"{name} ({result.get('format')}): would be done: {result.get('rows')} rows, "
-              f"{result.get('accepted')} accepted, {result.get('rejected')} rejected")
-    for rec, err in result.get("_sample_errors", []):
+        print(f"{name} ({result.format}): would be done: {result.rows} rows, "
+              f"{result.accepted} accepted, {result.rejected} rejected")
+    for rec, err in result.sample_errors:
         where = f"{err.field}: " if err.field else ""
         detail = f" ({where}{err.detail})" if err.detail else ""
         print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
@@ -265,15 +269,15 @@ def _print_result(result: dict[str, Any], final: Path | None, *, dry_run: bool =
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.carrier import make_carrier
     from ingestd.lifecycle import Pipeline
+    from ingestd.persons.carrier import make_carrier
 
     path, company = _target(args, settings)
     with Database(settings, pool_size=1) as db:
         db.upgrade()
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
     _print_result(result, None, dry_run=True)
-    return 0 if result["status"] == "done" and not result["rejected"] else 1
+    return 0 if result.status == "done" and not result.rejected else 1
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

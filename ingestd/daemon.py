@@ -19,12 +19,12 @@ import psycopg
 import structlog
 
 from ingestd import errors, logs, metrics, retention
-from ingestd.carrier import HttpCarrierLookup, make_carrier
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
+from ingestd.persons.carrier import HttpCarrierLookup, make_carrier
 from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings, load_settings
@@ -72,16 +72,16 @@ class Daemon:
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
-        if outcome.status not in ("done", "failed"):
-            return
         r = outcome.result
-        if (r.get("error") or {}).get("class") == errors.INVALID_SCHEMA_NAME:
+        if r is None:
+            return  # not finished: busy, gone or changed
+        if r.error is not None and r.error.error_class == errors.INVALID_SCHEMA_NAME:
             return  # a folder that is not a set-up company gets no series
         metrics.init_company(company)  # set up since the last refresh
-        kind = "duplicate" if "duplicate_of" in r else outcome.status
-        metrics.record_file(company, r.get("format") or "unknown", kind,  # type: ignore[arg-type]
-                            r.get("accepted", 0), r.get("rejected_by_class"),
-                            r.get("duration_s"))
+        kind: metrics.Outcome = ("duplicate" if r.duplicate_of is not None
+                                 else "done" if r.status == "done" else "failed")
+        metrics.record_file(company, r.format or "unknown", kind, r.accepted,
+                            r.rejected_by_class, r.duration_s)
 
     @staticmethod
     def _on_carrier_event(event: str, outcome: str) -> None:
@@ -271,6 +271,15 @@ class Daemon:
             pass  # the reachability check reports it; the next round tries again
 
     def _reload(self) -> None:
+        # systemd's Type=notify-reload contract: RELOADING=1 when a reload starts, READY=1
+        # when it is over, failed or not (until then `systemctl reload` waits).
+        self.notifier.reloading()
+        try:
+            self._apply_reload()
+        finally:
+            self.notifier.ready()
+
+    def _apply_reload(self) -> None:
         try:
             fresh = load_settings()
         except Exception as exc:

@@ -1,16 +1,16 @@
-"""Error classes shared by formats, processors and sidecars.
+"""Error classes shared by the format wings (readers, appliers) and the lifecycle.
 
 Row errors are values (``RowError``), never exceptions: one bad row must not
 disturb its neighbours. A file-level problem is a ``FileError`` exception: it
 aborts the file's transaction and sends the file to ``failed/``.
-The class strings are part of the partner contract (FORMATS.md): never rename.
+The class strings are part of the partner contract (docs/formats.md): never rename.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Person Import (FORMATS.md section 1)
+# Person Import (docs/formats.md section 1)
 INVALID_MDN_FORMAT = "MobilePhoneErrors::InvalidMDNFormat"
 CUSTOM_FIELD_NOT_FOUND = "PersonErrors::CustomFieldNotFound"
 INVALID_SELECT_CUSTOM_FIELD_VALUE = "PersonErrors::InvalidSelectCustomFieldValue"
@@ -37,7 +37,7 @@ UNREADABLE_FILE = "ingestd::UnreadableFile"
 INVALID_FILE_NAME = "ingestd::InvalidFileName"
 CONTACTS_GLOBAL = "ContactsImport::GlobalError"
 
-# Subject contacts rows (FORMATS.md section 2 leaves the classes open; the rejected
+# Subject contacts rows (docs/formats.md section 2 leaves the classes open; the rejected
 # CSV shows only the message, these only sort the counts in result.json).
 CONTACTS_REJECTED = "ContactsImport::SectionRejected"  # a row of the section is invalid
 CONTACTS_UPDATE_REJECTED = "ContactsImport::UpdateRejected"  # immutable column / unknown treatment
@@ -77,13 +77,10 @@ class FileChangedError(Exception):
     """The file changed while it was being read: roll back and try again later."""
 
 
-# Messages of the Person Import row errors, as in the seed's table.
+# Messages of the Person Import row errors, as in docs/formats.md's table.
 MSG_CUSTOM_FIELD_NOT_FOUND = "Custom field not found"
 MSG_PERSON_NOT_FOUND = "Person not found"
 MSG_MOBILE_PHONE_ALREADY_ASSIGNED = "Mobile Phone Already Assigned"
 MSG_MDN_CHANGE_NOT_ALLOWED = "mdn change not allowed"
 MSG_PERSON_CREATE_REQUIRES = "Creating a Person requires a device or an external person id"
 MSG_UNIQUE_VIOLATION = "duplicate key value violates unique constraint"
-MSG_NO_IDENTIFYING_COLUMN = (
-    "Couldn't find a person_id, external_person_id, mdn, or vives_device_id field"
-)

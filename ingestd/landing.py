@@ -1,4 +1,4 @@
-"""The landing folder's layout and naming rules (DESIGN.md "Landing layout").
+"""The landing folder's layout and naming rules (docs/design.md "Landing layout").
 
 LANDING_ROOT/<company>/inbox/NAME is a drop; .processing/<claim>/NAME while it is
 applied; done/ or failed/ afterwards. Nothing here opens a file's content.
@@ -21,7 +21,17 @@ FAILED = "failed"
 IN_FLIGHT_SUFFIXES = (".part", ".filepart", ".tmp", ".partial", "~")
 HEADERS_SUFFIX = ".headers"  # NAME.csv.headers travels with NAME.csv
 MARKER_SUFFIX = ".done"  # NAME.done in marker mode
-FORMATS = {".persons": "persons", ".csv": "contacts"}
+
+# The result files ingestd writes beside a finished file (companions travel with it):
+# the one list of them, for the writers, the name limit, requeue and prune.
+RESULT_JSON = ".result.json"
+ERRORS_CSV = ".errors.csv"
+ACCEPTED_CSV = ".accepted.csv"
+REJECTED_CSV = ".rejected.csv"
+GLOBAL_CSV = ".global.csv"
+RETRY_PERSONS = ".retry.persons"
+RESULT_SUFFIXES = (RESULT_JSON, ERRORS_CSV, ACCEPTED_CSV, REJECTED_CSV, GLOBAL_CSV,
+                   RETRY_PERSONS)
 
 
 def is_in_flight(name: str) -> bool:
@@ -34,10 +44,6 @@ def is_companion(name: str, marker_mode: bool = False) -> bool:
     one only in marker mode; otherwise it is a drop like any other (and unsupported)."""
     return name.endswith(".csv" + HEADERS_SUFFIX) or (
         marker_mode and name.endswith(MARKER_SUFFIX))
-
-
-def format_for(name: str) -> str | None:
-    return FORMATS.get(Path(name).suffix.lower())
 
 
 def companions(directory: Path, name: str, marker_mode: bool = False) -> list[Path]:
@@ -53,8 +59,7 @@ def companions(directory: Path, name: str, marker_mode: bool = False) -> list[Pa
 
 # The longest name a drop may have so that every sidecar name still fits in NAME_MAX.
 LONGEST_SIDECAR_SUFFIX = max(len(s) for s in (
-    ".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv", ".global.csv",
-    ".retry.persons", HEADERS_SUFFIX, MARKER_SUFFIX)) + len("~99")
+    *RESULT_SUFFIXES, HEADERS_SUFFIX, MARKER_SUFFIX)) + len("~99")
 MAX_NAME_BYTES = 255 - LONGEST_SIDECAR_SUFFIX
 
 
@@ -96,6 +101,14 @@ def new_claim_id() -> str:
     return f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
 
 
+def company_dirs(root: Path) -> list[CompanyDirs]:
+    """Every company folder under the landing root (no dot-folders, no symlinks)."""
+    if not root.is_dir():
+        return []
+    return [CompanyDirs(p) for p in sorted(root.iterdir())
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+
+
 @dataclass(frozen=True)
 class CompanyDirs:
     root: Path
@@ -127,15 +140,8 @@ class CompanyDirs:
             d.mkdir(exist_ok=True)
 
 
-# The result files ingestd writes beside a finished file (companions travel with it).
-RESULT_SUFFIXES = (".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv",
-                   ".global.csv", ".retry.persons")
-
-
 def sidecar_names(name: str) -> list[str]:
-    return [name + s for s in (".result.json", ".errors.csv", ".accepted.csv",
-                               ".rejected.csv", ".global.csv", ".retry.persons",
-                               HEADERS_SUFFIX, MARKER_SUFFIX)]
+    return [name + s for s in (*RESULT_SUFFIXES, HEADERS_SUFFIX, MARKER_SUFFIX)]
 
 
 def unique_name(directory: Path, name: str) -> str:

@@ -2,7 +2,8 @@
 
 This is where files move (``claim``, ``_finish``) and where the ledger makes it
 exactly once: a file in ``.processing/`` whose ledger row committed is only
-finished, never applied again (``recover_company``).
+finished, never applied again (``recover_company``). It works the same for every
+format: which applier reads a file and which sidecars it gets is ``formats``' answer.
 """
 
 from __future__ import annotations
@@ -12,39 +13,29 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, landing, partner_files, progress, sidecars
-from ingestd.carrier import CarrierLookup
-from ingestd.db import ledger
+from ingestd import errors, failpoints, formats, landing, partner_files, progress, sidecars
+from ingestd.apply_context import ApplyContext
+from ingestd.db import ledger, locks
 from ingestd.db.companies import get_company
 from ingestd.db.database import Database
+from ingestd.db.ledger import RowResults
 from ingestd.errors import FileChangedError, FileError
 from ingestd.landing import CompanyDirs
-from ingestd.processors.base import ApplyContext, Processor, RowResults
+from ingestd.persons.carrier import CarrierLookup
+from ingestd.persons.carrier_cache import cached
 from ingestd.progress import Tracker
+from ingestd.results import FileResult
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.lifecycle")
-
-
-def processor_for(fmt: str) -> Processor:
-    # Imported lazily: a processor pulls in its format's parser and rules.
-    if fmt == "persons":
-        from ingestd.processors.persons import PersonsProcessor
-
-        return PersonsProcessor()
-    if fmt == "contacts":
-        from ingestd.processors.contacts import ContactsProcessor
-
-        return ContactsProcessor()
-    raise ValueError(fmt)
 
 
 @dataclass
@@ -84,11 +75,17 @@ class RecoveryFailed(Exception):
         self.claim_id = claim_id
 
 
+# done, failed: finished (``result`` says how); busy: another worker or instance holds
+# the company; gone: someone else claimed the file first; changed: it changed while
+# being read and went back to the inbox.
+Status = Literal["done", "failed", "busy", "gone", "changed"]
+
+
 @dataclass
 class Outcome:
-    status: str  # done | failed | busy | gone | changed
+    status: Status
     final_path: Path | None = None
-    result: dict[str, Any] = field(default_factory=dict)
+    result: FileResult | None = None  # only when done or failed
 
 
 def sha256_of(path: Path, companion: Path | None = None) -> str:
@@ -111,16 +108,6 @@ def _stat_key(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _lock_key(company: str) -> str:
-    return f"ingestd.company:{company}"
-
-
-def lock_company(conn: psycopg.Connection[Any], company: str) -> None:
-    """Wait for the company's lock until the transaction ends (requeue, prune): meanwhile
-    no instance claims, applies, recovers or finishes the company's files."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(company),))
-
-
 class Pipeline:
     """Claims, applies and finishes files. Thread-safe: each call uses its own connection."""
 
@@ -128,7 +115,8 @@ class Pipeline:
                  tracker: Tracker | None = None) -> None:
         self.settings = settings
         self.db = db
-        self.carrier = carrier
+        self.carrier = carrier  # `check` looks up uncached: it writes nothing
+        self._cached_carrier = cached(carrier, db.pool, settings.carrier_cache_ttl)
         self.tracker = tracker  # None: nobody watches progress
         self.root = settings.landing_root
 
@@ -141,11 +129,10 @@ class Pipeline:
         Several instances may share a landing root: whoever holds the lock is the only
         one claiming, applying or recovering that company's files, which keeps drop order.
         """
+        key = locks.company(company)
         with self.db.pool.connection() as conn:
             conn.autocommit = True
-            got = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                               (_lock_key(company),)).fetchone()
-            if not got or not got[0]:
+            if not locks.try_lock(conn, key):
                 yield None
                 return
             try:
@@ -155,8 +142,7 @@ class Pipeline:
                 if not conn.closed and not conn.broken:
                     conn.rollback()
                     conn.autocommit = True
-                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))",
-                                 (_lock_key(company),))
+                    locks.unlock(conn, key)
 
     # -- the whole path for one ready file ---------------------------------------------
 
@@ -237,17 +223,17 @@ class Pipeline:
     # -- apply: one transaction ---------------------------------------------------------
 
     def apply(self, conn: psycopg.Connection[Any], claim: Claim, *,
-              dry_run: bool = False) -> dict[str, Any]:
+              dry_run: bool = False) -> FileResult:
         """Apply the claimed file and commit its rows with its ledger row; return result."""
         return self._apply(conn, claim, dry_run=dry_run)[0]
 
     def _apply(self, conn: psycopg.Connection[Any], claim: Claim, *,
-               dry_run: bool = False) -> tuple[dict[str, Any], ledger.LedgerEntry]:
+               dry_run: bool = False) -> tuple[FileResult, ledger.LedgerEntry]:
         started = datetime.now(UTC)
         t0 = time.monotonic()
         path, company_id = claim.path, claim.company
         name = landing.display_name(claim.name)  # what the ledger, logs and sidecars say
-        fmt = landing.format_for(name)
+        fmt = formats.for_file(name)
         st = os.lstat(path)
         error, sha, before = self._inspect(claim, name, self.settings.marker_mode)
         meta: dict[str, Any] = {}
@@ -255,8 +241,7 @@ class Pipeline:
         results = RowResults(None, None)
         warnings: list[str] = []
         with conn.transaction(force_rollback=dry_run):
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                         (_lock_key(company_id) + ":apply",))
+            locks.xact_lock(conn, locks.company_apply(company_id))
             company = get_company(conn, company_id)
             if error is not None:
                 pass
@@ -264,29 +249,28 @@ class Pipeline:
                 error = FileError(errors.INVALID_SCHEMA_NAME,
                                   f"company {company_id!r} is not set up")
             elif fmt is None:
-                error = FileError(errors.UNSUPPORTED_FILE,
-                                  f"{name}: unsupported file type; expected .persons or .csv")
+                error = FileError(errors.UNSUPPORTED_FILE, f"{name}: unsupported file type;"
+                                  f" expected {formats.expected()}")
             elif st.st_size == 0:
                 error = FileError(errors.EMPTY_FILE, f"{name} is empty")
             file_id = ledger.insert(conn, company=company_id, name=name,
-                                    claim_id=claim.claim_id, fmt=fmt, sha256=sha,
+                                    claim_id=claim.claim_id, fmt=fmt.name if fmt else None,
+                                    sha256=sha,
                                     size=st.st_size, started_at=started)
             if error is None and not self.settings.allow_duplicates:
                 duplicate = ledger.find_duplicate(conn, company_id, sha, file_id)
-            if error is None and duplicate is None and company is not None and fmt:
+            if error is None and duplicate is None and company is not None and fmt is not None:
                 results = RowResults(conn, file_id)
                 ctx = ApplyContext(conn=conn, company=company, path=path, name=name,
                                    headers_path=claim.headers_path, results=results,
-                                   settings=self.settings, carrier=self.carrier,
-                                   warnings=warnings,
-                                   # check writes nothing, not even the carrier cache
-                                   side_pool=None if dry_run else self.db.pool,
-                                   progress=progress.current())
+                                   settings=self.settings,
+                                   carrier=self.carrier if dry_run else self._cached_carrier,
+                                   warnings=warnings, progress=progress.current())
                 try:
                     with conn.transaction():  # savepoint: a file error undoes every row
                         if not dry_run:
                             failpoints.hit(failpoints.HANG_IN_APPLY)
-                        processor_for(fmt).apply(ctx)
+                        fmt.applier().apply(ctx)
                         results.flush()
                 except FileError as exc:
                     error = exc
@@ -310,17 +294,17 @@ class Pipeline:
             # company lock nothing else names files in done/ or failed/ meanwhile).
             final = None
             if not dry_run:
-                dest = claim.dirs.done if result["status"] == "done" else claim.dirs.failed
+                dest = claim.dirs.done if result.status == "done" else claim.dirs.failed
                 final = str(dest / landing.unique_name(dest, claim.name))
-            entry = ledger.complete(conn, file_id, result, meta,
+            entry = ledger.complete(conn, file_id, result.to_json(), meta,
                                     duplicate[0] if duplicate else None, final)
             if not dry_run:
                 failpoints.hit(failpoints.BEFORE_COMMIT)
         if not dry_run:
-            log.info("file.applied", company=company_id, file=name, status=result["status"],
-                     rows=result["rows"], accepted=result["accepted"],
-                     rejected=result["rejected"], duration_s=result["duration_s"])
-        result["_sample_errors"] = results.sample_errors
+            log.info("file.applied", company=company_id, file=name, status=result.status,
+                     rows=result.rows, accepted=result.accepted, rejected=result.rejected,
+                     duration_s=result.duration_s)
+        result.sample_errors = results.sample_errors
         return result, entry
 
     @staticmethod
@@ -347,31 +331,29 @@ class Pipeline:
                              f"{which} cannot be read by ingestd: {exc.strerror}"), "", (0, 0)
 
     @staticmethod
-    def _result(claim: Claim, fmt: str | None, sha: str, started: datetime, t0: float,
-                results: RowResults, error: FileError | None,
-                duplicate: tuple[int, str] | None, warnings: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "status": "failed" if error else "done",
-            "format": fmt,
-            "company": claim.company,
-            "file": landing.display_name(claim.name),
-            "sha256": sha,
-            "rows": results.rows,
-            "accepted": results.accepted,
-            "rejected": results.rejected,
-            "rejected_by_class": dict(results.rejected_by_class),
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(UTC).isoformat(),
-            "duration_s": round(time.monotonic() - t0, 3),
-            "warnings": warnings,
-        }
-        if error is not None:
-            result["error"] = {"class": error.error_class, "message": error.message}
+    def _result(claim: Claim, fmt: formats.Format | None, sha: str, started: datetime,
+                t0: float, results: RowResults, error: FileError | None,
+                duplicate: tuple[int, str] | None, warnings: list[str]) -> FileResult:
         if duplicate is not None:
-            result["duplicate_of"] = duplicate[1]
-            result["warnings"] = [*warnings, f"same content as {duplicate[1]}, "
-                                  "which was already applied: nothing applied again"]
-        return result
+            warnings = [*warnings, f"same content as {duplicate[1]}, "
+                        "which was already applied: nothing applied again"]
+        return FileResult(
+            status="failed" if error else "done",
+            format=fmt.name if fmt else None,
+            company=claim.company,
+            file=landing.display_name(claim.name),
+            sha256=sha,
+            rows=results.rows,
+            accepted=results.accepted,
+            rejected=results.rejected,
+            rejected_by_class=dict(results.rejected_by_class),
+            started_at=started.isoformat(),
+            finished_at=datetime.now(UTC).isoformat(),
+            duration_s=round(time.monotonic() - t0, 3),
+            warnings=warnings,
+            error=error,
+            duplicate_of=duplicate[1] if duplicate else None,
+        )
 
     # -- finish: sidecars, then the move ------------------------------------------------
 
@@ -394,7 +376,8 @@ class Pipeline:
             final = dest / landing.unique_name(dest, claim.name)
             ledger.set_final_path(conn, entry.id, str(final))
             conn.commit()
-        self._write_sidecars(conn, entry, final)
+        result = FileResult.from_json(entry.result)
+        self._write_sidecars(conn, entry, result, final)
         failpoints.hit(failpoints.AFTER_SIDECARS)
         for p in sorted(claim.dir.iterdir(), key=lambda p: p.name == claim.name):
             # companions first, the file itself last: its arrival means "finished"
@@ -405,59 +388,34 @@ class Pipeline:
             claim.dir.rmdir()
         except OSError:
             pass
-        result = entry.result
-        event = "file.done" if entry.status == "done" else "file.failed"
+        event = "file.done" if result.status == "done" else "file.failed"
         fields: dict[str, Any] = {
             "company": claim.company, "file": claim.name, "path": str(final),
-            "format": result.get("format"), "rows": result.get("rows"),
-            "accepted": result.get("accepted"), "rejected": result.get("rejected"),
-            "rejected_by_class": result.get("rejected_by_class"),
-            "duration_s": result.get("duration_s"),
+            "format": result.format, "rows": result.rows, "accepted": result.accepted,
+            "rejected": result.rejected, "rejected_by_class": result.rejected_by_class,
+            "duration_s": result.duration_s,
         }
-        if "error" in result:
-            fields["error_class"] = result["error"]["class"]
-            fields["error_message"] = result["error"]["message"]
-        if "duplicate_of" in result:
-            fields["duplicate_of"] = result["duplicate_of"]
-        (log.info if entry.status == "done" else log.warning)(event, **fields)
-        return Outcome(entry.status, final, result)
+        if result.error is not None:
+            fields["error_class"] = result.error.error_class
+            fields["error_message"] = result.error.message
+        if result.duplicate_of is not None:
+            fields["duplicate_of"] = result.duplicate_of
+        (log.info if result.status == "done" else log.warning)(event, **fields)
+        return Outcome("done" if result.status == "done" else "failed", final, result)
 
     def _write_sidecars(self, conn: psycopg.Connection[Any], entry: ledger.LedgerEntry,
-                        final: Path) -> None:
-        d, name = final.parent, final.name
-        guard = self.settings.sidecar_formula_guard
-        result = dict(entry.result)
-        result["file"] = entry.name
-        if final.name != entry.name:
-            result["stored_as"] = final.name
-        # A query only where rows were stored: a clean small file needs no round trips.
-        rejected = result.get("rejected", 1) != 0
-        if entry.format == "persons" and entry.status == "done" \
-                and "duplicate_of" not in result:
-            columns = entry.meta.get("columns", [])
-            sidecars.persons_errors(
-                d, name, columns, ledger.rejected_rows(conn, entry.id) if rejected else (),
-                guard=guard)
-            if result.get("rejected_by_class", {}).get(errors.TRANSIENT_LOOKUP_FAILURE):
-                sidecars.persons_retry(
-                    d, name, columns, entry.meta.get("delimiter", ","),
-                    entry.meta.get("multi_select_delimiter", "|"),
-                    (r.fields for r in ledger.rejected_rows(
-                        conn, entry.id, errors.TRANSIENT_LOOKUP_FAILURE)))
-        elif entry.format == "contacts":
-            if entry.status == "done" and "duplicate_of" not in result:
-                accepted = result.get("accepted", 1) != 0
-                sidecars.contacts_accepted(
-                    d, name, ledger.accepted_rows(conn, entry.id) if accepted else (),
-                    guard=guard)
-                sidecars.contacts_rejected(
-                    d, name, ((r.record, r.fields, r.message)
-                              for r in ledger.rejected_rows(conn, entry.id)) if rejected
-                    else (), guard=guard)
-            glob = [("*", result["error"]["message"])] if "error" in result else []
-            sidecars.contacts_global(d, name, glob, guard=guard)
+                        result: FileResult, final: Path) -> None:
+        """The format's sidecars, then result.json: rebuilt from the ledger alone, so a
+        finish redone after a crash writes the same files."""
+        result = replace(result, file=entry.name,
+                         stored_as=final.name if final.name != entry.name else None)
+        fmt = formats.named(entry.format)
+        if fmt is not None:
+            fmt.write_sidecars(sidecars.Finished(
+                conn=conn, file_id=entry.id, directory=final.parent, name=final.name,
+                result=result, meta=entry.meta, guard=self.settings.sidecar_formula_guard))
         conn.commit()
-        sidecars.result_json(d, name, result)
+        sidecars.result_json(final.parent, final.name, result.to_json())
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -535,14 +493,11 @@ class Pipeline:
         claim_dir.rmdir()
 
     def company_dirs(self) -> list[CompanyDirs]:
-        if not self.root.is_dir():
-            return []
-        return [CompanyDirs(p) for p in sorted(self.root.iterdir())
-                if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+        return landing.company_dirs(self.root)
 
     # -- check on demand ---------------------------------------------------------------
 
-    def check(self, path: Path, company_id: str) -> dict[str, Any]:
+    def check(self, path: Path, company_id: str) -> FileResult:
         """Validate against the database in a transaction that is always rolled back."""
         claim = Claim(CompanyDirs(self.root / company_id), landing.new_claim_id(), path.name,
                       source=path)

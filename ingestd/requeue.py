@@ -18,8 +18,8 @@ import psycopg
 import structlog
 
 from ingestd import landing
-from ingestd.db import ledger
-from ingestd.lifecycle import lock_company, sha256_of
+from ingestd.db import ledger, locks
+from ingestd.lifecycle import sha256_of
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.requeue")
@@ -60,7 +60,7 @@ def requeue(conn: psycopg.Connection[Any], settings: Settings, path: Path) -> Re
         # ingestd never finishes a file under a name that is not UTF-8
         raise RequeueError(f"{path}: not a file ingestd finished (no ledger row for it)")
     with conn.transaction():
-        lock_company(conn, company)
+        locks.xact_lock(conn, locks.company(company))
         entry = ledger.finished_at(conn, company, folder, name)
         if entry is None:
             raise RequeueError(_why_not_finished(conn, settings, path, company, folder, name))

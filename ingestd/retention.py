@@ -17,9 +17,8 @@ import psycopg
 import structlog
 
 from ingestd import landing
-from ingestd.db import ledger
+from ingestd.db import ledger, locks
 from ingestd.db.database import Database
-from ingestd.lifecycle import lock_company
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.retention")
@@ -45,7 +44,7 @@ def prune(conn: psycopg.Connection[Any], settings: Settings, older_than_days: in
     for company in companies:
         with conn.transaction(force_rollback=dry_run):
             # Under the company's lock: a requeue or a finish cannot move files meanwhile.
-            lock_company(conn, company)
+            locks.xact_lock(conn, locks.company(company))
             pruned = Pruned(company)
             for entry in ledger.finished_before(conn, company, older_than_days):
                 if entry.requeued_at is None:  # else the file is no longer there

@@ -1,5 +1,9 @@
-"""Writing the files a partner reads beside their drop. Each is written under a
-temporary dot-name and renamed into place, so a partner never sees half a sidecar.
+"""Writing the files a partner reads beside their drop; the parts every format shares.
+
+Each file is written under a temporary dot-name and renamed into place, so a partner
+never sees half a sidecar. Which sidecars a format writes is its own business
+(``persons/sidecars.py``, ``contacts/sidecars.py``); ``NAME.result.json`` is written for
+every file, after the format's, by the lifecycle.
 
 The CSV sidecars are opened by people, often in a spreadsheet, and echo the partner's
 cells: a cell such as ``=HYPERLINK(...)`` would run as a formula there (CSV injection).
@@ -16,14 +20,31 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ingestd.db.ledger import RejectedRow
-from ingestd.formats.persons import iter_persons
+import psycopg
+
+from ingestd.landing import RESULT_JSON
+from ingestd.results import FileResult
 
 # What makes a spreadsheet read a cell as a formula (OWASP "CSV Injection").
 _FORMULA_START = frozenset("=+-@\t\r")
+_TEMP = re.compile(r"\.ingestd-[0-9a-f]{12}\.tmp")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What a format's sidecar writer gets: the committed file and where it goes."""
+
+    conn: psycopg.Connection[Any]  # reads the stored row results (server-side cursors)
+    file_id: int
+    directory: Path  # done/ or failed/
+    name: str  # the file's final name there
+    result: FileResult
+    meta: dict[str, Any]  # what the applier recorded (ApplyContext.columns and .extra)
+    guard: bool  # settings.sidecar_formula_guard
 
 
 def neutralise(cell: Any) -> Any:
@@ -31,7 +52,6 @@ def neutralise(cell: Any) -> Any:
     if isinstance(cell, str) and cell[:1] in _FORMULA_START:
         return "'" + cell
     return cell
-_TEMP = re.compile(r"\.ingestd-[0-9a-f]{12}\.tmp")
 
 
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
@@ -70,11 +90,12 @@ def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
     def fill(fh: TextIO) -> None:
         json.dump(result, fh, indent=2, ensure_ascii=False, default=str)
         fh.write("\n")
-    return write_atomic(directory / f"{name}.result.json", fill)
+    return write_atomic(directory / (name + RESULT_JSON), fill)
 
 
-def _csv(directory: Path, filename: str, header: Sequence[str] | None,
-         rows: Iterable[Sequence[Any]], guard: bool) -> Path:
+def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[Any]],
+             guard: bool) -> Path:
+    """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``."""
     def fill(fh: TextIO) -> None:
         # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
         w = csv.writer(fh, lineterminator="\r\n")
@@ -82,47 +103,4 @@ def _csv(directory: Path, filename: str, header: Sequence[str] | None,
         if guard:
             lines = ([neutralise(cell) for cell in line] for line in lines)
         w.writerows(lines)
-    return write_atomic(directory / filename, fill)
-
-
-def persons_errors(directory: Path, name: str, columns: Sequence[str],
-                   rejected: Iterable[RejectedRow], *, guard: bool = True) -> Path:
-    """NAME.errors.csv: record, error_class, error_message, error_field, error_detail,
-    then the row's fields."""
-    return _csv(directory, f"{name}.errors.csv",
-                ["record", "error_class", "error_message", "error_field", "error_detail",
-                 *columns],
-                ((r.record, r.error_class, r.message, r.error_field, r.error_detail, *r.fields)
-                 for r in rejected), guard)
-
-
-def persons_retry(directory: Path, name: str, columns: Sequence[str], delimiter: str,
-                  multi_select_delimiter: str, rows: Iterable[Sequence[str]]) -> Path:
-    """NAME.retry.persons: the rows that failed the carrier lookup transiently, ready to
-    drop again, written so that the persons reader gives back exactly these rows."""
-    def fill(fh: TextIO) -> None:
-        fh.writelines(iter_persons(columns, rows, delimiter, multi_select_delimiter))
-    return write_atomic(directory / f"{name}.retry.persons", fill)
-
-
-def contacts_accepted(directory: Path, name: str,
-                      rows: Iterable[tuple[int, str, Sequence[str]]], *,
-                      guard: bool = True) -> Path:
-    """NAME.accepted.csv: record, contact id, the row's columns (no header row, like the API)."""
-    return _csv(directory, f"{name}.accepted.csv", None,
-                ((rec, ref, *fields) for rec, ref, fields in rows), guard)
-
-
-def contacts_rejected(directory: Path, name: str,
-                      rows: Iterable[tuple[int, Sequence[str], str]], *,
-                      guard: bool = True) -> Path:
-    """NAME.rejected.csv: record, the section's first row, the message."""
-    return _csv(directory, f"{name}.rejected.csv", None,
-                ((rec, *fields, msg) for rec, fields, msg in rows), guard)
-
-
-def contacts_global(directory: Path, name: str, rows: Iterable[tuple[str, str]], *,
-                    guard: bool = True) -> Path:
-    """NAME.global.csv: responseTrackingCode or '*', message."""
-    return _csv(directory, f"{name}.global.csv", None, rows, guard)
-
+    return write_atomic(path, fill)

@@ -1,6 +1,6 @@
 """Noticing finished uploads: watchdog events, a start-up scan and a periodic rescan.
 
-Emits paths that are *ready* (DESIGN.md): a regular file whose name passes the
+Emits paths that are *ready* (docs/design.md): a regular file whose name passes the
 filters, that was closed after its last write, and whose size and mtime have not
 changed for the settle period. Both are needed: a writer may pause longer than
 the settle period with the file open (a slow SFTP upload), and a close alone
@@ -175,9 +175,6 @@ class Watcher:
         self._scan_now.set()
         self._wake.set()
 
-    def candidates(self) -> int:
-        return len(self._candidates)
-
     # -- input --------------------------------------------------------------------
 
     def poke(self, path: Path, state: str | None = None, *, event: bool = False) -> None:
@@ -203,14 +200,9 @@ class Watcher:
         self._wake.set()
 
     def _scan(self) -> None:
-        if not self.root.is_dir():
-            return
-        for company in self.root.iterdir():
-            inbox = company / landing.INBOX
-            if company.name.startswith(".") or not inbox.is_dir() or company.is_symlink():
-                continue
+        for dirs in landing.company_dirs(self.root):
             try:
-                entries = list(os.scandir(inbox))
+                entries = list(os.scandir(dirs.inbox))
             except OSError:
                 continue
             for entry in entries:

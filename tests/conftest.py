@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from ingestd.db import migrations
-from ingestd.db.companies import add_company
+from ingestd.db.companies import Company, add_company
 from ingestd.db.embedded import EmbeddedPostgres
-from ingestd.processors.base import Company
 
 TEMPLATE = "ingestd_test_template"
 
@@ -53,14 +52,29 @@ def template_url(pg_server_url: str) -> str:
 
 
 @pytest.fixture
-def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+def new_database(pg_server_url: str, template_url: str) -> Iterator[Callable[..., str]]:
+    """Makes fresh databases for this test (migrated, or with ``migrated=False`` empty),
+    dropped at its end. The one place tests create and drop databases."""
+    made: list[str] = []
+
+    def make(*, migrated: bool = True) -> str:
+        name = f"ingestd_test_{uuid.uuid4().hex[:12]}"
+        template = f' TEMPLATE "{TEMPLATE}"' if migrated else ""
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"{template}')
+        made.append(name)
+        return make_conninfo(pg_server_url, dbname=name)
+
+    yield make
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(new_database: Callable[..., str]) -> str:
     """A fresh, migrated database for this test."""
-    name = f"ingestd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-    yield make_conninfo(pg_server_url, dbname=name)
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_database()
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from typing import Any
 
 import psycopg
 
-from ingestd.custom_fields import FieldDefinition
 from ingestd.db.companies import add_company
-from ingestd.db.fields import replace_fields
 from ingestd.landing import CompanyDirs
+from ingestd.persons.custom_fields import FieldDefinition
+from ingestd.persons.field_store import replace_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 30.0

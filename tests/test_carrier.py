@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import socket
 import threading
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator, MutableMapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import structlog
+from carrier_server import HANG, CarrierServer, serving
 from structlog.testing import capture_logs
 
-from ingestd.carrier import (
+from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE
+from ingestd.persons.carrier import (
     PERMANENT,
     PERMANENT_MESSAGE,
     TRANSIENT,
@@ -31,102 +31,16 @@ from ingestd.carrier import (
     OfflineCarrierLookup,
     make_carrier,
 )
-from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE
 from ingestd.settings import Settings
 
 US = "+12295551234"
 UK_MOBILE = "+447400123456"
 UK_FIXED = "+442071234567"
 
-# A script step: an HTTP status (200 answers {"carrier": "TestTel"}), raw bytes (200 with
-# that body), or HANG (answer nothing until the test ends).
-HANG = "hang"
-Step = int | bytes | str
-
-
-class CarrierServer:
-    """A scripted carrier service: per mdn, a list of steps; the last one repeats."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[Step]] = {}
-        self.calls: Counter[str] = Counter()
-        self.queries: list[dict[str, list[str]]] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.barrier: threading.Barrier | None = None
-        self.release = threading.Event()  # set at teardown: lets HANG handlers finish
-        self.cond = threading.Condition()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lookup"
-
-    def wait_for_calls(self, mdn: str, n: int) -> int:
-        """The server records a call when the request arrives, which can trail the client's
-        time-out: wait (bounded) until n calls were seen, then report the count."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.calls[mdn] >= n, timeout=10)
-            return self.calls[mdn]
-
-    def _step(self, mdn: str) -> Step:
-        with self.cond:
-            index = self.calls[mdn]
-            self.calls[mdn] += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.cond.notify_all()
-        steps = self.script.get(mdn, [200])
-        return steps[min(index, len(steps) - 1)]
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                with server.cond:
-                    server.queries.append(query)
-                step = server._step(query.get("mdn", [""])[0])
-                if server.barrier is not None:
-                    server.barrier.wait(timeout=10)
-                if step == HANG:
-                    server.release.wait(timeout=30)
-                # Leave in-flight before answering: the client frees its slot only after it
-                # has read the answer, so the server's count never exceeds the client's.
-                with server.cond:
-                    server.in_flight -= 1
-                status, body = (200, step) if isinstance(step, bytes) else (
-                    (200, b'{"carrier": "TestTel"}') if step in (200, HANG)
-                    else (int(step), b'{"error": "scripted"}'))
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client gave up (time-out test)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = CarrierServer()
-    # A short poll interval only makes shutdown() at teardown quick.
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
-    thread.start()
-    try:
+    with serving(monkeypatch) as srv:
         yield srv
-    finally:
-        srv.release.set()
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join()
 
 
 class Events:

@@ -26,13 +26,11 @@ import os
 import random
 import signal
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from daemon_helpers import (
     Daemon,
@@ -44,11 +42,10 @@ from daemon_helpers import (
     setup_company,
     wait_for,
 )
-from psycopg.conninfo import make_conninfo
 
 from ingestd import failpoints
-from ingestd.custom_fields import FieldDefinition
 from ingestd.landing import CompanyDirs, new_claim_id
+from ingestd.persons.custom_fields import FieldDefinition
 
 FIELDS = [FieldDefinition(name="note", type="string"),
           FieldDefinition(name="score", type="integer")]
@@ -297,14 +294,9 @@ def check_against_clean(chaos: dict[str, Any], clean: dict[str, Any],
 
 
 @pytest.fixture
-def clean_db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+def clean_db_url(new_database: Callable[..., str]) -> str:
     """A second fresh database for the clean run (the same template as ``db_url``)."""
-    name = f"ingestd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "ingestd_test_template"')
-    yield make_conninfo(pg_server_url, dbname=name)
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_database()
 
 
 def run_chaos(tmp_path: Path, db_url: str, clean_db_url: str, *, files: int,

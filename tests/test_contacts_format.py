@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.errors import CONTACTS_GLOBAL, FileError
-from ingestd.formats.contacts import (
+from ingestd.contacts.reader import (
     BLANK_CODE_MESSAGE,
     COLUMNS,
     OBJECT_VARIABLES_MESSAGE,
@@ -20,6 +19,7 @@ from ingestd.formats.contacts import (
     parse_headers_file,
     parse_timestamp,
 )
+from ingestd.errors import CONTACTS_GLOBAL, FileError
 
 FORMATS = Path(__file__).parent / "data"  # the public SAS example
 HEADER = [c.name for c in COLUMNS]  # documented order, abTests included
@@ -38,7 +38,7 @@ def to_csv(rows: list[list[str]]) -> str:
 
 
 def sas_example_fixed() -> str:
-    """The public request with FORMATS.md's fix: abTests in the header, rows 1-3 padded."""
+    """The public request with docs/formats.md's fix: abTests in the header, rows 1-3 padded."""
     header, *rows = read_csv(FORMATS / "sas-example-request.csv")
     header.insert(AB_TESTS, "abTests")
     for row in rows[:3]:
@@ -77,7 +77,7 @@ def test_sas_example_matches_expected_parts() -> None:
     ]
     rejected, accepted = found
     # rejected.csv: record, the first row's fields, the message (the shipped file lacks
-    # the empty abTests field the fixed row 1 has: FORMATS.md calls the example inconsistent)
+    # the empty abTests field the fixed row 1 has: docs/formats.md calls the example inconsistent)
     [expected_rejected] = read_csv(FORMATS / "sas-example-rejected.csv")
     assert rejected.first.record == int(expected_rejected[0])
     assert rejected.error == expected_rejected[-1] == OBJECT_VARIABLES_MESSAGE

@@ -13,7 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from ingestd.apply_context import ApplyContext
+from ingestd.contacts.apply import ContactsProcessor, _modified_after
+from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db import ledger
+from ingestd.db.companies import Company
+from ingestd.db.ledger import RowResults
 from ingestd.errors import (
     CONTACTS_GLOBAL,
     CONTACTS_PRECONDITION_FAILED,
@@ -22,9 +27,6 @@ from ingestd.errors import (
     CONTACTS_UPDATE_REJECTED,
     FileError,
 )
-from ingestd.formats.contacts import COLUMNS, OBJECT_VARIABLES_MESSAGE
-from ingestd.processors.base import ApplyContext, Company, RowResults
-from ingestd.processors.contacts import ContactsProcessor, _modified_after
 from ingestd.settings import load_settings
 
 HEADER = [c.name for c in COLUMNS]

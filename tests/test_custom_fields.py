@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ingestd.custom_fields import (
+from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
+from ingestd.persons.custom_fields import (
     GSM7_BASIC,
     FieldDefinition,
     convert,
     load_definitions,
 )
-from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError
 
 INVALID = RowError(INVALID_SELECT_CUSTOM_FIELD_VALUE, "Invalid custom field value")
 CHARSET = RowError(

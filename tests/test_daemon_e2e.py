@@ -46,7 +46,7 @@ from ingestd import errors
 from ingestd.cli import build_parser
 from ingestd.landing import CompanyDirs
 
-# The row errors of FORMATS.md section 1, with the seed's messages.
+# The row errors of docs/formats.md section 1, with the seed's messages.
 MDN_MESSAGE = "The mdn is incorrectly formatted. It should be an E.164 mdn."
 
 RESULT_KEYS = {"status", "format", "company", "file", "sha256", "rows", "accepted",
@@ -143,7 +143,7 @@ def test_drop_is_applied_with_result_and_errors_sidecars(
     # the rows
     assert persons(db_url, "acme") == [("e1", "+12295551234", {"note": "hello"})]
 
-    # result.json (FORMATS.md section 3)
+    # result.json (docs/formats.md section 3)
     result = result_json(acme.done, "crm.persons")
     assert result.keys() >= RESULT_KEYS
     assert "error" not in result and "duplicate_of" not in result

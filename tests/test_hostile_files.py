@@ -36,7 +36,7 @@ from daemon_helpers import (
 )
 
 from ingestd import errors, partner_files
-from ingestd.formats.contacts import COLUMNS
+from ingestd.contacts.reader import COLUMNS
 from ingestd.partner_files import NotARegularFile, open_partner_file
 
 StartDaemon = Callable[..., Daemon]

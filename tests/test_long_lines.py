@@ -23,7 +23,8 @@ from daemon_helpers import Daemon, base_env, drop, query, result_json, run_cli, 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ingestd.carrier import make_carrier
+from ingestd.bounded_csv import OVERSIZE, BoundedCsv, NotUtf8, Oversize, Unparsable
+from ingestd.contacts.reader import COLUMNS, ContactsReader, Section
 from ingestd.db.database import Database
 from ingestd.errors import (
     CONTACTS_GLOBAL,
@@ -34,10 +35,9 @@ from ingestd.errors import (
     FileError,
     RowError,
 )
-from ingestd.formats.bounded import OVERSIZE, BoundedCsv, NotUtf8, Oversize, Unparsable
-from ingestd.formats.contacts import COLUMNS, ContactsReader, Section
-from ingestd.formats.persons import Record, open_persons
 from ingestd.lifecycle import Pipeline
+from ingestd.persons.carrier import make_carrier
+from ingestd.persons.reader import Record, open_persons
 from ingestd.settings import SettingsError, load_settings
 
 LIMIT = 4096

@@ -1,4 +1,4 @@
-"""ingestd.mdn_fast gives phonenumbers' own verdict: valid or not, E.164, number type.
+"""ingestd.persons.mdn_fast gives phonenumbers' own verdict: valid or not, E.164, number type.
 
 The reference below asks phonenumbers itself (``is_valid_number``, ``number_type``,
 ``format_number``) about the number an accepted form spells, built the way ``parse``
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
-from ingestd import mdn_fast
 from ingestd.errors import RowError
-from ingestd.phones import normalize_mdn, number_type_is_mobile
+from ingestd.persons import mdn_fast
+from ingestd.persons.phones import normalize_mdn, number_type_is_mobile
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 NON_GEO = sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)
@@ -27,7 +27,7 @@ _MOBILE = {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 
 
 def reference(raw: str, region: str) -> tuple[str, int] | None:
-    """phonenumbers' verdict, per call, on the number ``raw`` spells (FORMATS.md section 1)."""
+    """phonenumbers' verdict, per call, on the number ``raw`` spells (docs/formats.md section 1)."""
     if raw.startswith("+"):
         digits = raw[1:]
         if not re.fullmatch(r"[0-9]{1,15}", digits):
@@ -67,7 +67,7 @@ def check(raw: str, region: str = "US") -> None:
     expected = reference(raw, region)
     got = mdn_fast.classify(raw, region)
     assert (None if got is None else tuple(got)) == expected, (raw, region)
-    # and every caller of ingestd.phones sees the same verdict
+    # and every caller of ingestd.persons.phones sees the same verdict
     normalized = normalize_mdn(raw, region)
     if expected is None:
         assert isinstance(normalized, RowError)

@@ -21,8 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +110,10 @@ def sample(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def empty_database(pg_server_url: str) -> Iterator[str]:
-    """A brand-new database with no schema at all (the daemon must migrate it)."""
-    name = f"ingestd_ops_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(pg_server_url, dbname=name)
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
-def fresh_db_url(pg_server_url: str) -> Iterator[str]:
-    yield from empty_database(pg_server_url)
+def fresh_db_url(new_database: Callable[..., str]) -> str:
+    """A brand-new database with no schema at all (the daemon must migrate it)."""
+    return new_database(migrated=False)
 
 
 def schema_exists(db_url: str, schema: str) -> bool:

@@ -16,6 +16,7 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingestd.contacts.reader import COLUMNS, ContactsReader
 from ingestd.errors import (
     CONTACTS_GLOBAL,
     INVALID_IMPORT_FILE_FORMAT,
@@ -24,10 +25,9 @@ from ingestd.errors import (
     FileError,
     RowError,
 )
-from ingestd.formats.contacts import COLUMNS, ContactsReader
-from ingestd.formats.persons import IDENTIFYING, open_persons, write_persons
+from ingestd.persons.reader import IDENTIFYING, open_persons, write_persons
 
-# What a Person Import may fail with as a whole (FORMATS.md section 1).
+# What a Person Import may fail with as a whole (docs/formats.md section 1).
 PERSONS_FILE_ERRORS = {INVALID_IMPORT_FILE_FORMAT, UNKNOWN_8BIT_ENCODING}
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

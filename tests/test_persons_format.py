@@ -18,7 +18,7 @@ from ingestd.errors import (
     FileError,
     RowError,
 )
-from ingestd.formats.persons import (
+from ingestd.persons.reader import (
     IDENTIFYING,
     NO_IDENTIFYING_COLUMN_MESSAGE,
     PersonsReader,

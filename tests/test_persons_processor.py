@@ -5,7 +5,7 @@ Each test drops a ``.persons`` file into ``landing/acme/inbox/`` and calls
 ``done/NAME.retry.persons``, ``NAME.result.json``) and in ``acme.persons``.
 
 The HTTP carrier tests run a real local HTTP server that implements the contract of
-``ingestd/carrier.py``; backoffs are milliseconds and nothing depends on how long anything
+``ingestd/persons/carrier.py``; backoffs are milliseconds and nothing depends on how long anything
 takes: the server answers from a per-number script and counts calls.
 """
 
@@ -14,64 +14,63 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import threading
-import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
 import pytest
+from carrier_server import CarrierServer, serving
 from structlog.testing import capture_logs
 
-from ingestd.carrier import CarrierLookup, make_carrier
-from ingestd.custom_fields import FieldDefinition
-from ingestd.db.companies import add_company
+from ingestd import errors
+from ingestd.db.companies import Company, add_company
 from ingestd.db.database import Database
-from ingestd.db.fields import replace_fields
 from ingestd.errors import RowError
-from ingestd.formats.persons import Record, open_persons
 from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.processors.base import Company
+from ingestd.persons.carrier import CarrierLookup, make_carrier
+from ingestd.persons.custom_fields import FieldDefinition
+from ingestd.persons.field_store import replace_fields
+from ingestd.persons.reader import Record, open_persons
 from ingestd.settings import Settings, load_settings
 
 Conn = psycopg.Connection[Any]
 
-# The partner contract: classes and messages exactly as the seed's tables (FORMATS.md 1).
-INVALID_MDN = "MobilePhoneErrors::InvalidMDNFormat"
+# The error classes come from ingestd.errors, as in the contacts tests; the messages are
+# spelled out: they are the partner contract, exactly as docs/formats.md section 1 says.
+INVALID_MDN = errors.INVALID_MDN_FORMAT
 INVALID_MDN_MSG = "The mdn is incorrectly formatted. It should be an E.164 mdn."
-FIELD_NOT_FOUND = "PersonErrors::CustomFieldNotFound"
+FIELD_NOT_FOUND = errors.CUSTOM_FIELD_NOT_FOUND
 FIELD_NOT_FOUND_MSG = "Custom field not found"
-INVALID_VALUE = "PersonErrors::InvalidSelectCustomFieldValue"
+INVALID_VALUE = errors.INVALID_SELECT_CUSTOM_FIELD_VALUE
 CHARSET_MSG = "Custom field value is incompatible with the field's character set"
 INVALID_VALUE_MSG = "Invalid custom field value"
-NOT_FOUND = "PersonErrors::PersonNotFound"
+NOT_FOUND = errors.PERSON_NOT_FOUND
 NOT_FOUND_MSG = "Person not found"
-MDN_TAKEN = "PersonErrors::MobilePhoneAlreadyAssigned"
+MDN_TAKEN = errors.MOBILE_PHONE_ALREADY_ASSIGNED
 MDN_TAKEN_MSG = "Mobile Phone Already Assigned"
-INVALID_ID = "PersonErrors::InvalidPersonID"
+INVALID_ID = errors.INVALID_PERSON_ID
 INVALID_ID_MSG = "Invalid person_id"
-INVALID_KEY = "PersonErrors::InvalidPersonKey"
+INVALID_KEY = errors.INVALID_PERSON_KEY
 INVALID_KEY_MSG = "Invalid person_key"
-MDN_CHANGE = "PersonErrors::MdnChangeNotAllowed"
+MDN_CHANGE = errors.MDN_CHANGE_NOT_ALLOWED
 MDN_CHANGE_MSG = "mdn change not allowed"
-CREATE_REQUIRES = "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId"
+CREATE_REQUIRES = errors.PERSON_CREATE_REQUIRES
 CREATE_REQUIRES_MSG = "Creating a Person requires a device or an external person id"
-UNIQUE = "PG::UniqueViolation"
+UNIQUE = errors.UNIQUE_VIOLATION
 UNIQUE_MSG = "duplicate key value violates unique constraint"
-MALFORMED = "ImportErrors::MalformedRow"
-PERMANENT = "CarrierLookupService::PermanentLookupFailureError"
+MALFORMED = errors.MALFORMED_ROW
+PERMANENT = errors.PERMANENT_LOOKUP_FAILURE
 PERMANENT_MSG = "The mdn supplied is not a valid mobile phone active on a valid carrier."
-TRANSIENT = "CarrierLookupService::TransientLookupFailureError"
+TRANSIENT = errors.TRANSIENT_LOOKUP_FAILURE
 TRANSIENT_MSG = ("A temporary issue with the carrier lookup service prevented the row from being"
                  " processed. Please try again later.")
-FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
+FILE_FORMAT = errors.INVALID_IMPORT_FILE_FORMAT
 NO_ID_COLUMN_MSG = "Couldn't find a person_id, external_person_id, mdn, or vives_device_id field"
-ENCODING = "FileEngine::EncodingDetection::Unknown8BitEncodingDetected"
+ENCODING = errors.UNKNOWN_8BIT_ENCODING
 
 # errors.csv: these five columns, then the file's field names.
 ERRORS_HEADER = ["record", "error_class", "error_message", "error_field", "error_detail"]
@@ -810,72 +809,11 @@ def test_tab_delimiter_and_fields_header(env: Env) -> None:
 # --- carrier lookup over HTTP ------------------------------------------------------------------
 
 
-class CarrierServer:
-    """A lookup service per the contract of ingestd/carrier.py, scripted per number.
-
-    ``script[mdn]`` is a list of HTTP statuses, one per call, the last repeating; 200
-    answers ``{"carrier": "TestTel"}``. A number without a script is found.
-    """
-
-    CARRIER = "TestTel"
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[int]] = {}
-        self.calls: Counter[str] = Counter()
-        self.bad_requests: list[str] = []
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lookup"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                parts = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(parts.query)
-                if parts.path != "/lookup" or list(query) != ["mdn"] or \
-                        self.headers.get("Accept") != "application/json":
-                    server.bad_requests.append(self.path)
-                    self._send(400, b"")
-                    return
-                number = query["mdn"][0]
-                with server.lock:
-                    n = server.calls[number]
-                    server.calls[number] += 1
-                    steps = server.script.get(number, [200])
-                status = steps[min(n, len(steps) - 1)]
-                payload = json.dumps({"carrier": server.CARRIER}).encode()
-                self._send(status, payload if status == 200 else b"")
-
-            def _send(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = CarrierServer()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
-    thread.start()
-    try:
+    with serving(monkeypatch, strict=True) as srv:
         yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join()
-        assert srv.bad_requests == []
+    assert srv.bad_requests == []
 
 
 def http_settings(server: CarrierServer, **overrides: Any) -> dict[str, Any]:
@@ -1141,10 +1079,10 @@ def test_check_returns_the_errors_and_writes_nothing(env: Env, tmp_path: Path) -
     )
     path.write_text(content, encoding="utf-8")
     result = env.pipeline().check(path, "acme")
-    assert (result["status"], result["rows"], result["accepted"], result["rejected"]) == (
+    assert (result.status, result.rows, result.accepted, result.rejected) == (
         "done", 4, 2, 2)
-    assert result["rejected_by_class"] == {INVALID_VALUE: 1, MDN_TAKEN: 1}
-    assert result["_sample_errors"] == [
+    assert result.rejected_by_class == {INVALID_VALUE: 1, MDN_TAKEN: 1}
+    assert result.sample_errors == [
         (2, RowError(INVALID_VALUE, INVALID_VALUE_MSG, "tier",
                      "'platinum' is not an option of tier (gold, silver, bronze)")),
         (4, RowError(MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person"))]
@@ -1167,7 +1105,7 @@ def test_check_over_http_looks_up_but_caches_nothing(env: Env, server: CarrierSe
     path = tmp_path / "check.persons"
     path.write_text(body("mdn", mdn(1), mdn(2)), encoding="utf-8")
     result = env.pipeline(**http_settings(server)).check(path, "acme")
-    assert result["_sample_errors"] == [(2, RowError(
+    assert result.sample_errors == [(2, RowError(
         PERMANENT, PERMANENT_MSG, "mdn",
         f"the carrier lookup service answered HTTP 404 for {mdn(2)}"))]
     assert server.calls == Counter({mdn(1): 1, mdn(2): 1})

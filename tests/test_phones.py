@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError
-from ingestd.phones import INVALID_MDN_MESSAGE, normalize_mdn, number_type_is_mobile
+from ingestd.persons.phones import INVALID_MDN_MESSAGE, normalize_mdn, number_type_is_mobile
 
 INVALID = RowError(INVALID_MDN_FORMAT, INVALID_MDN_MESSAGE)
 

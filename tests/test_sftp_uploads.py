@@ -3,12 +3,12 @@
 The server is asyncssh's, in-process: it listens on 127.0.0.1 (port 0) in a thread
 with its own event loop, authenticates user ``acme`` by password and serves an
 ``asyncssh.SFTPServer`` chrooted at ``LANDING_ROOT/acme``, as OpenSSH's
-``ChrootDirectory`` does for a partner (DESIGN.md "Landing layout"). The client is
+``ChrootDirectory`` does for a partner (docs/design.md "Landing layout"). The client is
 paramiko, i.e. another SSH implementation, as a partner's would be. The daemon is
 ``python -m ingestd run`` in a subprocess (tests/daemon_helpers.py) with a settle
 period of 1 s.
 
-What is checked is DESIGN.md's readiness rule as an SFTP partner meets it: a file
+What is checked is docs/design.md's readiness rule as an SFTP partner meets it: a file
 is ready when it is closed after write *and* its size and mtime held still for the
 settle period; in-flight names (``*.part`` ...) are never touched; the partner
 reads the outcome back over SFTP.
@@ -50,8 +50,8 @@ from daemon_helpers import (
 )
 
 from ingestd import errors
-from ingestd.formats.persons import write_persons
 from ingestd.landing import CompanyDirs
+from ingestd.persons.reader import write_persons
 
 COMPANY = "acme"
 USER = "acme"

@@ -13,28 +13,28 @@ import csv
 import io
 import json
 import signal
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from carrier_server import CarrierServer, serving
 from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
 
-from ingestd import errors, sidecars
-from ingestd.carrier import make_carrier
-from ingestd.custom_fields import FieldDefinition
+from ingestd import errors
+from ingestd.contacts import sidecars as contacts_sidecars
+from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
+from ingestd.db.companies import Company
 from ingestd.db.database import Database
-from ingestd.db.fields import replace_fields
-from ingestd.formats.contacts import COLUMNS, OBJECT_VARIABLES_MESSAGE
-from ingestd.formats.persons import open_persons, write_persons
 from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.processors.base import Company
+from ingestd.persons.carrier import make_carrier
+from ingestd.persons.custom_fields import FieldDefinition
+from ingestd.persons.field_store import replace_fields
+from ingestd.persons.reader import open_persons, write_persons
 from ingestd.settings import load_settings
 
 Conn = psycopg.Connection[Any]
@@ -260,7 +260,7 @@ def test_every_rejection_names_its_column_and_what_was_wrong(env: Env, case: Cas
     content = body(case.header, case.line.format(**values))
     name = "case.persons"
     outcome = env.process(name, content)
-    assert outcome.result["rejected"] == 1
+    assert outcome.result.rejected == 1
     header, *rejected = read_csv(env.done / f"{name}.errors.csv")
     assert header == ERRORS_HEADER + case.header.split(",")
     [row] = rejected
@@ -310,7 +310,7 @@ def test_formula_cells_of_a_rejected_persons_row_are_neutralised(env: Env) -> No
     columns, rows = formula_file()
     name = "formulas.persons"
     outcome = env.process(name, write_persons(columns, rows))
-    assert outcome.result["rejected"] == len(rows)
+    assert outcome.result.rejected == len(rows)
     header, *rejected = read_csv(env.done / f"{name}.errors.csv")
     assert header == [*ERRORS_HEADER, "external_person_id", "note", guarded("=1+2")]
     assert [r[5:] for r in rejected] == [
@@ -371,7 +371,7 @@ def contacts_file() -> str:
 def test_contacts_accepted_and_rejected_cells(env: Env, guard: bool) -> None:
     name = "contacts.csv"
     outcome = env.process(name, contacts_file(), sidecar_formula_guard=guard)
-    assert (outcome.result["accepted"], outcome.result["rejected"]) == (1, 1)
+    assert (outcome.result.accepted, outcome.result.rejected) == (1, 1)
     show = guarded if guard else (lambda cell: cell)
     names = [c.name for c in COLUMNS]
     formula_at = {names.index(n) for n in CONTACT_TEXT}
@@ -390,8 +390,8 @@ def test_contacts_accepted_and_rejected_cells(env: Env, guard: bool) -> None:
 
 @pytest.mark.parametrize("guard", [True, False])
 def test_contacts_global_csv(tmp_path: Path, guard: bool) -> None:
-    sidecars.contacts_global(tmp_path, "g.csv", [("*", "=cmd|' /C calc'!A0"), ("-code", "x")],
-                             guard=guard)
+    contacts_sidecars.global_csv(tmp_path, "g.csv",
+                                 [("*", "=cmd|' /C calc'!A0"), ("-code", "x")], guard=guard)
     got = read_csv(tmp_path / "g.csv.global.csv")
     if guard:
         assert got == [["*", "'=cmd|' /C calc'!A0"], ["'-code", "x"]]
@@ -402,46 +402,14 @@ def test_contacts_global_csv(tmp_path: Path, guard: bool) -> None:
 # --- retry.persons stays exact ---------------------------------------------------------------
 
 
-class Always503:
-    """A carrier lookup service that is down: every request gets 503."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with owner.lock:
-                    owner.calls += 1
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lookup"
-
-
 @pytest.fixture
-def down(monkeypatch: pytest.MonkeyPatch) -> Iterator[Always503]:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = Always503()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
-    thread.start()
-    try:
+def down(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
+    """A carrier lookup service that is down: every request gets 503."""
+    with serving(monkeypatch, default=[503]) as srv:
         yield srv
-    finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join()
 
 
-def test_retry_file_is_byte_exact_with_formula_cells(env: Env, down: Always503) -> None:
+def test_retry_file_is_byte_exact_with_formula_cells(env: Env, down: CarrierServer) -> None:
     columns = ["external_person_id", "mdn", "note", "=1+2"]
     rows = [[f"=e{i}", mdn(i), cell, ""] for i, cell in enumerate(FORMULAS, 1)]
     content = write_persons(columns, rows)
@@ -449,8 +417,8 @@ def test_retry_file_is_byte_exact_with_formula_cells(env: Env, down: Always503) 
     outcome = env.process(name, content, carrier_mode="http", carrier_url=down.url,
                           carrier_backoff_initial=0.001, carrier_backoff_max=0.01,
                           carrier_max_attempts=2)
-    assert outcome.result["rejected_by_class"] == {errors.TRANSIENT_LOOKUP_FAILURE: len(rows)}
-    assert down.calls > 0
+    assert outcome.result.rejected_by_class == {errors.TRANSIENT_LOOKUP_FAILURE: len(rows)}
+    assert sum(down.calls.values()) > 0
     # Every row failed transiently, so the retry file is exactly the drop, formulas and all.
     retry = (env.done / f"{name}.retry.persons").read_bytes()
     assert retry == content.encode("utf-8")

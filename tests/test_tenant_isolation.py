@@ -32,8 +32,8 @@ from daemon_helpers import (
 )
 
 from ingestd import errors
-from ingestd.custom_fields import FieldDefinition
 from ingestd.landing import CompanyDirs
+from ingestd.persons.custom_fields import FieldDefinition
 
 EVIL_NAME = 'x"; drop table acme.persons; --'
 EVIL_VALUE = "'); DROP SCHEMA acme CASCADE; --"

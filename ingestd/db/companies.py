@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from ingestd.db import migrations
-from ingestd.processors.base import Company
+from ingestd.db import locks, migrations
 
 # Lowercase so the schema name needs no case games; no leading pg_ (reserved by PostgreSQL).
 COMPANY_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 RESERVED = {"ingestd", "public", "information_schema"}
+
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    id: str
+    schema: str
+    default_region: str = "US"
 
 
 class CompanyError(ValueError):
@@ -33,10 +40,9 @@ def validate_company_id(company_id: str) -> str:
 def add_company(conn: psycopg.Connection[Any], company_id: str, default_region: str = "US") -> bool:
     """Create the company and its schema; False if it already existed. Idempotent."""
     validate_company_id(company_id)
-    conn.autocommit = True
-    conn.execute("SELECT pg_advisory_lock(%s)", (migrations.LOCK_KEY,))
-    try:
-        conn.autocommit = False
+    # The migrations' lock: a company added while another process upgrades gets
+    # every company migration exactly once.
+    with locks.session_lock(conn, locks.MIGRATIONS):
         with conn.transaction():
             created = conn.execute(
                 "INSERT INTO ingestd.companies (id, schema_name, default_region)"
@@ -47,10 +53,6 @@ def add_company(conn: psycopg.Connection[Any], company_id: str, default_region: 
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(company_id))
             )
         migrations.upgrade_company(conn, company_id)
-    finally:
-        conn.autocommit = True
-        conn.execute("SELECT pg_advisory_unlock(%s)", (migrations.LOCK_KEY,))
-        conn.autocommit = False
     return created
 
 

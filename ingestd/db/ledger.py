@@ -1,8 +1,10 @@
-"""The ledger: one row per claimed file (ingestd.files) and its stored row outcomes."""
+"""The ledger: all SQL of ingestd.files (one row per claimed file) and of
+ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
+
+from ingestd.errors import RowError
 
 
 @dataclass
@@ -237,3 +241,64 @@ def mark_pruned(conn: psycopg.Connection[Any], file_id: int) -> None:
     sha256 still makes a re-drop of the same content a duplicate)."""
     conn.execute("DELETE FROM ingestd.row_results WHERE file_id = %s", (file_id,))
     conn.execute("UPDATE ingestd.files SET pruned_at = now() WHERE id = %s", (file_id,))
+
+
+# -- row results ---------------------------------------------------------------------------
+
+class RowResults:
+    """Counts outcomes and stores the ones sidecars need in ``ingestd.row_results``.
+
+    Rejected rows are always stored (sidecars can be rebuilt after a crash);
+    accepted rows only when ``keep=True`` (contacts need them for accepted.csv).
+    Stored in batches with COPY so a million-row file stays fast.
+    """
+
+    BATCH = 5000
+
+    def __init__(self, conn: psycopg.Connection[Any] | None, file_id: int | None) -> None:
+        self._conn = conn
+        self._file_id = file_id
+        self._pending: list[tuple[Any, ...]] = []
+        self.rows = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.rejected_by_class: Counter[str] = Counter()
+        # kept in memory only up to a bound, for `ingestd check` to print
+        self.sample_errors: list[tuple[int, RowError]] = []
+
+    def accept(
+        self, record: int, fields: Sequence[str], ref: str | None = None, *, keep: bool = False
+    ) -> None:
+        self.rows += 1
+        self.accepted += 1
+        if keep:
+            self._add((record, True, ref, None, None, "", "", list(fields)))
+
+    def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
+        """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
+        self.rows += rows
+        self.rejected += rows
+        self.rejected_by_class[error.error_class] += rows
+        if len(self.sample_errors) < 1000:
+            self.sample_errors.append((record, error))
+        self._add((record, False, None, error.error_class, error.message, error.field,
+                   error.detail, list(fields)))
+
+    def _add(self, row: tuple[Any, ...]) -> None:
+        if self._conn is None:
+            return
+        self._pending.append(row)
+        if len(self._pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._conn is None or not self._pending:
+            return
+        with self._conn.cursor() as cur, cur.copy(
+            "COPY ingestd.row_results"
+            " (file_id, record, accepted, ref, error_class, message, error_field, error_detail,"
+            " fields) FROM STDIN"
+        ) as copy:
+            for row in self._pending:
+                copy.write_row((self._file_id, *row))
+        self._pending.clear()

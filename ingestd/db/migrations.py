@@ -14,9 +14,9 @@ import psycopg
 import structlog
 from psycopg import sql
 
-log = structlog.get_logger(__name__)
+from ingestd.db import locks
 
-LOCK_KEY = 0x1D6E57D  # advisory lock key for migrations, arbitrary but fixed
+log = structlog.get_logger(__name__)
 
 
 def _scripts(kind: str) -> list[tuple[int, str, str]]:
@@ -32,10 +32,7 @@ def _scripts(kind: str) -> list[tuple[int, str, str]]:
 def upgrade(conn: psycopg.Connection[Any]) -> list[str]:
     """Apply every pending core and company migration; return the names applied."""
     applied: list[str] = []
-    conn.autocommit = True
-    conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-    try:
-        conn.autocommit = False
+    with locks.session_lock(conn, locks.MIGRATIONS):
         with conn.transaction():
             conn.execute("CREATE SCHEMA IF NOT EXISTS ingestd")
             conn.execute(
@@ -60,10 +57,6 @@ def upgrade(conn: psycopg.Connection[Any]) -> list[str]:
         conn.commit()
         for company in companies:
             applied += upgrade_company(conn, company)
-    finally:
-        conn.autocommit = True
-        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-        conn.autocommit = False
     return applied
 
 

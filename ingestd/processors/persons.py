@@ -5,7 +5,7 @@ Per chunk: one query finds every existing person any row of the chunk names
 order against that in-memory picture, so a later row sees what an earlier row
 did; finally the chunk's creates go in with COPY and its updates with one
 UPDATE … FROM a COPY-filled temp table. Row errors are values, raised here in
-``_resolve`` in the order FORMATS.md fixes ("one error a row").
+``_resolve`` in the order docs/formats.md fixes ("one error a row").
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ import psycopg
 from psycopg import sql
 
 from ingestd import errors
-from ingestd.carrier import CarrierResult
-from ingestd.custom_fields import FieldDefinition, convert, explain
-from ingestd.db.carrier_cache import cached_lookup
-from ingestd.db.fields import list_fields
+from ingestd.apply_context import ApplyContext
 from ingestd.errors import FileError, RowError, quoted
-from ingestd.formats.persons import (
+from ingestd.partner_files import open_partner_file
+from ingestd.persons.carrier import CarrierResult
+from ingestd.persons.custom_fields import FieldDefinition, convert, explain
+from ingestd.persons.field_store import list_fields
+from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
+from ingestd.persons.reader import (
     IDENTIFYING,
+    NO_IDENTIFYING_COLUMN_MESSAGE,
     Record,
     check_person_key,
     open_persons,
     parse_person_id,
 )
-from ingestd.partner_files import open_partner_file
-from ingestd.phones import explain_invalid_mdn, normalize_mdn
-from ingestd.processors.base import ApplyContext
 
 ERR_NOT_FOUND = RowError(errors.PERSON_NOT_FOUND, errors.MSG_PERSON_NOT_FOUND)
 ERR_CREATE = RowError(errors.PERSON_CREATE_REQUIRES, errors.MSG_PERSON_CREATE_REQUIRES,
@@ -151,7 +151,7 @@ class _Chunk:
         self.custom_cols = [(i, name) for i, name in enumerate(fields) if name not in IDENTIFYING]
         self.temp_ready = False
         if not any(name in self.pos for name in IDENTIFYING):
-            raise FileError(errors.INVALID_IMPORT_FILE_FORMAT, errors.MSG_NO_IDENTIFYING_COLUMN)
+            raise FileError(errors.INVALID_IMPORT_FILE_FORMAT, NO_IDENTIFYING_COLUMN_MESSAGE)
 
     # -- one chunk --------------------------------------------------------------------
 
@@ -266,14 +266,7 @@ class _Chunk:
         numbers whose rows are later rejected get looked up for nothing.
         """
         wanted = {r.mdn for r in rows if r.mdn and r.mdn not in index.by_mdn}
-        if not wanted:
-            return {}
-        pool = self.ctx.side_pool
-        if pool is None or not getattr(self.ctx.carrier, "remote", True):
-            return self.ctx.carrier.lookup_many(wanted)
-        with pool.connection() as side:
-            return cached_lookup(side, self.ctx.carrier, wanted,
-                                 self.ctx.settings.carrier_cache_ttl)
+        return self.ctx.carrier.lookup_many(wanted) if wanted else {}
 
     def _resolve(self, row: _Row, index: _Index,
                  lookups: dict[str, CarrierResult]) -> RowError | None:

@@ -1,4 +1,4 @@
--- Subject contacts (FORMATS.md section 2). {schema} is the company's quoted schema.
+-- Subject contacts (docs/formats.md section 2). {schema} is the company's quoted schema.
 -- Column names are the CSV's in snake case; a blank CSV cell is NULL.
 
 CREATE TABLE {schema}.contacts (

@@ -4,7 +4,7 @@ Pure: no database. ``open_persons`` reads the header block and the field names
 and raises ``FileError`` for what fails the whole file; ``PersonsReader.chunks``
 then streams the body as numbered ``Record``s, each with its shape error if any.
 
-Reading (FORMATS.md section 1, plus these choices where it is silent):
+Reading (docs/formats.md section 1, plus these choices where it is silent):
 
 * The file is read as binary lines (split at LF only) and each line is decoded
   as strict UTF-8 on its own. UTF-8 never uses byte 0x0A inside a multi-byte
@@ -52,6 +52,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ingestd.bounded_csv import (
+    DEFAULT_MAX_LINE_BYTES,
+    BoundedCsv,
+    LineTooLong,
+    NotUtf8,
+    Oversize,
+    Unparsable,
+)
 from ingestd.errors import (
     INVALID_IMPORT_FILE_FORMAT,
     INVALID_PERSON_ID,
@@ -61,23 +69,15 @@ from ingestd.errors import (
     FileError,
     RowError,
 )
-from ingestd.formats.bounded import (
-    DEFAULT_MAX_LINE_BYTES,
-    BoundedCsv,
-    LineTooLong,
-    NotUtf8,
-    Oversize,
-    Unparsable,
-)
 
 IDENTIFYING = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
 
-# Verbatim from the seed's file-level table (its "vives" typo included): partners
+# Verbatim from docs/formats.md's file-level table (its "vives" typo included): partners
 # match on these strings.
 NO_IDENTIFYING_COLUMN_MESSAGE = (
     "Couldn't find a person_id, external_person_id, mdn, or vives_device_id field"
 )
-INVALID_PERSON_ID_MESSAGE = "Invalid person_id"  # the seed's "Invalid <i>person_id</i>"
+INVALID_PERSON_ID_MESSAGE = "Invalid person_id"  # docs/formats.md's "Invalid <i>person_id</i>"
 INVALID_PERSON_KEY_MESSAGE = "Invalid person_key"
 NO_HEADER_ROW_MESSAGE = "file has no header row"
 

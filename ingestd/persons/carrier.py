@@ -8,7 +8,7 @@ It never raises for a lookup problem: every failure is a ``RowError`` value with
 * ``CarrierLookupService::TransientLookupFailureError`` -- the service could not answer, even
   after the retries; the row belongs in the retry file.
 
-The seed's message column is empty for both classes, so their messages are the seed's
+docs/formats.md leaves the message column empty for both classes, so their messages are its
 descriptions (``PERMANENT_MESSAGE``, ``TRANSIENT_MESSAGE``), the same for every row; what
 went wrong for one number (status, time-out, attempts) is ``CarrierResult.detail``, which
 errors.csv shows as the row's ``error_detail``, and goes to the log.
@@ -111,7 +111,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import phonenumbers
 import structlog
-from phonenumbers import PhoneNumberType
 from phonenumbers import carrier as pn_carrier
 from tenacity import (
     RetryCallState,
@@ -125,12 +124,12 @@ from tenacity.stop import stop_base
 
 from ingestd import progress
 from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
-from ingestd.phones import number_type_is_mobile
+from ingestd.persons.phones import number_type_is_mobile
 
 if TYPE_CHECKING:
     from ingestd.settings import Settings
 
-# The seed's descriptions of the two classes (its message column is empty), without markup.
+# The contract's descriptions of the two classes (docs/formats.md), without markup.
 PERMANENT_MESSAGE = "The mdn supplied is not a valid mobile phone active on a valid carrier."
 TRANSIENT_MESSAGE = (
     "A temporary issue with the carrier lookup service prevented the row from being "
@@ -144,8 +143,6 @@ EventHook = Callable[[str, str], None]
 
 # A carrier name is a few words; a bigger body is not the contract's answer.
 _MAX_BODY = 64 * 1024
-
-_MOBILE_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +182,6 @@ def _found(name: str | None) -> CarrierResult:
 
 class OfflineCarrierLookup:
     """phonenumbers' metadata: no network, so nothing is ever transient."""
-
-    remote = False  # answers locally: caching in PostgreSQL would only cost time
 
     def __init__(self, region: str = "US", *, on_event: EventHook | None = None) -> None:
         # Only used to read a number that lacks the leading "+"; callers pass E.164.
@@ -242,8 +237,6 @@ class _StopIfCircuitOpen(stop_base):
 class HttpCarrierLookup:
     """The HTTP contract of the module docstring, with tenacity retries and a shared bound."""
 
-    remote = True  # results are worth caching in PostgreSQL
-
     def __init__(
         self,
         url: str,
@@ -284,8 +277,9 @@ class HttpCarrierLookup:
         unique = list(dict.fromkeys(numbers))
         if len(unique) <= 1:
             return {mdn: self._lookup_one(mdn) for mdn in unique}
-        # Copy the caller's context into each task so the log lines keep the company/file
-        # bound with structlog.contextvars by the worker that processes the file.
+        # Copy the caller's context into each task: the file's progress handle
+        # (ingestd.progress, a ContextVar) must follow the lookups, so that a retry loop
+        # counts as progress of the file being applied.
         ctx = contextvars.copy_context()
         workers = min(self.concurrency, len(unique))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="carrier") as pool:

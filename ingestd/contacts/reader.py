@@ -1,4 +1,4 @@
-"""Subject contacts CSV (FORMATS.md section 2): header check, typed values, sections.
+"""Subject contacts CSV (docs/formats.md section 2): header check, typed values, sections.
 
 A file is one header row and data rows. Contiguous rows with the same non-blank
 ``responseTrackingCode`` form a *section* (one contact, one treatment a row). This
@@ -6,7 +6,7 @@ module knows nothing of the database: it streams the file, groups rows into
 sections and gives each section its first validation error (or ``None``). Whether a
 section creates or updates a contact is the processor's business.
 
-Decisions where FORMATS.md is silent (documented here and in the report):
+Decisions where docs/formats.md is silent (documented here and in the report):
 
 - Required non-blank columns: ``responseTrackingCode`` (the source says so),
   ``subjectId`` (a contact is about a subject) and ``treatmentId`` (it keys the
@@ -48,14 +48,14 @@ from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
 
-from ingestd.errors import CONTACTS_GLOBAL, FileError
-from ingestd.formats.bounded import (
+from ingestd.bounded_csv import (
     DEFAULT_MAX_LINE_BYTES,
     BoundedCsv,
     NotUtf8,
     Oversize,
     Unparsable,
 )
+from ingestd.errors import CONTACTS_GLOBAL, FileError
 from ingestd.partner_files import open_partner_file
 
 # A typed cell: text, boolean, timestamp, or None for a blank cell.
@@ -80,13 +80,13 @@ class Column:
     name: str
     level: Level
     kind: Kind
-    immutable: bool  # FORMATS.md's list: must be identical when a contact is updated
+    immutable: bool  # docs/formats.md's list: must be identical when a contact is updated
     required: bool = False  # must be non-blank
 
 
 _C, _T = Level.CONTACT, Level.TREATMENT
 
-# In the documented header order. Immutable = exactly the seed's list.
+# In the documented header order. Immutable = exactly docs/formats.md's list.
 COLUMNS: tuple[Column, ...] = (
     Column("creationTimeStamp", _C, Kind.TIMESTAMP, immutable=True),
     Column("responseTrackingCode", _C, Kind.TEXT, immutable=True, required=True),
@@ -257,7 +257,7 @@ class _Layout:
                 raise FileError(CONTACTS_GLOBAL, f"The header has the column {name!r} twice.")
             seen.add(key)
             if key == "id":
-                continue  # ignored: a new id is generated (FORMATS.md)
+                continue  # ignored: a new id is generated (docs/formats.md)
             if name not in COLUMN_BY_NAME:
                 raise FileError(CONTACTS_GLOBAL, f"The header has an unknown column {name!r}.")
             index[name] = position

@@ -3,10 +3,10 @@
 ``convert`` is on the per-row hot path: every check is a precompiled regex or a
 set lookup, and failures return shared ``RowError`` instances.
 
-Conversions (FORMATS.md section 1 "Values"; all results are JSON-serialisable):
+Conversions (docs/formats.md section 1 "Values"; all results are JSON-serialisable):
 
 * ``string``: the text as given, if every character is in the field's charset.
-  ``gsm7`` is the GSM 03.38 *basic* character set only, as FORMATS.md says: the
+  ``gsm7`` is the GSM 03.38 *basic* character set only, as docs/formats.md says: the
   extension table (``[ ] { } \\ ^ ~ | €`` and form feed) costs two septets each,
   which is what partners restrict to gsm7 to avoid. Both C-cedillas are
   accepted for 0x09 (the standard's table shows ``Ç``, handsets render ``ç``).
@@ -41,13 +41,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ingestd.errors import INVALID_SELECT_CUSTOM_FIELD_VALUE, RowError, quoted
+from ingestd.persons.reader import IDENTIFYING
 
 FieldType = Literal[
     "string", "integer", "decimal", "boolean", "date", "single_select", "multi_select"
 ]
 Charset = Literal["ascii", "gsm7", "unicode"]
 
-# Exactly the seed's two messages for PersonErrors::InvalidSelectCustomFieldValue.
+# Exactly docs/formats.md's two messages for PersonErrors::InvalidSelectCustomFieldValue.
 CHARSET_MESSAGE = "Custom field value is incompatible with the field's character set"
 INVALID_VALUE_MESSAGE = "Invalid custom field value"
 CHARSET_ERROR = RowError(INVALID_SELECT_CUSTOM_FIELD_VALUE, CHARSET_MESSAGE)
@@ -55,9 +56,7 @@ INVALID_VALUE = RowError(INVALID_SELECT_CUSTOM_FIELD_VALUE, INVALID_VALUE_MESSAG
 
 # The id columns of a Person Import: a custom field of the same name could never
 # be addressed, so definitions may not use them.
-RESERVED_NAMES = frozenset(
-    {"person_id", "person_key", "external_person_id", "mdn", "vibes_device_id"}
-)
+RESERVED_NAMES = frozenset(IDENTIFYING)
 _SELECT_TYPES = frozenset({"single_select", "multi_select"})
 
 # GSM 03.38 basic character set, in table order 0x00-0x7F, without 0x1B (ESC:

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ingestd.custom_fields import FieldDefinition
+from ingestd.persons.custom_fields import FieldDefinition
 
 
 def replace_fields(conn: psycopg.Connection[Any], company: str,

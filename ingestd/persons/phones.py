@@ -1,11 +1,11 @@
 """Mobile numbers (``mdn``): strict syntax, validity by ``phonenumbers``, E.164 out.
 
-Accepted forms (FORMATS.md section 1): ``+`` then digits (E.164), or exactly ten
+Accepted forms (docs/formats.md section 1): ``+`` then digits (E.164), or exactly ten
 digits read in the company's region. Nothing else: no spaces, dashes, dots,
 brackets, and no ``1``-prefixed eleven-digit forms.
 
 Validity, type and E.164 form are phonenumbers' verdicts, computed by
-``ingestd.mdn_fast`` from phonenumbers' own metadata (one compiled expression per
+``ingestd.persons.mdn_fast`` from phonenumbers' own metadata (one compiled expression per
 region and length) instead of its per-number calls, which cost ~15 us; see that
 module for the shapes it reads directly and for what it leaves to the library.
 
@@ -20,9 +20,9 @@ from functools import lru_cache
 from phonenumbers import PhoneNumberType
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError, quoted
-from ingestd.mdn_fast import MAX_E164_DIGITS, classify
+from ingestd.persons.mdn_fast import MAX_E164_DIGITS, classify
 
-# The seed's message cell for this class is empty; its description is the text
+# docs/formats.md's message cell for this class is empty; its description is the text
 # partners know, so that is the message.
 INVALID_MDN_MESSAGE = "The mdn is incorrectly formatted. It should be an E.164 mdn."
 INVALID_MDN = RowError(INVALID_MDN_FORMAT, INVALID_MDN_MESSAGE)

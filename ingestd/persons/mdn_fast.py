@@ -2,7 +2,7 @@
 
 ``classify(raw, region)`` answers what ``phonenumbers.is_valid_number``,
 ``number_type`` and ``format_number(..., E164)`` answer for the number ``raw``
-spells in the accepted forms (FORMATS.md section 1: ``+`` and digits, or exactly
+spells in the accepted forms (docs/formats.md section 1: ``+`` and digits, or exactly
 ten digits read in ``region``), or None when ``raw`` is not such a valid number.
 
 Why not call phonenumbers per number: validity and type cost it about 25 us,

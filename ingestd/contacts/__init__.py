@@ -1,0 +1,1 @@
+"""Subject contacts (CSV): reading, rules, SQL and sidecars."""

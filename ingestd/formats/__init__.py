@@ -1,1 +1,0 @@
-"""Formats: parse a dropped file into typed rows and row/file errors (one module per format)."""

@@ -1,0 +1,1 @@
+"""Person Import: reading, rules, custom fields, phones and the carrier lookup."""
