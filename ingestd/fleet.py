@@ -84,6 +84,7 @@ class Fleet:
         self.pid = os.getpid()
         self.instance_id = self._new_id()
         self._stop = threading.Event()
+        self._beat_now = threading.Event()  # a fenced worker: re-register at once
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._failing = False
@@ -102,6 +103,7 @@ class Fleet:
 
     def stop(self) -> None:
         self._stop.set()
+        self._beat_now.set()
         if self._thread is not None:
             self._thread.join(10)
         try:
@@ -125,7 +127,11 @@ class Fleet:
                  pid=self.pid, version=__version__, previous=previous)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        while True:
+            self._beat_now.wait(self.lease_seconds / 3)
+            self._beat_now.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
             except psycopg.Error as exc:
@@ -196,8 +202,8 @@ class Fleet:
                 leases.release(conn, company, instance_id, epoch)
                 conn.commit()
 
-    @staticmethod
-    def _fenced(lease: Lease) -> None:
+    def _fenced(self, lease: Lease) -> None:
+        self._beat_now.set()
         log.warning("instance.fenced", company=lease.company, file=lease.file,
                     epoch=lease.epoch, instance=lease.instance_id,
                     reason="lease lost while away: nothing more written for this file")
