@@ -51,7 +51,7 @@ def _instances(conn: psycopg.Connection[Any],
 
 
 def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
-    companies = []
+    companies: list[dict[str, Any]] = []
     holders = leases.holders(conn)
     for company in list_companies(conn):
         dirs = landing.CompanyDirs(settings.landing_root / company.id)
