@@ -255,7 +255,9 @@ def test_status_shows_instances_and_holders_and_a_peer_takes_over_a_paused_one(
     assert by_id[p_id]["expired_at"] is not None and by_id[p_id]["expired_by"] == q_id
     assert by_id[p_id]["companies"] == [] and by_id[p_id]["in_hand"] == []
     assert by_id[q_id]["expired_at"] is None
-    assert report["companies"][0]["held_by"] is None  # idle: nobody holds acme
+    # idle once Q has let go of acme after the file: nobody holds it
+    wait_for(lambda: status(env)["companies"][0]["held_by"] is None, TIMEOUT,
+             what="acme held by nobody", context=q.tail)
 
     p.proc.send_signal(signal.SIGCONT)
     p.wait_event("instance.fenced", company="acme", file="held.persons", timeout=TIMEOUT)
