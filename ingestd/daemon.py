@@ -22,6 +22,7 @@ from ingestd import errors, logs, metrics, retention
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
+from ingestd.fleet import Fleet
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
 from ingestd.persons.carrier import HttpCarrierLookup, make_carrier
@@ -127,6 +128,11 @@ class Daemon:
                         scheduler.submit_recovery(dirs)
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
+            # A stale peer's claims are recovered at once, not at the next rescan.
+            fleet = Fleet(db, settings.lease_seconds,
+                          on_expired=lambda companies: watcher.rescan())
+            fleet.start()
+            pipeline.fleet = fleet
             self.tracker.start()
             scheduler.start()
             watcher.start()
@@ -151,6 +157,7 @@ class Daemon:
             watcher.stop()
             finished = scheduler.stop(settings.stop_timeout)
             self.tracker.stop()
+            fleet.stop()
             if not finished:
                 log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
                             note="unfinished files roll back and are recovered at next start")

@@ -4,6 +4,8 @@
 ``hit(NAME)``: the most honest way to test "whatever is killed when". A hang point
 instead blocks the thread that reaches it for ever, like a system call that never
 returns (a dead NFS server), which is what the stuck-worker watchdog must catch.
+``NAME:stop`` instead SIGSTOPs the process there, once: a paused or swapped-out
+instance that still holds its sessions (the several-instances tests resume it).
 Unset in production, where ``hit`` is one dictionary lookup.
 """
 
@@ -21,8 +23,15 @@ HANG_IN_APPLY = "hang_in_apply"  # blocks the worker for ever inside apply
 _HANGS = frozenset({HANG_IN_APPLY})
 
 
+_stopped: set[str] = set()
+
+
 def hit(name: str) -> None:
-    if os.environ.get("INGESTD_FAILPOINT") == name:
+    point = os.environ.get("INGESTD_FAILPOINT")
+    if point == f"{name}:stop" and name not in _stopped:
+        _stopped.add(name)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif point == name:
         if name in _HANGS:
             threading.Event().wait()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, formats, landing, partner_files, progress, sidecars
+from ingestd import errors, failpoints, fleet, formats, landing, partner_files, progress, sidecars
 from ingestd.apply_context import ApplyContext
 from ingestd.db import ledger, locks
 from ingestd.db.companies import get_company
@@ -78,7 +78,7 @@ class RecoveryFailed(Exception):
 # done, failed: finished (``result`` says how); busy: another worker or instance holds
 # the company; gone: someone else claimed the file first; changed: it changed while
 # being read and went back to the inbox.
-Status = Literal["done", "failed", "busy", "gone", "changed"]
+Status = Literal["done", "failed", "busy", "gone", "changed", "fenced"]
 
 
 @dataclass
@@ -119,6 +119,7 @@ class Pipeline:
         self._cached_carrier = cached(carrier, db.pool, settings.carrier_cache_ttl)
         self.tracker = tracker  # None: nobody watches progress
         self.root = settings.landing_root
+        self.fleet: fleet.Fleet | None = None  # set by `ingestd run`: company leases
 
     # -- per-company lock -------------------------------------------------------------
 
@@ -136,8 +137,10 @@ class Pipeline:
                 yield None
                 return
             try:
-                conn.autocommit = False
-                yield conn
+                # The lease decides when its holder stops heartbeating (fleet.py).
+                with fleet.holding(self.fleet, conn, company) as held:
+                    conn.autocommit = False
+                    yield conn if held else None
             finally:
                 if not conn.closed and not conn.broken:
                     conn.rollback()
@@ -159,6 +162,8 @@ class Pipeline:
             if claim is None:
                 return Outcome("gone")
             return self._apply_and_finish(conn, claim)
+        # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
+        return Outcome("fenced")  # type: ignore[unreachable]
 
     def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
@@ -171,6 +176,7 @@ class Pipeline:
                 "done/ and failed/ for the ingestd user (README: Install as a service)"
             ) from exc
         claim = Claim(dirs, landing.new_claim_id(), name or path.name)
+        fleet.guard(claim.name)
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
         for comp in landing.companions(path.parent, path.name, self.settings.marker_mode):
@@ -214,6 +220,7 @@ class Pipeline:
         # The file first, its companions after: a crash in between leaves a claim with
         # only companions, which recovery gives back (never a file without its companion).
         for p in sorted(claim.dir.iterdir(), key=lambda p: p.name != claim.name):
+            fleet.guard(claim.name)
             target = claim.dirs.inbox / p.name
             if os.path.lexists(target):
                 target = claim.dirs.inbox / landing.unique_name(claim.dirs.inbox, p.name)
@@ -300,6 +307,7 @@ class Pipeline:
                                     duplicate[0] if duplicate else None, final)
             if not dry_run:
                 failpoints.hit(failpoints.BEFORE_COMMIT)
+                fleet.guard(claim.name)
         if not dry_run:
             log.info("file.applied", company=company_id, file=name, status=result.status,
                      rows=result.rows, accepted=result.accepted, rejected=result.rejected,
@@ -365,6 +373,7 @@ class Pipeline:
         if entry is None:
             entry = ledger.by_claim(conn, claim.claim_id)
             conn.commit()
+        fleet.guard(claim.name)  # before anything of it is written or moved
         if entry is None:
             raise RuntimeError(f"no ledger row for claim {claim.claim_id}")
         dest = claim.dirs.done if entry.status == "done" else claim.dirs.failed
@@ -382,6 +391,7 @@ class Pipeline:
         for p in sorted(claim.dir.iterdir(), key=lambda p: p.name == claim.name):
             # companions first, the file itself last: its arrival means "finished"
             suffix = p.name[len(claim.name):] if p.name.startswith(claim.name) else p.name
+            fleet.guard(claim.name)
             os.rename(p, final.parent / (final.name + suffix))
         ledger.set_finished(conn, entry.id)
         try:
@@ -485,6 +495,7 @@ class Pipeline:
     @staticmethod
     def _give_back(claim_dir: Path, dirs: CompanyDirs) -> None:
         for p in list(claim_dir.iterdir()):
+            fleet.guard(p.name)
             target = dirs.inbox / p.name
             if os.path.lexists(target):  # the partner sent a new one meanwhile: theirs wins
                 p.unlink()

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     retention_days: int = Field(0, ge=0)  # 0: keep finished files forever
     progress_seconds: float = Field(5.0, gt=0)
     stuck_seconds: float = Field(300.0, gt=0)
+    # Several instances: a peer whose heartbeat is older than this loses its companies.
+    lease_seconds: float = Field(30.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

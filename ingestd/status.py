@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from ingestd import landing
-from ingestd.db import in_hand, ledger
+from ingestd.db import in_hand, leases, ledger
 from ingestd.db.companies import list_companies
 from ingestd.settings import Settings
 
@@ -38,8 +38,21 @@ def _in_hand(conn: psycopg.Connection[Any], company: str,
     return rows
 
 
+def _instances(conn: psycopg.Connection[Any],
+               files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every registered instance, each with the files in hand of its process."""
+    out = []
+    for i in leases.instances(conn):
+        mine = [{"company": f["company"], "file": f["file"], "claim_id": f["claim_id"]}
+                for f in files if f["host"] == i["host"] and f["pid"] == i["pid"]]
+        out.append({**i, "heartbeat_age_s": round(i["heartbeat_age_s"], 1),
+                    "in_hand": [] if i["expired_at"] else mine})
+    return out
+
+
 def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
-    companies = []
+    companies: list[dict[str, Any]] = []
+    holders = leases.holders(conn)
     for company in list_companies(conn):
         dirs = landing.CompanyDirs(settings.landing_root / company.id)
         recent = ledger.recent(conn, company.id, 5)
@@ -49,6 +62,7 @@ def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]
             "backlog": _backlog(dirs.inbox, settings.marker_mode),
             "processing": len(list(dirs.processing.iterdir())) if dirs.processing.is_dir() else 0,
             "in_hand": _in_hand(conn, company.id, settings),
+            "held_by": holders.get(company.id),
             "last_hour": ledger.counts_since(conn, company.id, 3600),
             # The last file that failed (nothing applied); rejected rows are not an error
             # of the file and show in `recent`.
@@ -60,7 +74,9 @@ def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]
             },
             "recent": recent,
         })
-    return {"landing_root": str(settings.landing_root.absolute()), "companies": companies}
+    files = [{**f, "company": c["company"]} for c in companies for f in c["in_hand"]]
+    return {"landing_root": str(settings.landing_root.absolute()),
+            "instances": _instances(conn, files), "companies": companies}
 
 
 def _size(n: int) -> str:
@@ -78,6 +94,15 @@ def _in_hand_line(f: dict[str, Any]) -> str:
     flags = ("  STUCK" if f["stuck"] else "") + ("  (stale: not updated)" if f["stale"] else "")
     return (f"  {f['started_at']:%Y-%m-%d %H:%M:%S}  in hand   {f['file']}  "
             f"rows={f['rows_done']} bytes={_size(f['bytes_done'])}/{_size(total)}{pct}{flags}")
+
+
+def _instance_line(i: dict[str, Any]) -> str:
+    held = ",".join(i["companies"]) or "-"
+    state = (f"EXPIRED at {i['expired_at']:%Y-%m-%d %H:%M:%S} by {i['expired_by']}"
+             if i["expired_at"] else f"heartbeat {i['heartbeat_age_s']:.0f} s ago")
+    hand = "".join(f"  in hand {f['company']}/{f['file']}" for f in i["in_hand"])
+    return (f"  {i['id']}  {i['host']} pid {i['pid']}  v{i['version']}  started "
+            f"{i['started_at']:%Y-%m-%d %H:%M:%S}  {state}  holds {held}{hand}")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -108,4 +133,7 @@ def render(report: dict[str, Any]) -> str:
                          f"rejected={r['rejected']}{error}{where}")
     if not report["companies"]:
         lines.append("(no companies: add one with `ingestd company add ID`)")
+    if report["instances"]:
+        lines += ["", "instances"]
+        lines += [_instance_line(i) for i in report["instances"]]
     return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""Several instances on one landing root: registration, heartbeats, takeover, fencing.
+
+Each ``ingestd run`` registers itself in ``ingestd.instances`` and heartbeats every
+third of ``lease_seconds`` on a connection of its own. Holding a company means owning
+its ``ingestd.company_leases`` row, taken (with a new epoch) on the same session that
+holds the company's advisory lock and does its work.
+
+A paused or cut-off process keeps its sessions, so its advisory locks alone would hold
+its companies for ever. Hence the heartbeat: a live peer that sees one older than the
+lease expires that instance (``instance.expired``), ending the sessions its leases
+name (their transactions roll back, their locks go) and freeing its leases; its claims
+are then recovered by whoever takes the company next.
+
+Fencing: before the commit of a file's transaction (in that transaction, the lease row
+locked FOR SHARE) and before every move or write in the landing folders, ``guard``
+checks that the lease is still this one. A worker that wakes after losing it finds its
+session ended or its epoch gone, logs ``instance.fenced`` and touches nothing more; its
+instance registers again under a new id and carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+
+from ingestd import __version__
+from ingestd.db import leases
+from ingestd.db.database import Database
+
+log = structlog.get_logger("ingestd.fleet")
+
+
+class Fenced(Exception):
+    """The company's lease is no longer this worker's: nothing more may be written."""
+
+
+@dataclass
+class Lease:
+    company: str
+    instance_id: str
+    epoch: int
+    conn: psycopg.Connection[Any]  # the session that holds it and does the work
+    file: str | None = None  # the last file guarded, for the log
+
+
+_current: ContextVar[Lease | None] = ContextVar("ingestd_lease", default=None)
+
+
+def guard(file: str) -> None:
+    """Before a commit, move or write for ``file``: raise ``Fenced`` unless the current
+    lease still holds. No lease bound (``ingestd ingest``, ``check``): nothing to check.
+
+    Within a transaction the lease row stays locked FOR SHARE until it ends, so the
+    check holds up to the commit; a peer expiring us ends the session first."""
+    lease = _current.get()
+    if lease is None:
+        return
+    lease.file = file
+    with lease.conn.transaction():
+        if not leases.owned(lease.conn, lease.company, lease.instance_id, lease.epoch,
+                            lock=True):
+            raise Fenced(f"{lease.company}: lease epoch {lease.epoch} lost")
+
+
+class Fleet:
+    """This instance: its row, its heartbeat thread and the takeover of stale peers."""
+
+    def __init__(self, db: Database, lease_seconds: float,
+                 on_expired: Callable[[list[str]], None] | None = None) -> None:
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.on_expired = on_expired  # (companies taken from an expired peer)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.instance_id = self._new_id()
+        self._stop = threading.Event()
+        self._beat_now = threading.Event()  # a fenced worker: re-register at once
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._failing = False
+
+    @staticmethod
+    def _new_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    # -- registration and heartbeat ----------------------------------------------------
+
+    def start(self) -> None:
+        self._register(self._connection())
+        self._thread = threading.Thread(target=self._loop, name="ingestd-heartbeat",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._beat_now.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            leases.deregister(self._connection(), self.instance_id)
+        except psycopg.Error:
+            pass  # a peer expires the row after the lease
+        if self._conn is not None:
+            self._conn.close()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = psycopg.connect(self.db.url, autocommit=True,
+                                         connect_timeout=max(1, int(self.lease_seconds)))
+        return self._conn
+
+    def _register(self, conn: psycopg.Connection[Any], previous: str | None = None) -> None:
+        leases.register(conn, self.instance_id, self.host, self.pid, __version__)
+        log.info("instance.registered", instance=self.instance_id, host=self.host,
+                 pid=self.pid, version=__version__, previous=previous)
+
+    def _loop(self) -> None:
+        while True:
+            self._beat_now.wait(self.lease_seconds / 3)
+            self._beat_now.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.beat()
+            except psycopg.Error as exc:
+                if not self._failing:
+                    log.warning("instance.heartbeat_failed", instance=self.instance_id,
+                                error=str(exc))
+                self._failing = True
+                if self._conn is not None and self._conn.broken:
+                    self._conn.close()
+            else:
+                self._failing = False
+
+    def beat(self) -> None:
+        """One heartbeat, then the takeover of every peer whose heartbeat is too old."""
+        conn = self._connection()
+        if not leases.heartbeat(conn, self.instance_id):
+            # Expired by a peer while we were away: our leases are gone (workers that
+            # still think otherwise are fenced). Carry on as a new instance.
+            previous, self.instance_id = self.instance_id, self._new_id()
+            self._register(conn, previous)
+        for stale_id in leases.stale(conn, self.instance_id, self.lease_seconds):
+            gone = leases.expire(conn, stale_id, self.instance_id, self.lease_seconds)
+            if gone is None:
+                continue
+            log.warning("instance.expired", instance=gone.id, host=gone.host, pid=gone.pid,
+                        companies=gone.companies, by=self.instance_id,
+                        lease_seconds=self.lease_seconds)
+            if self.on_expired is not None:
+                self.on_expired(gone.companies)
+
+    # -- holding a company -------------------------------------------------------------
+
+    def owns(self, lease: Lease) -> bool | None:
+        """Whether ``lease`` still holds, asked on a fresh session; None if unknown."""
+        try:
+            with self.db.pool.connection(timeout=5) as conn:
+                return leases.owned(conn, lease.company, lease.instance_id, lease.epoch)
+        except psycopg.Error:
+            return None
+
+    @contextmanager
+    def holding(self, conn: psycopg.Connection[Any], company: str) -> Iterator[bool]:
+        """Take the company's lease on ``conn`` (autocommit); yield whether we got it.
+
+        A worker fenced inside ends here: ``instance.fenced`` is logged and the body's
+        exception swallowed (the caller sees a normal exit)."""
+        instance_id = self.instance_id
+        epoch = leases.acquire(conn, company, instance_id)
+        if epoch is None:
+            yield False
+            return
+        lease = Lease(company, instance_id, epoch, conn)
+        token = _current.set(lease)
+        try:
+            yield True
+        except Fenced:
+            self._fenced(lease)
+        except (psycopg.OperationalError, psycopg.InterfaceError, FileNotFoundError):
+            # Our session was ended or our claim taken over, or else the database is
+            # away or a file vanished for another reason: only the first two are ours.
+            if self.owns(lease) is not False:
+                raise
+            self._fenced(lease)
+        finally:
+            _current.reset(token)
+            if not conn.closed and not conn.broken:
+                conn.rollback()
+                leases.release(conn, company, instance_id, epoch)
+                conn.commit()
+
+    def _fenced(self, lease: Lease) -> None:
+        self._beat_now.set()
+        log.warning("instance.fenced", company=lease.company, file=lease.file,
+                    epoch=lease.epoch, instance=lease.instance_id,
+                    reason="lease lost while away: nothing more written for this file")
+
+
+@contextmanager
+def holding(fleet: Fleet | None, conn: psycopg.Connection[Any],
+            company: str) -> Iterator[bool]:
+    """``fleet.holding``; without a fleet (the CLI) the advisory lock alone decides."""
+    if fleet is None:
+        yield True
+        return
+    with fleet.holding(conn, company) as held:
+        yield held
