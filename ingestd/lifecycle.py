@@ -37,7 +37,7 @@ log = structlog.get_logger("ingestd.lifecycle")
 def processor_for(fmt: str) -> Processor:
     # Imported lazily: a processor pulls in its format's parser and rules.
     if fmt == "persons":
-        from ingestd.processors.persons import PersonsProcessor
+        from ingestd.persons.apply import PersonsProcessor
 
         return PersonsProcessor()
     if fmt == "contacts":
