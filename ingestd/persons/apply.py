@@ -15,7 +15,7 @@ file's connection serves one statement at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,8 +124,10 @@ class Rules:
     """One file's rows against the company's custom fields and persons, in file order."""
 
     def __init__(self, ctx: ApplyContext, fields: list[str], multi_delim: str,
-                 definitions: list[FieldDefinition]) -> None:
+                 definitions: list[FieldDefinition],
+                 created_here: Callable[[int], bool]) -> None:
         self.ctx = ctx
+        self.created_here = created_here  # whether an earlier row created this person_id
         self.multi_delim = multi_delim
         self.region = ctx.company.default_region or ctx.settings.default_region
         self.definitions = {d.name: d for d in definitions}
@@ -232,7 +234,8 @@ class Rules:
             return row.custom_error
         if row.mdn:
             if person is not None and person.mdn and person.mdn != row.mdn:
-                who = ("the person an earlier row created" if person.person_id < 0
+                who = ("the person an earlier row created"
+                       if person.person_id < 0 or self.created_here(person.person_id)
                        else f"person {person.person_id}")
                 return _at(ERR_MDN_CHANGE, "mdn", f"{who} already has mdn {person.mdn}")
             owner = picture.by_mdn.get(row.mdn)
@@ -300,25 +303,51 @@ class PersonsProcessor:
             ctx.warnings.extend(reader.warnings)
             ctx.extra["delimiter"] = reader.delimiter
             ctx.extra["multi_select_delimiter"] = reader.multi_select_delimiter
-            rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
-                          list_fields(ctx.conn, ctx.company.id))
             store = PersonsStore(ctx.conn, ctx.company.schema)
+            rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
+                          list_fields(ctx.conn, ctx.company.id), store.created_here)
             results = ctx.results
             with _writer(store) as write:
                 for chunk in reader.chunks(ctx.settings.chunk_size):
                     rows = [rules.prepare(r) for r in chunk]  # while the last chunk is written
-                    write.wait()
-                    picture = _Picture(store.lookup(rules.ids(rows)))
-                    wanted = rules.new_mdns(rows, picture)
-                    lookups = lookup_carriers(ctx, wanted) if wanted else {}
-                    for row in rows:
-                        error = row.error or rules.resolve(row, picture, lookups)
-                        if error is None:
-                            results.accept(row.record.number, row.record.values)
-                        else:
-                            results.reject(row.record.number, error, row.record.values)
-                    write.submit(picture)
+                    start = 0
+                    while start < len(rows):
+                        write.wait()
+                        start = self._resolve(ctx, rules, store, rows, start, write)
                     ctx.progress.advance(results.rows, fh.tell())
+
+    @staticmethod
+    def _resolve(ctx: ApplyContext, rules: Rules, store: PersonsStore, rows: list[_Row],
+                 start: int, write: _Writes) -> int:
+        """Resolve ``rows[start:]`` against one lookup and hand the outcome to ``write``.
+
+        Returns where it stopped: before a row naming a person_id that a person created by
+        an earlier row of the same lookup may have (ids are given at write time). The rest
+        then goes on after that write, so the row finds that person as it would had each
+        row been applied alone.
+        """
+        results = ctx.results
+        rest = rows[start:] if start else rows
+        picture = _Picture(store.lookup(rules.ids(rest)))
+        wanted = rules.new_mdns(rest, picture)
+        lookups = lookup_carriers(ctx, wanted) if wanted else {}
+        next_id: int | None = None
+        stop = len(rows)
+        for i in range(start, len(rows)):
+            row = rows[i]
+            if row.error is None and row.by == "person_id" and picture.new \
+                    and row.ident not in picture.by_id:
+                next_id = store.next_id() if next_id is None else next_id
+                if row.ident >= next_id:
+                    stop = i
+                    break
+            error = row.error or rules.resolve(row, picture, lookups)
+            if error is None:
+                results.accept(row.record.number, row.record.values)
+            else:
+                results.reject(row.record.number, error, row.record.values)
+        write.submit(picture)
+        return stop
 
 
 class _Writes:

@@ -5,12 +5,12 @@ fields in ``persons_custom`` (no row: none). Per chunk the applier calls ``looku
 once, then ``write`` once with the people its rows created or changed.
 
 * Creates: ids from the sequence in one query, time-ordered (version 7) person keys made
-  here (random keys would scatter inserts over the whole key index), then one COPY into
-  each table.
-* Updates: one COPY into a temp table, then set-based statements. A changed custom field
-  rewrites only the person's ``persons_custom`` row, merged in SQL (``custom || patch``),
-  so the old values are never read or re-encoded; ``persons_base`` is written only for
-  people whose ids or carrier changed.
+  here (random keys would scatter inserts over the whole key index), one COPY into
+  ``persons_base`` and one INSERT of the custom fields.
+* Updates: set-based statements over the chunk's changes, sent as one JSON parameter. A
+  changed custom field rewrites only the person's ``persons_custom`` row, merged in SQL
+  (``custom || patch``), so the old values are never read or re-encoded;
+  ``persons_base`` is written only for people whose ids or carrier changed.
 * The ids' unique indexes are checked row by row. When a chunk hands an id from one
   existing person to another, every changed id of the chunk is first set to NULL, then to
   its final value, so no order of the rows within the statement can trip the index.
@@ -18,6 +18,7 @@ once, then ``write`` once with the people its rows created or changed.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+_MAX_ID = (1 << 63) - 1
 _BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier")
 
 
@@ -63,47 +65,68 @@ class PersonsStore:
         self.conn = conn
         self.base = sql.Identifier(schema, "persons_base")
         self.custom = sql.Identifier(schema, "persons_custom")
-        self._temp_ready = False
-        # One index lookup per id kind, unioned: an OR of ANYs would scan the table.
+        # One index lookup per id kind, unioned: an OR of ANYs would scan the table. The
+        # ids go as JSON arrays: one C-encoded string instead of five adapted lists.
         self._lookup = sql.SQL(
             "WITH hit AS ("
-            " SELECT person_id FROM {t} WHERE person_id = ANY(%s)"
-            " UNION SELECT person_id FROM {t} WHERE person_key = ANY(%s::uuid[])"
-            " UNION SELECT person_id FROM {t} WHERE external_person_id = ANY(%s)"
-            " UNION SELECT person_id FROM {t} WHERE mdn = ANY(%s)"
-            " UNION SELECT person_id FROM {t} WHERE vibes_device_id = ANY(%s))"
+            " SELECT person_id FROM {t} WHERE person_id = ANY({ids}::bigint[])"
+            " UNION SELECT person_id FROM {t} WHERE person_key = ANY({ids}::uuid[])"
+            " UNION SELECT person_id FROM {t} WHERE external_person_id = ANY({ids})"
+            " UNION SELECT person_id FROM {t} WHERE mdn = ANY({ids})"
+            " UNION SELECT person_id FROM {t} WHERE vibes_device_id = ANY({ids}))"
             " SELECT p.person_id, p.person_key::text, p.external_person_id, p.mdn,"
             " p.vibes_device_id, p.carrier FROM {t} p JOIN hit USING (person_id)"
-        ).format(t=self.base)
+        ).format(t=self.base, ids=sql.SQL("ARRAY(SELECT jsonb_array_elements_text(%s))"))
         columns = sql.SQL(", ").join(map(sql.Identifier, _BASE))
         self._copy_base = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=self.base, c=columns)
         self._copy_custom = sql.SQL("COPY {t} (person_id, custom) FROM STDIN").format(
             t=self.custom)
+        # A chunk's changes go as one JSON array parameter: one C-encoded string, no temp
+        # table, no per-row encoding calls.
+        changes = sql.SQL(
+            "(SELECT (e->>0)::bigint AS person_id, e->>1 AS external_person_id, e->>2 AS mdn,"
+            " e->>3 AS vibes_device_id, e->>4 AS carrier FROM jsonb_array_elements(%s) e)")
         self._update_ids = sql.SQL(
             "UPDATE {t} p SET external_person_id = u.external_person_id, mdn = u.mdn,"
             " vibes_device_id = u.vibes_device_id, carrier = u.carrier, updated_at = now()"
-            " FROM _persons_update u WHERE p.person_id = u.person_id AND u.ids_changed"
-        ).format(t=self.base)
+            " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
         self._free_ids = sql.SQL(
             "UPDATE {t} p SET external_person_id = NULL, vibes_device_id = NULL"
-            " FROM _persons_update u WHERE p.person_id = u.person_id AND u.ids_changed"
-        ).format(t=self.base)
+            " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
         self._merge_custom = sql.SQL(
             "INSERT INTO {c} AS c (person_id, custom)"
-            " SELECT person_id, patch FROM _persons_update WHERE patch IS NOT NULL"
+            " SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements(%s) e"
             " ON CONFLICT (person_id) DO UPDATE SET custom = c.custom || EXCLUDED.custom,"
-            " updated_at = now()"
-        ).format(c=self.custom)
+            " updated_at = now()").format(c=self.custom)
+        self._insert_custom = sql.SQL(
+            "INSERT INTO {c} (person_id, custom)"
+            " SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements(%s) e").format(c=self.custom)
+        self._next_id = sql.SQL(
+            "SELECT last_value + is_called::int FROM {s}").format(
+                s=sql.Identifier(schema, "persons_person_id_seq"))
+        # The ids this store gave to new people, as (first, last) ranges: what tells a
+        # person an earlier row of the file created, in a few pairs however many people.
+        self.created: list[tuple[int, int]] = []
         self._sequence = sql.SQL(
             "SELECT nextval(pg_get_serial_sequence({t}, 'person_id'))"
             " FROM generate_series(1, %s)").format(t=sql.Literal(self.base.as_string(conn)))
 
     def lookup(self, ids: Ids) -> list[Person]:
         """Every stored person any of ``ids`` names (custom fields are not read)."""
-        rows = self.conn.execute(self._lookup, (
-            list(ids.person_ids), list(ids.person_keys), list(ids.external_ids),
-            list(ids.mdns), list(ids.device_ids)))
+        rows = self.conn.execute(self._lookup, [json.dumps(list(kind)) for kind in (
+            ids.person_ids, ids.person_keys, ids.external_ids, ids.mdns, ids.device_ids)])
         return [Person(*row) for row in rows]
+
+    def next_id(self) -> int:
+        """The person_id the next new person gets, if nobody else creates one first."""
+        row = self.conn.execute(self._next_id).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def created_here(self, person_id: int) -> bool:
+        """Whether ``write`` created the person with this id."""
+        i = bisect.bisect_right(self.created, (person_id, _MAX_ID)) - 1
+        return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
         """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``."""
@@ -116,40 +139,33 @@ class PersonsStore:
             self._create(new)
 
     def _update(self, changed: list[Person], handoff: bool) -> None:
-        if not self._temp_ready:
-            self.conn.execute(
-                "CREATE TEMP TABLE _persons_update (person_id bigint, external_person_id text,"
-                " mdn text, vibes_device_id text, carrier text, ids_changed boolean,"
-                " patch jsonb) ON COMMIT DROP")
-            self._temp_ready = True
-        else:
-            self.conn.execute("TRUNCATE _persons_update")
-        any_ids = False
-        with self.conn.cursor() as cur, cur.copy("COPY _persons_update FROM STDIN") as copy:
-            for p in changed:
-                any_ids = any_ids or p.ids_changed
-                copy.write_row((p.person_id, p.external_person_id, p.mdn, p.vibes_device_id,
-                                p.carrier, p.ids_changed,
-                                json.dumps(p.patch) if p.patch else None))
-        if any_ids:
+        ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
+               for p in changed if p.ids_changed]
+        if ids:
+            param = (json.dumps(ids),)
             if handoff:
-                self.conn.execute(self._free_ids)
-            self.conn.execute(self._update_ids)
-        self.conn.execute(self._merge_custom)
+                self.conn.execute(self._free_ids, param)
+            self.conn.execute(self._update_ids, param)
+        patches = [(p.person_id, p.patch) for p in changed if p.patch]
+        if patches:
+            self.conn.execute(self._merge_custom, (json.dumps(patches),))
 
     def _create(self, new: list[Person]) -> None:
         ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
         for p, pid, key in zip(new, ids, person_keys(len(new)), strict=True):
             p.person_id, p.person_key = pid, key
-        with self.conn.cursor() as cur:
-            with cur.copy(self._copy_base) as copy:
-                for p in new:
-                    copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
-                                    p.vibes_device_id, p.carrier))
-            with cur.copy(self._copy_custom) as copy:
-                for p in new:
-                    if p.patch:
-                        copy.write_row((p.person_id, json.dumps(p.patch)))
+        for pid in ids:
+            if self.created and self.created[-1][1] == pid - 1:
+                self.created[-1] = (self.created[-1][0], pid)
+            else:
+                self.created.append((pid, pid))
+        with self.conn.cursor() as cur, cur.copy(self._copy_base) as copy:
+            for p in new:
+                copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
+                                p.vibes_device_id, p.carrier))
+        patches = [(p.person_id, p.patch) for p in new if p.patch]
+        if patches:
+            self.conn.execute(self._insert_custom, (json.dumps(patches),))
 
 
 def person_keys(n: int) -> Iterable[str]:
