@@ -117,10 +117,11 @@ class Reference:
             f".persons WHERE {column} = %s{cast}", (value,)).fetchone()
         if row is None:
             return None
-        return dict(zip(("person_id", "external_person_id", "mdn", "vibes_device_id"), row))
+        return dict(zip(("person_id", "external_person_id", "mdn", "vibes_device_id"), row,
+                        strict=True))
 
     def apply_row(self, fields: list[str], values: list[str], multi: str) -> RowError | None:
-        cell = dict(zip(fields, values))
+        cell = dict(zip(fields, values, strict=True))
         ids = {c: cell.get(c, "").strip() for c in IDENTIFYING}
         if ids["person_id"]:
             pid = parse_person_id(ids["person_id"])
@@ -152,10 +153,9 @@ class Reference:
             person = self.person("mdn", mdn) if mdn else None
         else:
             person = self.person(by, ids[by])
-        if person is None:
-            if by in ("person_id", "person_key"):
-                shown = int(ids[by]) if by == "person_id" else ids[by]
-                return _at(NOT_FOUND, by, f"no person with {by} {shown}")
+        if person is None and by in ("person_id", "person_key"):
+            shown = int(ids[by]) if by == "person_id" else ids[by]
+            return _at(NOT_FOUND, by, f"no person with {by} {shown}")
         if mdn_error:
             return mdn_error
         patch: dict[str, Any] = {}
@@ -357,7 +357,6 @@ def agree(conn: Conn, config: Settings, path: Path, seeded: Seeded, fields: list
 @given(seed=st.integers(0, 2**32))
 def test_the_applier_agrees_with_the_row_at_a_time_reference(
         seed: int, conn: Conn, config: Settings, tmp_path: Path) -> None:
-    seeded, fields, rows = draw_file(random.Random(seed))
     agree(conn, config, tmp_path / "random.persons", *draw_file(random.Random(seed)))
 
 
