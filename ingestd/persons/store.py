@@ -65,18 +65,9 @@ class PersonsStore:
         self.conn = conn
         self.base = sql.Identifier(schema, "persons_base")
         self.custom = sql.Identifier(schema, "persons_custom")
-        # One index lookup per id kind, unioned: an OR of ANYs would scan the table. The
-        # ids go as JSON arrays: one C-encoded string instead of five adapted lists.
-        self._lookup = sql.SQL(
-            "WITH hit AS ("
-            " SELECT person_id FROM {t} WHERE person_id = ANY({ids}::bigint[])"
-            " UNION SELECT person_id FROM {t} WHERE person_key = ANY({ids}::uuid[])"
-            " UNION SELECT person_id FROM {t} WHERE external_person_id = ANY({ids})"
-            " UNION SELECT person_id FROM {t} WHERE mdn = ANY({ids})"
-            " UNION SELECT person_id FROM {t} WHERE vibes_device_id = ANY({ids}))"
-            " SELECT p.person_id, p.person_key::text, p.external_person_id, p.mdn,"
-            " p.vibes_device_id, p.carrier FROM {t} p JOIN hit USING (person_id)"
-        ).format(t=self.base, ids=sql.SQL("ARRAY(SELECT jsonb_array_elements_text(%s))"))
+        self._select = sql.SQL(
+            "SELECT person_id, person_key::text, external_person_id, mdn, vibes_device_id,"
+            " carrier FROM {t} WHERE ").format(t=self.base)
         columns = sql.SQL(", ").join(map(sql.Identifier, _BASE))
         self._copy_base = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=self.base, c=columns)
         self._copy_custom = sql.SQL("COPY {t} (person_id, custom) FROM STDIN").format(
@@ -93,28 +84,46 @@ class PersonsStore:
         self._free_ids = sql.SQL(
             "UPDATE {t} p SET external_person_id = NULL, vibes_device_id = NULL"
             " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
+        # Update the rows there are, insert the others (people without custom fields so far):
+        # one statement; a plain UPDATE costs less than INSERT … ON CONFLICT.
         self._merge_custom = sql.SQL(
-            "INSERT INTO {c} AS c (person_id, custom)"
-            " SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements(%s) e"
-            " ON CONFLICT (person_id) DO UPDATE SET custom = c.custom || EXCLUDED.custom,"
-            " updated_at = now()").format(c=self.custom)
+            "WITH u AS (SELECT (e->>0)::bigint AS person_id, e->1 AS patch"
+            " FROM jsonb_array_elements(%s) e),"
+            " done AS (UPDATE {c} c SET custom = c.custom || u.patch, updated_at = now()"
+            " FROM u WHERE c.person_id = u.person_id RETURNING c.person_id)"
+            " INSERT INTO {c} (person_id, custom) SELECT person_id, patch FROM u"
+            " WHERE person_id NOT IN (SELECT person_id FROM done)").format(c=self.custom)
         self._insert_custom = sql.SQL(
             "INSERT INTO {c} (person_id, custom)"
             " SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements(%s) e").format(c=self.custom)
+        sequence = sql.Identifier(schema, "persons_person_id_seq")
         self._next_id = sql.SQL(
-            "SELECT last_value + is_called::int FROM {s}").format(
-                s=sql.Identifier(schema, "persons_person_id_seq"))
+            "SELECT last_value + is_called::int FROM {s}").format(s=sequence)
         # The ids this store gave to new people, as (first, last) ranges: what tells a
         # person an earlier row of the file created, in a few pairs however many people.
         self.created: list[tuple[int, int]] = []
         self._sequence = sql.SQL(
-            "SELECT nextval(pg_get_serial_sequence({t}, 'person_id'))"
-            " FROM generate_series(1, %s)").format(t=sql.Literal(self.base.as_string(conn)))
+            "SELECT nextval({s}::regclass) FROM generate_series(1, %s)").format(
+                s=sql.Literal(sequence.as_string(conn)))
 
     def lookup(self, ids: Ids) -> list[Person]:
         """Every stored person any of ``ids`` names (custom fields are not read)."""
-        rows = self.conn.execute(self._lookup, [json.dumps(list(kind)) for kind in (
-            ids.person_ids, ids.person_keys, ids.external_ids, ids.mdns, ids.device_ids)])
+        # One index scan per kind of id the chunk has, unioned (an OR of ANYs would scan
+        # the table); each list goes as a JSON array, one C-encoded string.
+        parts, params = [], []
+        for column, cast, values in (("person_id", "::bigint[]", ids.person_ids),
+                                     ("person_key", "::uuid[]", ids.person_keys),
+                                     ("external_person_id", "", ids.external_ids),
+                                     ("mdn", "", ids.mdns),
+                                     ("vibes_device_id", "", ids.device_ids)):
+            if values:
+                parts.append(self._select + sql.SQL(
+                    "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)){cast})").format(
+                        c=sql.Identifier(column), cast=sql.SQL(cast)))
+                params.append(json.dumps(list(values)))
+        if not parts:
+            return []
+        rows = self.conn.execute(sql.SQL(" UNION ").join(parts), params)
         return [Person(*row) for row in rows]
 
     def next_id(self) -> int:

@@ -15,7 +15,7 @@ CREATE TABLE {schema}.persons_custom (
     person_id   bigint PRIMARY KEY,  -- persons_base.person_id; no row: no custom fields
     custom      jsonb NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 70);  -- room on the page: an update can stay there (HOT), no index entry
 
 INSERT INTO {schema}.persons_custom (person_id, custom, updated_at)
 SELECT person_id, custom, updated_at FROM {schema}.persons_base WHERE custom <> '{}';
