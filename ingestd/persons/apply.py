@@ -136,9 +136,8 @@ class Rules:
         if not any(name in self.pos for name in IDENTIFYING):
             raise FileError(errors.INVALID_IMPORT_FILE_FORMAT, errors.MSG_NO_IDENTIFYING_COLUMN)
 
-    def _value(self, values: list[str], name: str) -> str:
-        i = self.pos.get(name)
-        return values[i].strip() if i is not None else ""
+        # Where each id column is, so a row reads its ids without a lookup by name.
+        self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
 
     def prepare(self, record: Record) -> _Row:
         """Checks that need no database: shape, id syntax, mdn format, custom values."""
@@ -150,8 +149,8 @@ class Rules:
                 row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
             return row
         v = record.values
-        pid_raw = self._value(v, "person_id")
-        key_raw = self._value(v, "person_key")
+        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = (
+            "" if i is None else v[i].strip() for i in self.id_pos)
         pid = parse_person_id(pid_raw) if pid_raw else None
         if isinstance(pid, RowError):
             row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
@@ -160,21 +159,26 @@ class Rules:
         if isinstance(key, RowError):
             row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
             return row
-        row.ext = self._value(v, "external_person_id") or None
-        row.device = self._value(v, "vibes_device_id") or None
-        mdn_raw = self._value(v, "mdn")
+        row.ext = ext_raw or None
+        row.device = device_raw or None
         if mdn_raw:
             mdn = normalize_mdn(mdn_raw, self.region)
             if isinstance(mdn, RowError):
                 row.mdn_error = _at(mdn, "mdn", explain_invalid_mdn(mdn_raw, self.region))
             else:
                 row.mdn = mdn
-        for by, value in (("person_id", pid), ("person_key", key), ("external_person_id", row.ext),
-                          ("mdn", row.mdn or (mdn_raw or None)), ("vibes_device_id", row.device)):
-            if value is not None:
-                row.by, row.ident = by, value
-                break
-        if row.by is None:
+        # The first id given wins (FORMATS.md's order, IDENTIFYING's).
+        if pid is not None:
+            row.by, row.ident = "person_id", pid
+        elif key is not None:
+            row.by, row.ident = "person_key", key
+        elif row.ext:
+            row.by, row.ident = "external_person_id", row.ext
+        elif mdn_raw:
+            row.by, row.ident = "mdn", row.mdn or mdn_raw
+        elif row.device:
+            row.by, row.ident = "vibes_device_id", row.device
+        else:
             row.error = ERR_CREATE
             return row
         for i, name in self.custom_cols:
@@ -217,6 +221,16 @@ class Rules:
         (so a remote lookup's calls run concurrently; a few rows that are rejected later
         get looked up for nothing)."""
         return {r.mdn for r in rows if r.error is None and r.mdn and r.mdn not in picture.by_mdn}
+
+    @staticmethod
+    def _move(person: Person, picture: _Picture, value: str, old: str | None,
+              table: dict[Any, Person]) -> None:
+        if old is not None:
+            table.pop(old, None)
+            picture.freed.add(old)
+        if not person.new and value in picture.freed:
+            picture.handoff = True
+        person.ids_changed = True
 
     def resolve(self, row: _Row, picture: _Picture,
                 lookups: dict[str, CarrierResult]) -> RowError | None:
@@ -274,17 +288,12 @@ class Rules:
               carrier: str | None) -> None:
         """Give ``person`` the row's ids and values; a changed external or device id frees
         the old one for a later row."""
-        for value, old, table in ((row.ext, person.external_person_id, picture.by_ext),
-                                  (row.device, person.vibes_device_id, picture.by_device)):
-            if value and value != old:
-                if old is not None:
-                    table.pop(old, None)
-                    picture.freed.add(old)
-                if not person.new and value in picture.freed:
-                    picture.handoff = True
-                person.ids_changed = True
-        person.external_person_id = row.ext or person.external_person_id
-        person.vibes_device_id = row.device or person.vibes_device_id
+        if row.ext and row.ext != person.external_person_id:
+            Rules._move(person, picture, row.ext, person.external_person_id, picture.by_ext)
+            person.external_person_id = row.ext
+        if row.device and row.device != person.vibes_device_id:
+            Rules._move(person, picture, row.device, person.vibes_device_id, picture.by_device)
+            person.vibes_device_id = row.device
         if new_mdn:
             person.mdn, person.carrier = new_mdn, carrier
             person.ids_changed = True
