@@ -149,8 +149,8 @@ class Rules:
                 row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
             return row
         v = record.values
-        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = (
-            "" if i is None else v[i].strip() for i in self.id_pos)
+        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = [
+            "" if i is None else v[i].strip() for i in self.id_pos]
         pid = parse_person_id(pid_raw) if pid_raw else None
         if isinstance(pid, RowError):
             row.error = _at(pid, "person_id", _person_id_detail(pid_raw))

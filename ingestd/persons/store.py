@@ -1,12 +1,13 @@
 """All SQL of a company's persons tables (``persons_base``, ``persons_custom``).
 
-Company migration 0003 explains the split: ids and carrier in ``persons_base``, custom
-fields in ``persons_custom`` (no row: none). Per chunk the applier calls ``lookup``
+Company migration 0003 explains the split: ids, carrier and the custom fields a person was
+created with in ``persons_base``; the custom fields changed since in ``persons_custom``
+(merged over those; no row: no change). Per chunk the applier calls ``lookup``
 once, then ``write`` once with the people its rows created or changed.
 
 * Creates: ids from the sequence in one query, time-ordered (version 7) person keys made
-  here (random keys would scatter inserts over the whole key index), one COPY into
-  ``persons_base`` and one INSERT of the custom fields.
+  here (random keys would scatter inserts over the whole key index), then one COPY into
+  ``persons_base``, custom fields included: a new person is one row in one table.
 * Updates: set-based statements over the chunk's changes, sent as one JSON parameter. A
   changed custom field rewrites only the person's ``persons_custom`` row, merged in SQL
   (``custom || patch``), so the old values are never read or re-encoded;
@@ -19,18 +20,19 @@ once, then ``write`` once with the people its rows created or changed.
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
 _MAX_ID = (1 << 63) - 1
-_BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier")
+_BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
+         "custom")
 
 
 @dataclass(slots=True)
@@ -70,8 +72,6 @@ class PersonsStore:
             " carrier FROM {t} WHERE ").format(t=self.base)
         columns = sql.SQL(", ").join(map(sql.Identifier, _BASE))
         self._copy_base = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=self.base, c=columns)
-        self._copy_custom = sql.SQL("COPY {t} (person_id, custom) FROM STDIN").format(
-            t=self.custom)
         # A chunk's changes go as one JSON array parameter: one C-encoded string, no temp
         # table, no per-row encoding calls.
         changes = sql.SQL(
@@ -93,9 +93,6 @@ class PersonsStore:
             " FROM u WHERE c.person_id = u.person_id RETURNING c.person_id)"
             " INSERT INTO {c} (person_id, custom) SELECT person_id, patch FROM u"
             " WHERE person_id NOT IN (SELECT person_id FROM done)").format(c=self.custom)
-        self._insert_custom = sql.SQL(
-            "INSERT INTO {c} (person_id, custom)"
-            " SELECT (e->>0)::bigint, e->1 FROM jsonb_array_elements(%s) e").format(c=self.custom)
         sequence = sql.Identifier(schema, "persons_person_id_seq")
         self._next_id = sql.SQL(
             "SELECT last_value + is_called::int FROM {s}").format(s=sequence)
@@ -120,7 +117,7 @@ class PersonsStore:
                 parts.append(self._select + sql.SQL(
                     "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)){cast})").format(
                         c=sql.Identifier(column), cast=sql.SQL(cast)))
-                params.append(json.dumps(list(values)))
+                params.append(orjson.dumps(list(values)).decode())
         if not parts:
             return []
         rows = self.conn.execute(sql.SQL(" UNION ").join(parts), params)
@@ -151,13 +148,13 @@ class PersonsStore:
         ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
                for p in changed if p.ids_changed]
         if ids:
-            param = (json.dumps(ids),)
+            param = (orjson.dumps(ids).decode(),)
             if handoff:
                 self.conn.execute(self._free_ids, param)
             self.conn.execute(self._update_ids, param)
         patches = [(p.person_id, p.patch) for p in changed if p.patch]
         if patches:
-            self.conn.execute(self._merge_custom, (json.dumps(patches),))
+            self.conn.execute(self._merge_custom, (orjson.dumps(patches).decode(),))
 
     def _create(self, new: list[Person]) -> None:
         ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
@@ -171,10 +168,8 @@ class PersonsStore:
         with self.conn.cursor() as cur, cur.copy(self._copy_base) as copy:
             for p in new:
                 copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
-                                p.vibes_device_id, p.carrier))
-        patches = [(p.person_id, p.patch) for p in new if p.patch]
-        if patches:
-            self.conn.execute(self._insert_custom, (json.dumps(patches),))
+                                p.vibes_device_id, p.carrier,
+                                orjson.dumps(p.patch).decode() if p.patch else "{}"))
 
 
 def person_keys(n: int) -> Iterable[str]:
