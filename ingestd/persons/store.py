@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +172,7 @@ class PersonsStore:
                                 orjson.dumps(p.patch).decode() if p.patch else "{}"))
 
 
-def person_keys(n: int) -> Iterable[str]:
+def person_keys(n: int) -> Iterator[str]:
     """``n`` distinct version 7 UUIDs (RFC 9562): the time in ms, then a counter.
 
     The 74 bits after the time start at a random value with room to count (method 1 of
