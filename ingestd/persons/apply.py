@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,20 +314,45 @@ class PersonsProcessor:
             store = PersonsStore(ctx.conn, ctx.company.schema)
             rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
                           list_fields(ctx.conn, ctx.company.id), store.created_here)
-            results = ctx.results
-            with _writer(store) as write:
-                for chunk in reader.chunks(ctx.settings.chunk_size):
-                    rows = [rules.prepare(r) for r in chunk]  # while the last chunk is written
-                    start = 0
-                    while start < len(rows):
-                        write.wait()
-                        start = self._resolve(ctx, rules, store, rows, start, write)
-                    ctx.progress.advance(results.rows, fh.tell())
+            with _Database(store) as db:
+                self._chunks(ctx, rules, db, reader.chunks(ctx.settings.chunk_size),
+                             lambda: fh.tell())
 
     @staticmethod
-    def _resolve(ctx: ApplyContext, rules: Rules, store: PersonsStore, rows: list[_Row],
-                 start: int, write: _Writes) -> int:
-        """Resolve ``rows[start:]`` against one lookup and hand the outcome to ``write``.
+    def _chunks(ctx: ApplyContext, rules: Rules, db: _Database,
+                chunks: Iterator[list[Record]], position: Callable[[], int]) -> None:
+        """Each chunk: lookup, resolve, write, with the next chunk checked meanwhile.
+
+        The database thread runs lookup N, write N, lookup N+1, write N+1, … in that order,
+        so each lookup sees every earlier write; while it works, this thread checks the
+        records of the next chunk (no database needed) or resolves the current one, so
+        PostgreSQL and Python work at the same time.
+        """
+        rows = [rules.prepare(r) for r in next(chunks, [])]
+        found = db.lookup(rules.ids(rows)) if rows else None
+        while found is not None:
+            try:
+                following = [rules.prepare(r) for r in next(chunks, [])]
+                unreadable: Exception | None = None
+            except Exception as e:  # the file fails there, after the rows before it
+                following, unreadable = [], e
+            start = 0
+            while True:
+                start = PersonsProcessor._resolve(ctx, rules, db, rows, start, found.result())
+                if start == len(rows):
+                    break
+                found = db.lookup(rules.ids(rows[start:]))
+            if unreadable is not None:
+                raise unreadable
+            found = db.lookup(rules.ids(following)) if following else None
+            rows = following
+            ctx.progress.advance(ctx.results.rows, position())
+
+    @staticmethod
+    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, rows: list[_Row],
+                 start: int, stored: list[Person]) -> int:
+        """Resolve ``rows[start:]`` against the people their lookup found, and queue the
+        outcome's write.
 
         Returns where it stopped: before a row naming a person_id that a person created by
         an earlier row of the same lookup may have (ids are given at write time). The rest
@@ -336,8 +360,8 @@ class PersonsProcessor:
         row been applied alone.
         """
         results = ctx.results
+        picture = _Picture(stored)
         rest = rows[start:] if start else rows
-        picture = _Picture(store.lookup(rules.ids(rest)))
         wanted = rules.new_mdns(rest, picture)
         lookups = lookup_carriers(ctx, wanted) if wanted else {}
         next_id: int | None = None
@@ -346,7 +370,7 @@ class PersonsProcessor:
             row = rows[i]
             if row.error is None and row.by == "person_id" and picture.new \
                     and row.ident not in picture.by_id:
-                next_id = store.next_id() if next_id is None else next_id
+                next_id = db.next_id() if next_id is None else next_id
                 if row.ident >= next_id:
                     stop = i
                     break
@@ -355,40 +379,53 @@ class PersonsProcessor:
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
-        write.submit(picture)
+        if picture.changed or picture.new:
+            db.write(picture.changed, picture.new, picture.handoff)
         return stop
 
 
-class _Writes:
-    """At most one chunk's write in flight, on a thread of its own."""
+class _Database:
+    """The file's connection, used by one thread of its own, in the order asked.
 
-    def __init__(self, store: PersonsStore, pool: ThreadPoolExecutor) -> None:
+    After a failure nothing more is sent (the transaction is lost anyway) and every later
+    result raises that first error. Row results are stored by this thread meanwhile
+    (``RowResults`` flushes on the same connection); psycopg serialises the two threads'
+    statements on the connection's lock, and their order does not matter.
+    """
+
+    def __init__(self, store: PersonsStore) -> None:
         self.store = store
-        self.pool = pool
-        self.pending: Future[None] | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persons-db")
+        self.last: Future[Any] | None = None
+        self.error: BaseException | None = None
 
-    def submit(self, picture: _Picture) -> None:
-        self.wait()
-        if picture.changed or picture.new:
-            self.pending = self.pool.submit(
-                self.store.write, picture.changed, picture.new, picture.handoff)
+    def __enter__(self) -> _Database:
+        return self
 
-    def wait(self) -> None:
-        """Until the write in flight is done; raises what it raised."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
+    def __exit__(self, *exc: object) -> None:
+        # The caller commits or rolls back next: nothing may still be running then.
+        self.pool.shutdown(wait=True)
+        if exc[0] is None and self.error is not None:
+            raise self.error
 
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        def task() -> Any:
+            if self.error is not None:
+                raise self.error
+            try:
+                return fn(*args)
+            except BaseException as e:
+                self.error = e
+                raise
+        self.last = self.pool.submit(task)
+        return self.last
 
-@contextmanager
-def _writer(store: PersonsStore) -> Iterator[_Writes]:
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="persons-write") as pool:
-        writes = _Writes(store, pool)
-        try:
-            yield writes
-            writes.wait()
-        finally:
-            # On the way out with an error, the write in flight must end before the
-            # caller rolls the connection back; the first error is the one raised.
-            if writes.pending is not None:
-                writes.pending.exception()
+    def lookup(self, ids: Ids) -> Future[list[Person]]:
+        return self._run(self.store.lookup, ids)
+
+    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
+        self._run(self.store.write, changed, new, handoff)
+
+    def next_id(self) -> int:
+        value: int = self._run(self.store.next_id).result()
+        return value
