@@ -10,7 +10,8 @@ once, then ``write`` once with the people its rows created or changed.
   ``persons_base``, custom fields included: a new person is one row in one table.
 * Updates: set-based statements over the chunk's changes, sent as one JSON parameter. A
   changed custom field rewrites only the person's ``persons_custom`` row, merged in SQL
-  (``custom || patch``), so the old values are never read or re-encoded;
+  (``custom || patch``), so the old values are never read or re-encoded (a person's first
+  change is a row COPYed in);
   ``persons_base`` is written only for people whose ids or carrier changed.
 * The ids' unique indexes are checked row by row. When a chunk hands an id from one
   existing person to another, every changed id of the chunk is first set to NULL, then to
@@ -45,6 +46,7 @@ class Person:
     mdn: str | None
     vibes_device_id: str | None
     carrier: str | None
+    has_custom: bool = False  # a persons_custom row exists
     new: bool = False
     touched: bool = False  # a row of this chunk accepted it
     ids_changed: bool = False  # an id or the carrier differs from the stored row
@@ -67,9 +69,12 @@ class PersonsStore:
         self.conn = conn
         self.base = sql.Identifier(schema, "persons_base")
         self.custom = sql.Identifier(schema, "persons_custom")
+        # Whether the person has a persons_custom row comes along: a change then is an
+        # UPDATE of it, else a row to COPY in.
         self._select = sql.SQL(
-            "SELECT person_id, person_key::text, external_person_id, mdn, vibes_device_id,"
-            " carrier FROM {t} WHERE ").format(t=self.base)
+            "SELECT b.person_id, b.person_key::text, b.external_person_id, b.mdn,"
+            " b.vibes_device_id, b.carrier, c.person_id IS NOT NULL FROM {t} b"
+            " LEFT JOIN {c} c USING (person_id) WHERE b.").format(t=self.base, c=self.custom)
         columns = sql.SQL(", ").join(map(sql.Identifier, _BASE))
         self._copy_base = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=self.base, c=columns)
         # A chunk's changes go as one JSON array parameter: one C-encoded string, no temp
@@ -84,15 +89,13 @@ class PersonsStore:
         self._free_ids = sql.SQL(
             "UPDATE {t} p SET external_person_id = NULL, vibes_device_id = NULL"
             " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
-        # Update the rows there are, insert the others (people without custom fields so far):
-        # one statement; a plain UPDATE costs less than INSERT … ON CONFLICT.
-        self._merge_custom = sql.SQL(
-            "WITH u AS (SELECT (e->>0)::bigint AS person_id, e->1 AS patch"
-            " FROM jsonb_array_elements(%s) e),"
-            " done AS (UPDATE {c} c SET custom = c.custom || u.patch, updated_at = now()"
-            " FROM u WHERE c.person_id = u.person_id RETURNING c.person_id)"
-            " INSERT INTO {c} (person_id, custom) SELECT person_id, patch FROM u"
-            " WHERE person_id NOT IN (SELECT person_id FROM done)").format(c=self.custom)
+        self._update_custom = sql.SQL(
+            "UPDATE {c} c SET custom = c.custom || u.patch, updated_at = now()"
+            " FROM (SELECT (e->>0)::bigint AS person_id, e->1 AS patch"
+            " FROM jsonb_array_elements(%s) e) u WHERE c.person_id = u.person_id"
+        ).format(c=self.custom)
+        self._copy_custom = sql.SQL("COPY {c} (person_id, custom) FROM STDIN").format(
+            c=self.custom)
         sequence = sql.Identifier(schema, "persons_person_id_seq")
         self._next_id = sql.SQL(
             "SELECT last_value + is_called::int FROM {s}").format(s=sequence)
@@ -152,9 +155,14 @@ class PersonsStore:
             if handoff:
                 self.conn.execute(self._free_ids, param)
             self.conn.execute(self._update_ids, param)
-        patches = [(p.person_id, p.patch) for p in changed if p.patch]
+        patches = [(p.person_id, p.patch) for p in changed if p.patch and p.has_custom]
         if patches:
-            self.conn.execute(self._merge_custom, (orjson.dumps(patches).decode(),))
+            self.conn.execute(self._update_custom, (orjson.dumps(patches).decode(),))
+        if any(p.patch and not p.has_custom for p in changed):
+            with self.conn.cursor() as cur, cur.copy(self._copy_custom) as copy:
+                for p in changed:
+                    if p.patch and not p.has_custom:
+                        copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
 
     def _create(self, new: list[Person]) -> None:
         ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
