@@ -7,10 +7,9 @@ picture, so a later row sees what an earlier row did, and each row's outcome is 
 at once; finally the chunk's creates and changes go to ``PersonsStore.write``. Row errors
 are values, raised in ``Rules.resolve`` in the order FORMATS.md fixes ("one error a row").
 
-The write of chunk N runs on a thread of its own while this thread checks the records of
-chunk N+1 (that needs no database), so PostgreSQL's work and Python's overlap on two
-cores. Chunk N+1's lookup waits for chunk N's write: it must see what N stored, and the
-file's connection serves one statement at a time.
+Lookups and writes run on a database thread of the file's own, in file order, while this
+thread checks the next chunk's records or resolves the current one: PostgreSQL and
+Python work at the same time (psycopg releases the GIL while it waits).
 """
 
 from __future__ import annotations
@@ -265,7 +264,7 @@ class Rules:
         if new_mdn:
             looked = lookups.get(new_mdn)
             if looked is None:  # not expected: every candidate was looked up
-                looked = self.ctx.carrier.lookup_many([new_mdn])[new_mdn]
+                looked = lookup_carriers(self.ctx, {new_mdn})[new_mdn]
             if looked.error is not None:
                 # The shared cache keeps only class and message, so a cached result has no
                 # detail; only permanent results are cached.
