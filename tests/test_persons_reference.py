@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from ingestd import errors
 from ingestd.carrier import CarrierLookup, make_carrier
 from ingestd.custom_fields import FieldDefinition, convert, explain
+from ingestd.db import migrations
 from ingestd.db.companies import add_company
 from ingestd.db.fields import replace_fields
 from ingestd.errors import RowError, quoted
@@ -368,3 +369,34 @@ def test_an_id_handed_over_within_a_chunk(conn: Conn, config: Settings, tmp_path
                 ["person_key", "external_person_id", "tier"],
                 [[KEYS[1], "e3", "gold"], [KEYS[0], "e1", ""]])
     assert [o[1] for o in got] == ["", ""]
+
+
+def test_migration_0003_keeps_every_person_of_an_existing_company(conn: Conn) -> None:
+    """A company made before 0003, with people: after the upgrade the persons view shows
+    them exactly as the table did, ids stay unique, and new people continue the ids."""
+    conn.execute("INSERT INTO ingestd.companies (id, schema_name) VALUES ('old', 'old')")
+    conn.execute("CREATE SCHEMA old")
+    for version, _, text in migrations._scripts("company"):
+        if version < 3:
+            conn.execute(text.replace("{schema}", '"old"'))  # type: ignore[arg-type]
+            conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
+                         " VALUES ('old', %s)", (version,))
+    conn.execute(
+        "INSERT INTO old.persons (external_person_id, mdn, vibes_device_id, carrier, custom)"
+        " VALUES ('e1', '+12295550001', NULL, 'c', '{\"tier\": \"gold\"}'),"
+        " (NULL, '+12295550002', 'd2', NULL, '{}'), ('e3', NULL, NULL, NULL, '{\"age\": 3}')")
+    conn.commit()
+    columns = ("person_id, person_key, external_person_id, mdn, vibes_device_id, carrier,"
+               " custom, created_at, updated_at")
+    before = conn.execute(f"SELECT {columns} FROM old.persons ORDER BY person_id").fetchall()
+
+    assert migrations.upgrade_company(conn, "old") == ["old:0003_persons_speed.sql"]
+
+    assert conn.execute(f"SELECT {columns} FROM old.persons ORDER BY person_id").fetchall() \
+        == before
+    row = conn.execute("INSERT INTO old.persons (external_person_id) VALUES ('e4')"
+                       " RETURNING person_id").fetchone()
+    assert row == (4,)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO old.persons (mdn) VALUES ('+12295550002')")
+    conn.rollback()
