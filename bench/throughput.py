@@ -61,17 +61,25 @@ from _common import (
     write_updates,
 )
 
+from ingestd.persons.store import person_keys
+
 PERSONS = f'"{COMPANY}".persons'
+BASE, CUSTOM = f"{COMPANY}.persons_base", f"{COMPANY}.persons_custom"
+MIGRATIONS = Path(__file__).resolve().parents[1] / "ingestd" / "db" / "migrations" / "company"
 CREATE_COLUMNS = ("external_person_id", "mdn", "first_name", "tier", "signup_date")
 
 
-def write_floor_rows(path: Path, rows: int) -> None:
-    """The creates as the persons table holds them: (external_person_id, mdn, custom)."""
+def write_floor_rows(path: Path, rows: int, keys: bool) -> None:
+    """The creates as the persons table holds them: (external_person_id, mdn, custom), led
+    by time-ordered person keys as ingestd makes them when ``keys`` (the 0001 table's
+    floor lets its default draw random ones instead, as ingestd did then)."""
+    made = person_keys(rows) if keys else None
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(rows):
             custom = (f'{{""first_name"": ""{first_name(i)}"", ""tier"": ""{tier(i)}"", '
                       f'""signup_date"": ""{signup_date(i)}""}}')
-            fh.write(f'{external_id(i)},{mdn(i)},"{custom}"\n')
+            key = f"{next(made)}," if made else ""
+            fh.write(f'{key}{external_id(i)},{mdn(i)},"{custom}"\n')
 
 
 def copy_file(conn: psycopg.Connection[object], sql: str, path: Path) -> None:
@@ -86,13 +94,34 @@ def timed(fn: object, *args: object) -> float:
     return time.perf_counter() - t0
 
 
-def indexed_floor(url: str, floor_rows: Path) -> float:
+OLD_PERSONS = f"{COMPANY}.persons_0001"  # the persons table before migration 0003
+
+
+def create_old_table(conn: psycopg.Connection[object]) -> None:
+    """The persons table as company migration 0001 made it (indexes, defaults)."""
+    ddl = (MIGRATIONS / "0001_persons.sql").read_text().replace(
+        "{schema}.persons", OLD_PERSONS)
+    conn.execute(ddl)
+
+
+def indexed_floor_old(url: str, floor_rows: Path) -> float:
     with psycopg.connect(url) as conn:
-        conn.execute(f"CREATE TABLE {COMPANY}.persons_floor (LIKE {PERSONS} INCLUDING ALL)")
+        create_old_table(conn)
         conn.commit()
         t0 = time.perf_counter()
-        copy_file(conn, f"COPY {COMPANY}.persons_floor (external_person_id, mdn, custom) "
+        copy_file(conn, f"COPY {OLD_PERSONS} (external_person_id, mdn, custom) "
                         "FROM STDIN WITH (FORMAT csv)", floor_rows)
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def indexed_floor(url: str, floor_rows: Path) -> float:
+    with psycopg.connect(url) as conn:
+        conn.execute(f"CREATE TABLE {COMPANY}.persons_floor (LIKE {BASE} INCLUDING ALL)")
+        conn.commit()
+        t0 = time.perf_counter()
+        copy_file(conn, f"COPY {COMPANY}.persons_floor (person_key, external_person_id, mdn,"
+                        " custom) FROM STDIN WITH (FORMAT csv)", floor_rows)
         conn.commit()
         seconds = time.perf_counter() - t0
         conn.execute(f"DROP TABLE {COMPANY}.persons_floor")
@@ -100,17 +129,42 @@ def indexed_floor(url: str, floor_rows: Path) -> float:
     return seconds
 
 
-def update_floor(url: str, updates: Path) -> float:
+def update_floor_old(url: str, updates: Path) -> float:
+    """Into the old table (filled by indexed_floor_old): one UPDATE … FROM."""
+    vacuum(url, OLD_PERSONS)
     with psycopg.connect(url) as conn:
         t0 = time.perf_counter()
         conn.execute("CREATE TEMP TABLE upd (external_person_id text, first_name text, tier text)")
         copy_file(conn, "COPY upd FROM STDIN WITH (FORMAT csv, HEADER true)", updates)
         conn.execute(
-            f"UPDATE {PERSONS} AS p SET custom = p.custom || jsonb_build_object("
+            f"UPDATE {OLD_PERSONS} AS p SET custom = p.custom || jsonb_build_object("
             "'first_name', u.first_name, 'tier', u.tier), updated_at = now() "
             "FROM upd AS u WHERE p.external_person_id = u.external_person_id")
         conn.commit()
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        conn.execute(f"DROP TABLE {OLD_PERSONS}")
+        conn.commit()
+        return seconds
+
+
+def update_floor(url: str, updates: Path) -> float:
+    """Into today's tables, as one statement: the changes into persons_custom, found through
+    persons_base's external_person_id index. Rolled back, so the ingest that follows
+    starts from the same tables."""
+    with psycopg.connect(url) as conn:
+        t0 = time.perf_counter()
+        conn.execute("CREATE TEMP TABLE upd (external_person_id text, first_name text, tier text)")
+        copy_file(conn, "COPY upd FROM STDIN WITH (FORMAT csv, HEADER true)", updates)
+        conn.execute(
+            f"INSERT INTO {CUSTOM} AS c (person_id, custom) SELECT b.person_id,"
+            " jsonb_build_object('first_name', u.first_name, 'tier', u.tier)"
+            f" FROM upd u JOIN {BASE} b USING (external_person_id)"
+            " ON CONFLICT (person_id) DO UPDATE SET custom = c.custom || EXCLUDED.custom,"
+            " updated_at = now()")
+        conn.execute("SELECT 1")  # the statement's work is done: the rollback is not timed
+        seconds = time.perf_counter() - t0
+        conn.rollback()
+        return seconds
 
 
 def vacuum(url: str, table: str) -> None:
@@ -159,6 +213,12 @@ def pgloader(url: str, path: Path, table: str, columns: tuple[str, ...] | list[s
     return seconds
 
 
+FLOOR_C = "persons: indexed floor (COPY into LIKE persons_base)"
+FLOOR_U = "persons: update floor (COPY + one upsert into persons_custom)"
+FLOOR_C_OLD = "persons: indexed floor, the 0001 table (COPY)"
+FLOOR_U_OLD = "persons: update floor, the 0001 table (COPY + UPDATE … FROM)"
+
+
 def one_run(url: str, k: int, files: dict[str, Path], args: argparse.Namespace,
             seconds: dict[str, list[float]]) -> None:
     def record(what: str, value: float) -> None:
@@ -171,13 +231,14 @@ def one_run(url: str, k: int, files: dict[str, Path], args: argparse.Namespace,
         env = cli_env(db_url, root)
         set_up_company(env, root)
         record("persons: ingest creates", ingest(env, root, files["creates"], args.rows))
-        record("persons: indexed floor (COPY into LIKE persons)",
-               indexed_floor(db_url, files["floor"]))
-        vacuum(db_url, PERSONS)
+        record(FLOOR_C, indexed_floor(db_url, files["floor"]))
+        record(FLOOR_C_OLD, indexed_floor_old(db_url, files["floor_old"]))
+        record(FLOOR_U_OLD, update_floor_old(db_url, files["updates"]))
+        vacuum(db_url, BASE)
+        record(FLOOR_U, update_floor(db_url, files["updates"]))
+        vacuum(db_url, BASE)
+        vacuum(db_url, CUSTOM)
         record("persons: ingest updates", ingest(env, root, files["updates"], args.rows))
-        vacuum(db_url, PERSONS)
-        record("persons: update floor (COPY + UPDATE … FROM)",
-               update_floor(db_url, files["updates"]))
         record("persons: plain COPY, unindexed text table", plain_copy(db_url, files["creates"]))
         if args.pgloader:
             record("persons: pgloader, unindexed table",
@@ -211,11 +272,12 @@ def main() -> None:
         scratch = Path(tmp)
         files = {name: scratch / file for name, file in (
             ("creates", "creates.persons"), ("updates", "updates.persons"),
-            ("floor", "floor.csv"), ("contacts", "contacts.csv"),
+            ("floor", "floor.csv"), ("floor_old", "floor-0001.csv"), ("contacts", "contacts.csv"),
             ("contacts_update", "contacts-update.csv"))}
         write_creates(files["creates"], args.rows)
         write_updates(files["updates"], args.rows)
-        write_floor_rows(files["floor"], args.rows)
+        write_floor_rows(files["floor"], args.rows, keys=True)
+        write_floor_rows(files["floor_old"], args.rows, keys=False)
         if args.contacts:
             write_contacts(files["contacts"], args.contacts)
             write_contacts(files["contacts_update"], args.contacts, update=True)
@@ -226,12 +288,11 @@ def main() -> None:
     print(f"\n{args.rows:,} people, {args.contacts:,} contact rows, "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     pg_p, pg_c = "persons: pgloader, unindexed table", "contacts: pgloader, unindexed table"
-    floor_c, floor_u = ("persons: indexed floor (COPY into LIKE persons)",
-                        "persons: update floor (COPY + UPDATE … FROM)")
     compare = {
-        "persons: ingest creates": (pg_p, floor_c),
-        "persons: ingest updates": (pg_p, floor_u),
-        floor_c: (pg_p, None), floor_u: (pg_p, None),
+        "persons: ingest creates": (pg_p, FLOOR_C),
+        "persons: ingest updates": (pg_p, FLOOR_U),
+        FLOOR_C: (pg_p, None), FLOOR_U: (pg_p, None),
+        FLOOR_C_OLD: (pg_p, None), FLOOR_U_OLD: (pg_p, None),
         "persons: plain COPY, unindexed text table": (pg_p, None),
         "contacts: ingest creates": (pg_c, None),
         "contacts: ingest updates (If-Unmodified-Since)": (pg_c, None),

@@ -29,7 +29,7 @@ class Format:
 
 # Appliers are imported on first use: they pull in their rules and SQL.
 def _persons() -> Applier:
-    from ingestd.processors.persons import PersonsProcessor
+    from ingestd.persons.apply import PersonsProcessor
 
     return PersonsProcessor()
 

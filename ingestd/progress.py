@@ -2,7 +2,7 @@
 
 A worker blocked in a system call (a hung NFS read, a half-open database socket)
 is a live thread, so "every worker thread is alive" says nothing about it. Each
-file in hand therefore gets a ``Handle``: the processors ``advance`` it after every
+file in hand therefore gets a ``Handle``: the appliers ``advance`` it after every
 chunk and bounded waits (a carrier retry's back-off, a carrier request with its
 time-out) call ``alive``. A handle that has not moved for ``stuck_seconds`` marks a
 stuck worker; the daemon then stops feeding systemd's watchdog.

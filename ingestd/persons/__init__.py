@@ -1,1 +1,1 @@
-"""Person Import: reading, rules, custom fields, phones and the carrier lookup."""
+"""Person Import: reading, rules and store, custom fields, phones and the carrier lookup."""

@@ -1,0 +1,423 @@
+"""Applying a Person Import, a chunk at a time: the rules of its rows (no SQL here).
+
+Per chunk: each record is checked alone (shape, id syntax, mdn, custom values); one
+lookup (``PersonsStore.lookup``) finds every stored person any row names, by any id, as
+identifier or as data; rows are then resolved in Python in file order against that
+picture, so a later row sees what an earlier row did, and each row's outcome is recorded
+at once; finally the chunk's creates and changes go to ``PersonsStore.write``. Row errors
+are values, raised in ``Rules.resolve`` in the order FORMATS.md fixes ("one error a row").
+
+Lookups and writes run on a database thread of the file's own, in file order, while this
+thread checks the next chunk's records or resolves the current one: PostgreSQL and
+Python work at the same time (psycopg releases the GIL while it waits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingestd import errors
+from ingestd.apply_context import ApplyContext
+from ingestd.errors import RowError, quoted
+from ingestd.partner_files import open_partner_file
+from ingestd.persons.carrier import CarrierResult
+from ingestd.persons.custom_fields import FieldDefinition, convert, explain
+from ingestd.persons.field_store import list_fields
+from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
+from ingestd.persons.reader import (
+    IDENTIFYING,
+    Record,
+    check_person_key,
+    open_persons,
+    parse_person_id,
+)
+from ingestd.persons.store import Ids, Person, PersonsStore
+
+ERR_NOT_FOUND = RowError(errors.PERSON_NOT_FOUND, errors.MSG_PERSON_NOT_FOUND)
+ERR_CREATE = RowError(errors.PERSON_CREATE_REQUIRES, errors.MSG_PERSON_CREATE_REQUIRES,
+                      detail="no mdn, vibes_device_id or external_person_id"
+                             " to create a person with")
+ERR_FIELD_NOT_FOUND = RowError(errors.CUSTOM_FIELD_NOT_FOUND, errors.MSG_CUSTOM_FIELD_NOT_FOUND)
+ERR_MDN_CHANGE = RowError(errors.MDN_CHANGE_NOT_ALLOWED, errors.MSG_MDN_CHANGE_NOT_ALLOWED)
+ERR_MDN_TAKEN = RowError(errors.MOBILE_PHONE_ALREADY_ASSIGNED,
+                         errors.MSG_MOBILE_PHONE_ALREADY_ASSIGNED)
+ERR_UNIQUE = RowError(errors.UNIQUE_VIOLATION, errors.MSG_UNIQUE_VIOLATION)
+
+
+def _at(error: RowError, column: str, detail: str) -> RowError:
+    """``error`` (a shared constant) for one row: the column at fault and what was wrong.
+    Built only once a row is rejected, so accepted rows never pay for the words."""
+    return RowError(error.error_class, error.message, column, detail)
+
+
+def _person_id_detail(raw: str) -> str:
+    if raw.isascii() and raw.isdigit() and raw.strip("0"):
+        return f"{quoted(raw)} is larger than the largest person_id"
+    return f"{quoted(raw)} is not a positive integer"
+
+
+def lookup_carriers(ctx: ApplyContext, numbers: set[str]) -> dict[str, CarrierResult]:
+    """The carrier of each number (the context's lookup caches where it should)."""
+    return ctx.carrier.lookup_many(numbers)
+
+
+@dataclass(slots=True)
+class _Row:
+    """A record after the checks that need no database."""
+
+    record: Record
+    error: RowError | None = None
+    by: str | None = None  # the identifying column that wins
+    ident: Any = None  # its (parsed) value
+    mdn: str | None = None  # E.164
+    mdn_error: RowError | None = None
+    ext: str | None = None
+    device: str | None = None
+    custom: dict[str, Any] = field(default_factory=dict)
+    custom_error: RowError | None = None
+
+
+class _Picture:
+    """The chunk's picture of the company's persons, by every unique id."""
+
+    def __init__(self, stored: list[Person]) -> None:
+        self.by_id: dict[int, Person] = {}
+        self.by_key: dict[str, Person] = {}
+        self.by_ext: dict[str, Person] = {}
+        self.by_mdn: dict[str, Person] = {}
+        self.by_device: dict[str, Person] = {}
+        self.tables: dict[str, dict[Any, Person]] = {
+            "person_id": self.by_id, "person_key": self.by_key,
+            "external_person_id": self.by_ext, "mdn": self.by_mdn,
+            "vibes_device_id": self.by_device,
+        }
+        self.changed: list[Person] = []
+        self.new: list[Person] = []
+        self.freed: set[str] = set()  # external and device ids given up in this chunk
+        self.handoff = False  # an existing person took an id another one gave up
+        for p in stored:
+            self.add(p)
+
+    def add(self, p: Person) -> None:
+        self.by_id[p.person_id] = p
+        if p.person_key:
+            self.by_key[p.person_key] = p
+        if p.external_person_id:
+            self.by_ext[p.external_person_id] = p
+        if p.mdn:
+            self.by_mdn[p.mdn] = p
+        if p.vibes_device_id:
+            self.by_device[p.vibes_device_id] = p
+
+
+class Rules:
+    """One file's rows against the company's custom fields and persons, in file order."""
+
+    def __init__(self, ctx: ApplyContext, fields: list[str], multi_delim: str,
+                 definitions: list[FieldDefinition],
+                 created_here: Callable[[int], bool]) -> None:
+        self.ctx = ctx
+        self.created_here = created_here  # whether an earlier row created this person_id
+        self.multi_delim = multi_delim
+        self.region = ctx.company.default_region or ctx.settings.default_region
+        self.definitions = {d.name: d for d in definitions}
+        self.pos = {name: i for i, name in enumerate(fields)}
+        self.custom_cols = [(i, name) for i, name in enumerate(fields) if name not in IDENTIFYING]
+
+        # Where each id column is, so a row reads its ids without a lookup by name.
+        self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
+
+    def prepare(self, record: Record) -> _Row:
+        """Checks that need no database: shape, id syntax, mdn format, custom values."""
+        row = _Row(record, error=record.error)
+        if row.error:
+            if not row.error.detail:
+                # The reader's message is already the row's own reason (counts, CSV error).
+                msg = row.error.message
+                row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
+            return row
+        v = record.values
+        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = [
+            "" if i is None else v[i].strip() for i in self.id_pos]
+        pid = parse_person_id(pid_raw) if pid_raw else None
+        if isinstance(pid, RowError):
+            row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
+            return row
+        key = check_person_key(key_raw) if key_raw else None
+        if isinstance(key, RowError):
+            row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
+            return row
+        row.ext = ext_raw or None
+        row.device = device_raw or None
+        if mdn_raw:
+            mdn = normalize_mdn(mdn_raw, self.region)
+            if isinstance(mdn, RowError):
+                row.mdn_error = _at(mdn, "mdn", explain_invalid_mdn(mdn_raw, self.region))
+            else:
+                row.mdn = mdn
+        # The first id given wins (FORMATS.md's order, IDENTIFYING's).
+        if pid is not None:
+            row.by, row.ident = "person_id", pid
+        elif key is not None:
+            row.by, row.ident = "person_key", key
+        elif row.ext:
+            row.by, row.ident = "external_person_id", row.ext
+        elif mdn_raw:
+            row.by, row.ident = "mdn", row.mdn or mdn_raw
+        elif row.device:
+            row.by, row.ident = "vibes_device_id", row.device
+        else:
+            row.error = ERR_CREATE
+            return row
+        for i, name in self.custom_cols:
+            raw = v[i]
+            if raw == "":
+                continue  # an empty cell never changes anything
+            defn = self.definitions.get(name)
+            if defn is None:
+                row.custom_error = _at(ERR_FIELD_NOT_FOUND, name, f"no custom field named {name}")
+                break
+            value_or_error = convert(defn, raw, self.multi_delim)
+            if isinstance(value_or_error, RowError):
+                row.custom_error = _at(value_or_error, name, explain(defn, raw, self.multi_delim))
+                break
+            row.custom[name] = value_or_error
+        return row
+
+    @staticmethod
+    def ids(rows: list[_Row]) -> Ids:
+        """Every id the rows name, as identifier or as data (rows that failed are left out)."""
+        ids = Ids()
+        for r in rows:
+            if r.error is not None:
+                continue
+            if r.by == "person_id":
+                ids.person_ids.add(r.ident)
+            elif r.by == "person_key":
+                ids.person_keys.add(r.ident)
+            if r.ext:
+                ids.external_ids.add(r.ext)
+            if r.mdn:
+                ids.mdns.add(r.mdn)
+            if r.device:
+                ids.device_ids.add(r.device)
+        return ids
+
+    @staticmethod
+    def new_mdns(rows: list[_Row], picture: _Picture) -> set[str]:
+        """Every mdn that may be new to its person, to look up in one batch before resolving
+        (so a remote lookup's calls run concurrently; a few rows that are rejected later
+        get looked up for nothing)."""
+        return {r.mdn for r in rows if r.error is None and r.mdn and r.mdn not in picture.by_mdn}
+
+    @staticmethod
+    def _move(person: Person, picture: _Picture, value: str, old: str | None,
+              table: dict[Any, Person]) -> None:
+        if old is not None:
+            table.pop(old, None)
+            picture.freed.add(old)
+        if not person.new and value in picture.freed:
+            picture.handoff = True
+        person.ids_changed = True
+
+    def resolve(self, row: _Row, picture: _Picture,
+                lookups: dict[str, CarrierResult]) -> RowError | None:
+        """Decide one row against the chunk's picture; on success, change the picture."""
+        assert row.by is not None
+        person = picture.tables[row.by].get(row.ident) if row.by != "mdn" or row.mdn else None
+        if person is None:
+            if row.by in ("person_id", "person_key"):
+                return _at(ERR_NOT_FOUND, row.by, f"no person with {row.by} {row.ident}")
+            if not (row.mdn or row.device or row.ext or row.mdn_error):
+                return ERR_CREATE
+        if row.mdn_error:
+            return row.mdn_error
+        if row.custom_error:
+            return row.custom_error
+        if row.mdn:
+            if person is not None and person.mdn and person.mdn != row.mdn:
+                who = ("the person an earlier row created"
+                       if person.person_id < 0 or self.created_here(person.person_id)
+                       else f"person {person.person_id}")
+                return _at(ERR_MDN_CHANGE, "mdn", f"{who} already has mdn {person.mdn}")
+            owner = picture.by_mdn.get(row.mdn)
+            if owner is not None and owner is not person:
+                return _at(ERR_MDN_TAKEN, "mdn", f"mdn {row.mdn} belongs to another person")
+        for column, value, table in (("external_person_id", row.ext, picture.by_ext),
+                                     ("vibes_device_id", row.device, picture.by_device)):
+            if value:
+                owner = table.get(value)
+                if owner is not None and owner is not person:
+                    return _at(ERR_UNIQUE, column, f"{quoted(value)} belongs to another person")
+        new_mdn = row.mdn if row.mdn and (person is None or person.mdn != row.mdn) else None
+        carrier: str | None = None
+        if new_mdn:
+            looked = lookups.get(new_mdn)
+            if looked is None:  # not expected: every candidate was looked up
+                looked = lookup_carriers(self.ctx, {new_mdn})[new_mdn]
+            if looked.error is not None:
+                # The shared cache keeps only class and message, so a cached result has no
+                # detail; only permanent results are cached.
+                return _at(looked.error, "mdn", looked.detail or (
+                    f"mdn {new_mdn} is not a mobile on a valid carrier (an earlier lookup)"))
+            carrier = looked.carrier
+        if person is None:
+            # Real id and key are assigned when the chunk is written.
+            person = Person(-(len(picture.by_id) + 1), None, None, None, None, None, new=True)
+            picture.new.append(person)
+        elif not person.touched:
+            picture.changed.append(person)
+        person.touched = True
+        self._take(person, picture, row, new_mdn, carrier)
+        return None
+
+    @staticmethod
+    def _take(person: Person, picture: _Picture, row: _Row, new_mdn: str | None,
+              carrier: str | None) -> None:
+        """Give ``person`` the row's ids and values; a changed external or device id frees
+        the old one for a later row."""
+        if row.ext and row.ext != person.external_person_id:
+            Rules._move(person, picture, row.ext, person.external_person_id, picture.by_ext)
+            person.external_person_id = row.ext
+        if row.device and row.device != person.vibes_device_id:
+            Rules._move(person, picture, row.device, person.vibes_device_id, picture.by_device)
+            person.vibes_device_id = row.device
+        if new_mdn:
+            person.mdn, person.carrier = new_mdn, carrier
+            person.ids_changed = True
+        if row.custom:
+            person.patch.update(row.custom)
+        picture.add(person)
+
+
+class PersonsProcessor:
+    format = "persons"
+
+    def apply(self, ctx: ApplyContext) -> None:
+        with open_partner_file(ctx.path) as fh:
+            reader = open_persons(fh, ctx.settings.max_line_bytes)
+            ctx.columns = list(reader.fields)
+            ctx.warnings.extend(reader.warnings)
+            ctx.extra["delimiter"] = reader.delimiter
+            ctx.extra["multi_select_delimiter"] = reader.multi_select_delimiter
+            store = PersonsStore(ctx.conn, ctx.company.schema)
+            rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
+                          list_fields(ctx.conn, ctx.company.id), store.created_here)
+            with _Database(store) as db:
+                self._chunks(ctx, rules, db, reader.chunks(ctx.settings.chunk_size),
+                             lambda: fh.tell())
+
+    @staticmethod
+    def _chunks(ctx: ApplyContext, rules: Rules, db: _Database,
+                chunks: Iterator[list[Record]], position: Callable[[], int]) -> None:
+        """Each chunk: lookup, resolve, write, with the next chunk checked meanwhile.
+
+        The database thread runs lookup N, write N, lookup N+1, write N+1, … in that order,
+        so each lookup sees every earlier write; while it works, this thread checks the
+        records of the next chunk (no database needed) or resolves the current one, so
+        PostgreSQL and Python work at the same time.
+        """
+        rows = [rules.prepare(r) for r in next(chunks, [])]
+        found = db.lookup(rules.ids(rows)) if rows else None
+        while found is not None:
+            try:
+                following = [rules.prepare(r) for r in next(chunks, [])]
+                unreadable: Exception | None = None
+            except Exception as e:  # the file fails there, after the rows before it
+                following, unreadable = [], e
+            start = 0
+            while True:
+                start = PersonsProcessor._resolve(ctx, rules, db, rows, start, found.result())
+                if start == len(rows):
+                    break
+                found = db.lookup(rules.ids(rows[start:]))
+            if unreadable is not None:
+                raise unreadable
+            found = db.lookup(rules.ids(following)) if following else None
+            rows = following
+            ctx.progress.advance(ctx.results.rows, position())
+
+    @staticmethod
+    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, rows: list[_Row],
+                 start: int, stored: list[Person]) -> int:
+        """Resolve ``rows[start:]`` against the people their lookup found, and queue the
+        outcome's write.
+
+        Returns where it stopped: before a row naming a person_id that a person created by
+        an earlier row of the same lookup may have (ids are given at write time). The rest
+        then goes on after that write, so the row finds that person as it would had each
+        row been applied alone.
+        """
+        results = ctx.results
+        picture = _Picture(stored)
+        rest = rows[start:] if start else rows
+        wanted = rules.new_mdns(rest, picture)
+        lookups = lookup_carriers(ctx, wanted) if wanted else {}
+        next_id: int | None = None
+        stop = len(rows)
+        for i in range(start, len(rows)):
+            row = rows[i]
+            if row.error is None and row.by == "person_id" and picture.new \
+                    and row.ident not in picture.by_id:
+                next_id = db.next_id() if next_id is None else next_id
+                if row.ident >= next_id:
+                    stop = i
+                    break
+            error = row.error or rules.resolve(row, picture, lookups)
+            if error is None:
+                results.accept(row.record.number, row.record.values)
+            else:
+                results.reject(row.record.number, error, row.record.values)
+        if picture.changed or picture.new:
+            db.write(picture.changed, picture.new, picture.handoff)
+        return stop
+
+
+class _Database:
+    """The file's connection, used by one thread of its own, in the order asked.
+
+    After a failure nothing more is sent (the transaction is lost anyway) and every later
+    result raises that first error. Row results are stored by this thread meanwhile
+    (``RowResults`` flushes on the same connection); psycopg serialises the two threads'
+    statements on the connection's lock, and their order does not matter.
+    """
+
+    def __init__(self, store: PersonsStore) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persons-db")
+        self.last: Future[Any] | None = None
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> _Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The caller commits or rolls back next: nothing may still be running then.
+        self.pool.shutdown(wait=True)
+        if exc[0] is None and self.error is not None:
+            raise self.error
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        def task() -> Any:
+            if self.error is not None:
+                raise self.error
+            try:
+                return fn(*args)
+            except BaseException as e:
+                self.error = e
+                raise
+        self.last = self.pool.submit(task)
+        return self.last
+
+    def lookup(self, ids: Ids) -> Future[list[Person]]:
+        return self._run(self.store.lookup, ids)
+
+    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
+        self._run(self.store.write, changed, new, handoff)
+
+    def next_id(self) -> int:
+        value: int = self._run(self.store.next_id).result()
+        return value

@@ -1,0 +1,195 @@
+"""All SQL of a company's persons tables (``persons_base``, ``persons_custom``).
+
+Company migration 0003 explains the split: ids, carrier and the custom fields a person was
+created with in ``persons_base``; the custom fields changed since in ``persons_custom``
+(merged over those; no row: no change). Per chunk the applier calls ``lookup``
+once, then ``write`` once with the people its rows created or changed.
+
+* Creates: ids from the sequence in one query, time-ordered (version 7) person keys made
+  here (random keys would scatter inserts over the whole key index), then one COPY into
+  ``persons_base``, custom fields included: a new person is one row in one table.
+* Updates: set-based statements over the chunk's changes, sent as one JSON parameter. A
+  changed custom field rewrites only the person's ``persons_custom`` row, merged in SQL
+  (``custom || patch``), so the old values are never read or re-encoded (a person's first
+  change is a row COPYed in);
+  ``persons_base`` is written only for people whose ids or carrier changed.
+* The ids' unique indexes are checked row by row. When a chunk hands an id from one
+  existing person to another, every changed id of the chunk is first set to NULL, then to
+  its final value, so no order of the rows within the statement can trip the index.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+_MAX_ID = (1 << 63) - 1
+_BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
+         "custom")
+
+
+@dataclass(slots=True)
+class Person:
+    """One person as a chunk sees it; ``patch`` holds the custom fields its rows set."""
+
+    person_id: int  # negative (a placeholder) for a person created in this chunk
+    person_key: str | None  # None until a new person is written
+    external_person_id: str | None
+    mdn: str | None
+    vibes_device_id: str | None
+    carrier: str | None
+    has_custom: bool = False  # a persons_custom row exists
+    new: bool = False
+    touched: bool = False  # a row of this chunk accepted it
+    ids_changed: bool = False  # an id or the carrier differs from the stored row
+    patch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ids:
+    """Every id a chunk's rows name, by kind."""
+
+    person_ids: set[int] = field(default_factory=set)
+    person_keys: set[str] = field(default_factory=set)
+    external_ids: set[str] = field(default_factory=set)
+    mdns: set[str] = field(default_factory=set)
+    device_ids: set[str] = field(default_factory=set)
+
+
+class PersonsStore:
+    def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
+        self.conn = conn
+        self.base = sql.Identifier(schema, "persons_base")
+        self.custom = sql.Identifier(schema, "persons_custom")
+        # Whether the person has a persons_custom row comes along: a change then is an
+        # UPDATE of it, else a row to COPY in.
+        self._select = sql.SQL(
+            "SELECT b.person_id, b.person_key::text, b.external_person_id, b.mdn,"
+            " b.vibes_device_id, b.carrier, c.person_id IS NOT NULL FROM {t} b"
+            " LEFT JOIN {c} c USING (person_id) WHERE b.").format(t=self.base, c=self.custom)
+        columns = sql.SQL(", ").join(map(sql.Identifier, _BASE))
+        self._copy_base = sql.SQL("COPY {t} ({c}) FROM STDIN").format(t=self.base, c=columns)
+        # A chunk's changes go as one JSON array parameter: one C-encoded string, no temp
+        # table, no per-row encoding calls.
+        changes = sql.SQL(
+            "(SELECT (e->>0)::bigint AS person_id, e->>1 AS external_person_id, e->>2 AS mdn,"
+            " e->>3 AS vibes_device_id, e->>4 AS carrier FROM jsonb_array_elements(%s) e)")
+        self._update_ids = sql.SQL(
+            "UPDATE {t} p SET external_person_id = u.external_person_id, mdn = u.mdn,"
+            " vibes_device_id = u.vibes_device_id, carrier = u.carrier, updated_at = now()"
+            " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
+        self._free_ids = sql.SQL(
+            "UPDATE {t} p SET external_person_id = NULL, vibes_device_id = NULL"
+            " FROM {u} u WHERE p.person_id = u.person_id").format(t=self.base, u=changes)
+        self._update_custom = sql.SQL(
+            "UPDATE {c} c SET custom = c.custom || u.patch, updated_at = now()"
+            " FROM (SELECT (e->>0)::bigint AS person_id, e->1 AS patch"
+            " FROM jsonb_array_elements(%s) e) u WHERE c.person_id = u.person_id"
+        ).format(c=self.custom)
+        self._copy_custom = sql.SQL("COPY {c} (person_id, custom) FROM STDIN").format(
+            c=self.custom)
+        sequence = sql.Identifier(schema, "persons_person_id_seq")
+        self._next_id = sql.SQL(
+            "SELECT last_value + is_called::int FROM {s}").format(s=sequence)
+        # The ids this store gave to new people, as (first, last) ranges: what tells a
+        # person an earlier row of the file created, in a few pairs however many people.
+        self.created: list[tuple[int, int]] = []
+        self._sequence = sql.SQL(
+            "SELECT nextval({s}::regclass) FROM generate_series(1, %s)").format(
+                s=sql.Literal(sequence.as_string(conn)))
+
+    def lookup(self, ids: Ids) -> list[Person]:
+        """Every stored person any of ``ids`` names (custom fields are not read)."""
+        # One index scan per kind of id the chunk has, unioned (an OR of ANYs would scan
+        # the table); each list goes as a JSON array, one C-encoded string.
+        parts, params = [], []
+        for column, cast, values in (("person_id", "::bigint[]", ids.person_ids),
+                                     ("person_key", "::uuid[]", ids.person_keys),
+                                     ("external_person_id", "", ids.external_ids),
+                                     ("mdn", "", ids.mdns),
+                                     ("vibes_device_id", "", ids.device_ids)):
+            if values:
+                parts.append(self._select + sql.SQL(
+                    "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)){cast})").format(
+                        c=sql.Identifier(column), cast=sql.SQL(cast)))
+                params.append(orjson.dumps(list(values)).decode())
+        if not parts:
+            return []
+        rows = self.conn.execute(sql.SQL(" UNION ").join(parts), params)
+        return [Person(*row) for row in rows]
+
+    def next_id(self) -> int:
+        """The person_id the next new person gets, if nobody else creates one first."""
+        row = self.conn.execute(self._next_id).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def created_here(self, person_id: int) -> bool:
+        """Whether ``write`` created the person with this id."""
+        i = bisect.bisect_right(self.created, (person_id, _MAX_ID)) - 1
+        return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
+
+    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
+        """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``."""
+        # A row that repeats what is stored changes nothing, so nothing is written for it.
+        changed = [p for p in changed if p.ids_changed or p.patch]
+        # Updates first: they may free an external or device id that a new person takes.
+        if changed:
+            self._update(changed, handoff)
+        if new:
+            self._create(new)
+
+    def _update(self, changed: list[Person], handoff: bool) -> None:
+        ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
+               for p in changed if p.ids_changed]
+        if ids:
+            param = (orjson.dumps(ids).decode(),)
+            if handoff:
+                self.conn.execute(self._free_ids, param)
+            self.conn.execute(self._update_ids, param)
+        patches = [(p.person_id, p.patch) for p in changed if p.patch and p.has_custom]
+        if patches:
+            self.conn.execute(self._update_custom, (orjson.dumps(patches).decode(),))
+        if any(p.patch and not p.has_custom for p in changed):
+            with self.conn.cursor() as cur, cur.copy(self._copy_custom) as copy:
+                for p in changed:
+                    if p.patch and not p.has_custom:
+                        copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
+
+    def _create(self, new: list[Person]) -> None:
+        ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
+        for p, pid, key in zip(new, ids, person_keys(len(new)), strict=True):
+            p.person_id, p.person_key = pid, key
+        for pid in ids:
+            if self.created and self.created[-1][1] == pid - 1:
+                self.created[-1] = (self.created[-1][0], pid)
+            else:
+                self.created.append((pid, pid))
+        with self.conn.cursor() as cur, cur.copy(self._copy_base) as copy:
+            for p in new:
+                copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
+                                p.vibes_device_id, p.carrier,
+                                orjson.dumps(p.patch).decode() if p.patch else "{}"))
+
+
+def person_keys(n: int) -> Iterator[str]:
+    """``n`` distinct version 7 UUIDs (RFC 9562): the time in ms, then a counter.
+
+    The 74 bits after the time start at a random value with room to count (method 1 of
+    RFC 9562 section 6.2), so keys of one batch are consecutive and later batches sort
+    after earlier ones: inserts land at the right edge of the key index.
+    """
+    ms = time.time_ns() // 1_000_000
+    start = int.from_bytes(os.urandom(8))  # 64 random bits under a 74-bit counter
+    for counter in range(start, start + n):
+        rand_a, rand_b = counter >> 62, counter & ((1 << 62) - 1)
+        h = f"{(ms << 80) | (7 << 76) | (rand_a << 64) | (2 << 62) | rand_b:032x}"
+        yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
