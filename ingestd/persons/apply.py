@@ -321,6 +321,7 @@ class PersonsProcessor:
         PostgreSQL and Python work at the same time.
         """
         rows = [rules.prepare(r) for r in next(chunks, [])]
+        read_to = position()  # progress counts the bytes of the rows done, not read ahead
         found = db.lookup(rules.ids(rows)) if rows else None
         while found is not None:
             try:
@@ -328,6 +329,7 @@ class PersonsProcessor:
                 unreadable: Exception | None = None
             except Exception as e:  # the file fails there, after the rows before it
                 following, unreadable = [], e
+            following_read_to = position()
             start = 0
             while True:
                 start = PersonsProcessor._resolve(ctx, rules, db, rows, start, found.result())
@@ -337,8 +339,8 @@ class PersonsProcessor:
             if unreadable is not None:
                 raise unreadable
             found = db.lookup(rules.ids(following)) if following else None
-            rows = following
-            ctx.progress.advance(ctx.results.rows, position())
+            ctx.progress.advance(ctx.results.rows, read_to)
+            rows, read_to = following, following_read_to
 
     @staticmethod
     def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, rows: list[_Row],
