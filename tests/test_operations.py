@@ -254,16 +254,6 @@ def test_metrics_after_a_file(tmp_path: Path, landing: Path, db_url: str,
 # -- 3. health follows the database -----------------------------------------------------------
 
 
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_healthz_follows_the_database(tmp_path: Path, landing: Path,
                                       own_postgres: EmbeddedPostgres,
                                       daemons: list[Daemon]) -> None:
