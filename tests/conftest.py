@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from daemon_helpers import DEFAULT_TIMEOUT, Daemon, StartDaemon, base_env
+from notify_socket import NotifySocket
 from psycopg.conninfo import make_conninfo
 
 from ingestd.db import migrations
@@ -112,6 +113,27 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 # -- the daemon as a subprocess (tests/daemon_helpers.py) -----------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts itself; killed (by pid, our own children only) if still running."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """systemd's notify socket, at ``notify.path`` in the test's folder."""
+    path = tmp_path / "notify.sock"
+    assert len(str(path)) < 100, "unix socket path too long for sun_path"
+    sock = NotifySocket(path)
+    try:
+        yield sock
+    finally:
+        sock.close()
 
 
 @pytest.fixture
