@@ -151,12 +151,15 @@ class Tracker:
     def end(self, handle: Handle) -> None:
         with self._lock:
             self._handles.pop(handle.claim_id, None)
-        self._db(lambda conn: in_hand.delete(conn, handle.claim_id))
+        self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
         self._notify("end", handle)
+
+    def _owner(self, handle: Handle) -> in_hand.Owner:
+        return in_hand.Owner(self.host, self.pid, handle.started_at)
 
     def discard(self, claim_id: str) -> None:
         """Forget a claim's row left by a dead owner (recovery finishes the claim)."""
-        self._db(lambda conn: in_hand.delete(conn, claim_id))
+        self._db(lambda conn: in_hand.discard(conn, claim_id))
 
     @contextmanager
     def tracking(self, company: str, file: str, claim_id: str,
@@ -224,7 +227,8 @@ class Tracker:
         rows = []
         for h in handles:
             stuck = h.idle_s(now) > self.stuck_seconds
-            rows.append(in_hand.Progress(h.claim_id, h.rows_done, h.bytes_done, stuck))
+            rows.append(in_hand.Progress(h.claim_id, self._owner(h), h.rows_done, h.bytes_done,
+                                         stuck))
             if self._log_lines and h.elapsed_s(now) >= self.progress_seconds:
                 rows_per_s, eta = h.rates(now)
                 log.info("file.progress", company=h.company, file=h.file, claim=h.claim_id,

@@ -3,14 +3,17 @@ shared by every test that needs one.
 
 ``script[mdn]`` is a list of steps, one per call, the last repeating: an HTTP status (200
 answers ``{"carrier": "TestTel"}``), raw bytes (200 with that body), or ``HANG`` (answer
-nothing until the test ends). A number without a script gets ``default`` (found).
-With ``strict``, a request off the contract (path, query, Accept header) is answered 400
-and recorded in ``bad_requests``.
+found once the test sets ``release``, or at its end). A number without a script gets
+``default`` (found). Every answer waits ``delay`` seconds first; ``arrived`` is set by the
+first request and ``times(mdn)`` are the requests' arrivals. With ``strict``, a request
+off the contract (path, query, Accept header) is answered 400 and recorded in
+``bad_requests``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 HANG = "hang"
+HOLD_SECONDS = 120.0  # a HANG answers by then even if nobody releases it
 Step = int | bytes | str
 CARRIER = "TestTel"
 
@@ -35,6 +39,9 @@ class CarrierServer:
         self.calls: Counter[str] = Counter()
         self.queries: list[dict[str, list[str]]] = []
         self.bad_requests: list[str] = []
+        self.arrivals: list[tuple[float, str]] = []  # (monotonic at arrival, mdn)
+        self.arrived = threading.Event()
+        self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
         self.barrier: threading.Barrier | None = None
@@ -50,8 +57,14 @@ class CarrierServer:
             self.cond.wait_for(lambda: self.calls[mdn] >= n, timeout=10)
             return self.calls[mdn]
 
+    def times(self, mdn: str) -> list[float]:
+        with self.cond:
+            return [t for t, m in self.arrivals if m == mdn]
+
     def _step(self, mdn: str) -> Step:
         with self.cond:
+            self.arrivals.append((time.monotonic(), mdn))
+            self.arrived.set()
             index = self.calls[mdn]
             self.calls[mdn] += 1
             self.in_flight += 1
@@ -82,7 +95,8 @@ class CarrierServer:
                 if server.barrier is not None:
                     server.barrier.wait(timeout=10)
                 if step == HANG:
-                    server.release.wait(timeout=30)
+                    server.release.wait(timeout=HOLD_SECONDS)
+                time.sleep(server.delay)
                 # Leave in-flight before answering: the client frees its slot only after it
                 # has read the answer, so the server's count never exceeds the client's.
                 with server.cond:

@@ -9,6 +9,7 @@ start clean and fast.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from daemon_helpers import DEFAULT_TIMEOUT, Daemon, StartDaemon, base_env
+from notify_socket import NotifySocket
 from psycopg.conninfo import make_conninfo
 
 from ingestd.db import migrations
@@ -96,3 +99,67 @@ def landing(tmp_path: Path) -> Path:
     root = tmp_path / "landing"
     root.mkdir()
     return root
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of this test's own, to stop and start at will."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the daemon as a subprocess (tests/daemon_helpers.py) -----------------------------------
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts itself; killed (by pid, our own children only) if still running."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    """systemd's notify socket, at ``notify.path`` in the test's folder."""
+    path = tmp_path / "notify.sock"
+    assert len(str(path)) < 100, "unix socket path too long for sun_path"
+    sock = NotifySocket(path)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment of this test's daemons and CLI runs; a module may override it."""
+    return base_env(db_url, landing, tmp_path / "state")
+
+
+@pytest.fixture
+def start_timeout() -> float:
+    """How long ``start_daemon`` waits for ``daemon.started``; a module may override it."""
+    return DEFAULT_TIMEOUT
+
+
+@pytest.fixture
+def start_daemon(env: dict[str, str], start_timeout: float) -> Iterator[StartDaemon]:
+    """Start a daemon (env overrides as keyword arguments); any left running is killed."""
+    started: list[Daemon] = []
+
+    def start(wait_started: bool = True, **overrides: str) -> Daemon:
+        d = Daemon({**env, **overrides})
+        started.append(d)
+        return d.start(wait_started=wait_started, timeout=start_timeout)
+
+    yield start
+    for d in started:
+        if d.alive() and d.proc is not None:
+            d.proc.send_signal(signal.SIGCONT)  # a test may have left it stopped (SIGSTOP)
+        d.kill()

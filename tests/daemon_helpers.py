@@ -207,6 +207,10 @@ class Daemon:
         return "--- daemon log tail ---\n" + out
 
 
+# ``start_daemon(wait_started=True, **env_overrides)``: the fixture in tests/conftest.py.
+StartDaemon = Callable[..., Daemon]
+
+
 # -- companies, files, database --------------------------------------------------------
 
 NOTE_FIELD = [FieldDefinition(name="note", type="string")]

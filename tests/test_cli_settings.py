@@ -14,13 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+from carrier_server import HANG, CarrierServer, serving
 from daemon_helpers import (
     ROOT,
     Daemon,
@@ -261,48 +259,11 @@ def test_ingest_from_elsewhere_names_the_file_as_dropped(db_url: str, landing: P
 
 # -- item 6: a second Ctrl-C -----------------------------------------------------------------
 
-class HeldCarrier:
-    """A carrier service that holds every request until ``release``: a file in hand."""
-
-    def __init__(self) -> None:
-        self.arrived = threading.Event()
-        self.released = threading.Event()
-        held = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                held.arrived.set()
-                held.released.wait(TIMEOUT)
-                body = b'{"carrier": "TestTel"}'
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the client is gone: that is the test
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lookup"
-
-
 @pytest.fixture
-def carrier() -> Iterator[HeldCarrier]:
-    c = HeldCarrier()
-    thread = threading.Thread(target=c.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield c
-    finally:
-        c.released.set()
-        c.httpd.shutdown()
-        c.httpd.server_close()
-        thread.join()
+def carrier(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
+    """A carrier service that holds every request until ``release``: a file in hand."""
+    with serving(monkeypatch, default=[HANG]) as srv:
+        yield srv
 
 
 SECOND_INTERRUPT = "second interrupt: stopping now"
@@ -311,7 +272,7 @@ NEW_PEOPLE = "mdn,external_person_id\n2295551234,e1\n2295551235,e2\n"
 RECOVERED = "roll back and are recovered at the next start"
 
 
-def held_env(db_url: str, landing: Path, tmp_path: Path, carrier: HeldCarrier) -> dict[str, str]:
+def held_env(db_url: str, landing: Path, tmp_path: Path, carrier: CarrierServer) -> dict[str, str]:
     # Without the second Ctrl-C, the daemon would wait stop_timeout and a lookup its
     # carrier_timeout: both far beyond the test's deadline.
     return base_env(db_url, landing, tmp_path / "state", INGESTD_CARRIER_MODE="http",
@@ -321,8 +282,8 @@ def held_env(db_url: str, landing: Path, tmp_path: Path, carrier: HeldCarrier) -
 
 
 def assert_applied_once_after_restart(env: dict[str, str], db_url: str, landing: Path,
-                                      carrier: HeldCarrier, daemons: list[Daemon]) -> None:
-    carrier.released.set()
+                                      carrier: CarrierServer, daemons: list[Daemon]) -> None:
+    carrier.release.set()
     d = Daemon(env)
     daemons.append(d)
     d.start(timeout=TIMEOUT)
@@ -336,16 +297,8 @@ def assert_applied_once_after_restart(env: dict[str, str], db_url: str, landing:
     assert listing(dirs / ".processing") == []
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def test_second_sigint_stops_the_daemon_at_once(db_url: str, landing: Path, tmp_path: Path,
-                                                carrier: HeldCarrier,
+                                                carrier: CarrierServer,
                                                 daemons: list[Daemon]) -> None:
     env = held_env(db_url, landing, tmp_path, carrier)
     dirs = setup_company(db_url, landing, "acme")
@@ -368,7 +321,7 @@ def test_second_sigint_stops_the_daemon_at_once(db_url: str, landing: Path, tmp_
 
 
 def test_second_sigint_stops_ingest_at_once(db_url: str, landing: Path, tmp_path: Path,
-                                            carrier: HeldCarrier,
+                                            carrier: CarrierServer,
                                             daemons: list[Daemon]) -> None:
     env = held_env(db_url, landing, tmp_path, carrier)
     setup_company(db_url, landing, "acme")

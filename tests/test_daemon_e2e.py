@@ -19,7 +19,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 from daemon_helpers import (
     NOTE_FIELD,
     Daemon,
-    base_env,
+    StartDaemon,
     drop,
     entries,
     ledger,
@@ -52,29 +52,6 @@ MDN_MESSAGE = "The mdn is incorrectly formatted. It should be an E.164 mdn."
 RESULT_KEYS = {"status", "format", "company", "file", "sha256", "rows", "accepted",
                "rejected", "rejected_by_class", "started_at", "finished_at", "duration_s",
                "warnings"}
-
-StartDaemon = Callable[..., Daemon]
-
-
-@pytest.fixture
-def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
-    return base_env(db_url, landing, tmp_path / "state")
-
-
-@pytest.fixture
-def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
-    """Start a daemon (env overrides as keyword arguments); any left running is killed."""
-    started: list[Daemon] = []
-
-    def start(wait_started: bool = True, **overrides: str) -> Daemon:
-        d = Daemon({**env, **overrides})
-        started.append(d)
-        return d.start(wait_started=wait_started)
-
-    yield start
-    for d in started:
-        d.kill()
-
 
 def stop_cleanly(d: Daemon) -> None:
     """SIGTERM → exit 0, and nothing logged at error level on the way."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,30 +29,13 @@ from daemon_helpers import (
     setup_company,
     wait_for,
 )
+from notify_socket import NotifySocket
 from pg_proxy import Proxy, free_port, unix_socket_of
 from psycopg.conninfo import conninfo_to_dict
-from test_operations import NotifySocket
 
 TIMEOUT = 60.0
 PASSWORD = "s3cret-pw"
 PERSONS_GOOD = "mdn,external_person_id\n2295551299,e9\n"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    path = tmp_path / "notify.sock"
-    assert len(str(path)) < 100, "unix socket path too long for sun_path"
-    sock = NotifySocket(path)
-    yield sock
-    sock.close()
 
 
 def via_port(db_url: str, port: int) -> str:

@@ -13,7 +13,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from daemon_helpers import (
     NOTE_FIELD,
     Daemon,
+    StartDaemon,
     base_env,
     drop,
     entries,
@@ -37,8 +38,6 @@ from ingestd.landing import CompanyDirs
 LEASE = "2"  # seconds: small, so a pause of three leases is short
 TIMEOUT = 240.0  # the machine is shared and loaded: generous deadlines
 
-StartDaemon = Callable[..., Daemon]
-
 
 @pytest.fixture
 def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
@@ -47,19 +46,8 @@ def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
-    started: list[Daemon] = []
-
-    def start(wait_started: bool = True, **overrides: str) -> Daemon:
-        d = Daemon({**env, **overrides})
-        started.append(d)
-        return d.start(wait_started=wait_started, timeout=120)
-
-    yield start
-    for d in started:
-        if d.alive() and d.proc is not None:
-            d.proc.send_signal(signal.SIGCONT)  # a stopped process cannot die of SIGKILL late
-        d.kill()
+def start_timeout() -> float:
+    return 120.0
 
 
 def stopped(d: Daemon) -> bool:

@@ -18,14 +18,14 @@ import io
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon_helpers import (
     NOTE_FIELD,
     Daemon,
-    base_env,
+    StartDaemon,
     drop,
     entries,
     ledger,
@@ -39,29 +39,8 @@ from ingestd import errors, partner_files
 from ingestd.contacts.reader import COLUMNS
 from ingestd.partner_files import NotARegularFile, open_partner_file
 
-StartDaemon = Callable[..., Daemon]
-
 SECRET = "s3cr3t-db-password-0xC0FFEE"
 GOOD_PERSONS = "external_person_id,note\ng1,fine\n"
-
-
-@pytest.fixture
-def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
-    return base_env(db_url, landing, tmp_path / "state")
-
-
-@pytest.fixture
-def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
-    started: list[Daemon] = []
-
-    def start(**overrides: str) -> Daemon:
-        d = Daemon({**env, **overrides})
-        started.append(d)
-        return d.start()
-
-    yield start
-    for d in started:
-        d.kill()
 
 
 def contacts_csv(code: str) -> str:

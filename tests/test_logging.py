@@ -13,11 +13,9 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from daemon_helpers import ROOT, Daemon, base_env, drop, is_finished, setup_company, wait_for
 from pg_proxy import Proxy, free_port, unix_socket_of
 from psycopg.conninfo import conninfo_to_dict
@@ -28,14 +26,6 @@ TIMEOUT = 60.0
 PERSONS_GOOD = "mdn,external_person_id\n2295551299,e9\n"
 PERSONS_ONE_BAD = "mdn,external_person_id\n2295551234,e1\nabc,e2\n"
 KEYS = {"event", "level", "logger", "timestamp"}
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def parsed_lines(text: str) -> list[dict[str, Any]]:

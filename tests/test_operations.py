@@ -17,11 +17,10 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from daemon_helpers import (
     setup_company,
     wait_for,
 )
+from notify_socket import NotifySocket
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
@@ -54,15 +54,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Daemons started by a test; killed (by pid, our own children only) if still running."""
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def start_daemon(daemons: list[Daemon], env: dict[str, str], wait_started: bool = True) -> Daemon:
@@ -123,87 +114,44 @@ def schema_exists(db_url: str, schema: str) -> bool:
     return row is not None and row[0] == 1
 
 
-class NotifySocket:
-    """A bound AF_UNIX/SOCK_DGRAM socket standing in for systemd; collects datagrams."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, list[str]]] = []  # (monotonic, lines)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._recv, daemon=True, name="notify-recv")
-        self._thread.start()
-
-    def _recv(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append((time.monotonic(), data.decode().split("\n")))
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return [line for _, msg in self.messages for line in msg]
-
-    def count(self, line: str) -> int:
-        return self.lines().count(line)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
 # -- 1. sd_notify ----------------------------------------------------------------------------
 
 
 def test_sd_notify_ready_watchdog_status_stopping(
-        tmp_path: Path, landing: Path, fresh_db_url: str, daemons: list[Daemon]) -> None:
-    sock_path = tmp_path / "notify.sock"
-    assert len(str(sock_path)) < 100, "unix socket path too long for sun_path"
-    notify = NotifySocket(sock_path)
-    try:
-        env = base_env(fresh_db_url, landing, tmp_path / "state",
-                       NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
-        env.pop("WATCHDOG_PID", None)
-        assert not schema_exists(fresh_db_url, "ingestd")  # the daemon has to migrate
-        d = start_daemon(daemons, env, wait_started=False)
+        tmp_path: Path, landing: Path, fresh_db_url: str, daemons: list[Daemon],
+        notify: NotifySocket) -> None:
+    env = base_env(fresh_db_url, landing, tmp_path / "state",
+                   NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="1000000")
+    env.pop("WATCHDOG_PID", None)
+    assert not schema_exists(fresh_db_url, "ingestd")  # the daemon has to migrate
+    d = start_daemon(daemons, env, wait_started=False)
 
-        def ready_seen() -> bool:
-            if not d.alive():
-                raise AssertionError(f"daemon exited ({d.returncode})\n{d.tail()}")
-            return notify.count("READY=1") >= 1
-        wait_for(ready_seen, TIMEOUT, what="READY=1", context=d.tail)
-        # READY=1 promises the database is set up: the migrations have committed by now.
-        assert schema_exists(fresh_db_url, "ingestd")
-        assert notify.lines().index("READY=1") == 0, notify.lines()  # nothing before READY
+    def ready_seen() -> bool:
+        if not d.alive():
+            raise AssertionError(f"daemon exited ({d.returncode})\n{d.tail()}")
+        return notify.count("READY=1") >= 1
+    wait_for(ready_seen, TIMEOUT, what="READY=1", context=d.tail)
+    # READY=1 promises the database is set up: the migrations have committed by now.
+    assert schema_exists(fresh_db_url, "ingestd")
+    assert notify.lines().index("READY=1") == 0, notify.lines()  # nothing before READY
 
-        wait_for(lambda: notify.count("WATCHDOG=1") >= 2, TIMEOUT,
-                 what="two WATCHDOG=1 pings", context=d.tail)
-        wait_for(lambda: any(line.startswith("STATUS=") for line in notify.lines()), TIMEOUT,
-                 what="a STATUS= line", context=d.tail)
-        status = next(line for line in notify.lines() if line.startswith("STATUS="))
-        assert len(status) > len("STATUS=") and "backlog" in status, status
-        assert "STOPPING=1" not in notify.lines()
+    wait_for(lambda: notify.count("WATCHDOG=1") >= 2, TIMEOUT,
+             what="two WATCHDOG=1 pings", context=d.tail)
+    wait_for(lambda: any(line.startswith("STATUS=") for line in notify.lines()), TIMEOUT,
+             what="a STATUS= line", context=d.tail)
+    status = next(line for line in notify.lines() if line.startswith("STATUS="))
+    assert len(status) > len("STATUS=") and "backlog" in status, status
+    assert "STOPPING=1" not in notify.lines()
 
-        code = d.stop(signal.SIGTERM, timeout=TIMEOUT)
-        assert code == 0, d.tail()
-        # The daemon has exited, so its last datagram is already in our socket's queue.
-        wait_for(lambda: notify.count("STOPPING=1") == 1, 5.0, what="STOPPING=1",
-                 context=d.tail)
-        lines = notify.lines()
-        assert lines.index("READY=1") < lines.index("STOPPING=1")
-        assert d.find("daemon.stopped")
-        assert not d.errors(), d.errors()
-    finally:
-        notify.close()
+    code = d.stop(signal.SIGTERM, timeout=TIMEOUT)
+    assert code == 0, d.tail()
+    # The daemon has exited, so its last datagram is already in our socket's queue.
+    wait_for(lambda: notify.count("STOPPING=1") == 1, 5.0, what="STOPPING=1",
+             context=d.tail)
+    lines = notify.lines()
+    assert lines.index("READY=1") < lines.index("STOPPING=1")
+    assert d.find("daemon.stopped")
+    assert not d.errors(), d.errors()
 
 
 # -- 2. metrics ------------------------------------------------------------------------------
@@ -252,16 +200,6 @@ def test_metrics_after_a_file(tmp_path: Path, landing: Path, db_url: str,
 
 
 # -- 3. health follows the database -----------------------------------------------------------
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_healthz_follows_the_database(tmp_path: Path, landing: Path,

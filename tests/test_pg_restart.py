@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -39,16 +38,6 @@ from ingestd.db.embedded import EmbeddedPostgres
 TIMEOUT = 120.0
 ROWS = 20_000
 CHUNK = "25"  # 800 chunks: a few seconds inside one transaction, even on a fast machine
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def in_transaction_with_writes(admin_url: str, dbname: str) -> bool:

@@ -27,11 +27,11 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from carrier_server import HANG, CarrierServer, serving
 from daemon_helpers import (
     ROOT,
     Daemon,
@@ -44,6 +44,7 @@ from daemon_helpers import (
     setup_company,
     wait_for,
 )
+from notify_socket import NotifySocket
 
 TIMEOUT = 60.0
 PROGRESS_KEYS = {"company", "file", "rows_done", "bytes_done", "bytes_total", "rows_per_s",
@@ -66,76 +67,13 @@ def e164(i: int) -> str:
 # -- a carrier service the test controls -------------------------------------------------
 
 
-class Carrier:
-    """Answers ``{"carrier": "TestTel"}`` after ``delay`` seconds; numbers in ``held`` wait
-    for ``release``, and so does request number ``hold_at[mdn]`` (from 0) of a number;
-    ``fail_first[mdn]`` answers 503 that many times first."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.held: set[str] = set()
-        self.release = threading.Event()
-        self.fail_first: dict[str, int] = {}
-        self.hold_at: dict[str, int] = {}
-        self.requests: list[tuple[float, str]] = []  # (monotonic at arrival, mdn)
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lookup"
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        carrier = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                number = query.get("mdn", [""])[0]
-                with carrier.lock:
-                    seen = sum(1 for _, m in carrier.requests if m == number)
-                    carrier.requests.append((time.monotonic(), number))
-                if number in carrier.held or carrier.hold_at.get(number) == seen:
-                    carrier.release.wait(TIMEOUT)
-                time.sleep(carrier.delay)
-                failing = seen < carrier.fail_first.get(number, 0)
-                status, body = (503, b'{"error": "busy"}') if failing else (
-                    200, b'{"carrier": "TestTel"}')
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def times(self, number: str) -> list[float]:
-        with self.lock:
-            return [t for t, m in self.requests if m == number]
-
-
 @pytest.fixture
-def carrier(monkeypatch: pytest.MonkeyPatch) -> Iterator[Carrier]:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = Carrier()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                              daemon=True)
-    thread.start()
-    try:
+def carrier(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
+    with serving(monkeypatch) as srv:
         yield srv
-    finally:
-        srv.release.set()
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
-        thread.join()
 
 
-def carrier_env(srv: Carrier, **extra: str) -> dict[str, str]:
+def carrier_env(srv: CarrierServer, **extra: str) -> dict[str, str]:
     return {"INGESTD_CARRIER_MODE": "http", "INGESTD_CARRIER_URL": srv.url,
             "INGESTD_CARRIER_TIMEOUT": "120", **extra}
 
@@ -143,66 +81,8 @@ def carrier_env(srv: Carrier, **extra: str) -> dict[str, str]:
 # -- systemd's notify socket -------------------------------------------------------------
 
 
-class NotifySocket:
-    """A bound AF_UNIX/SOCK_DGRAM socket standing in for systemd; keeps (time, line)."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.received: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._recv, daemon=True, name="notify-recv")
-        self._thread.start()
-
-    def _recv(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            now = time.monotonic()
-            with self._lock:
-                self.received += [(now, line) for line in data.decode().split("\n")]
-
-    def times(self, line: str) -> list[float]:
-        with self._lock:
-            return [t for t, seen in self.received if seen == line]
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return [seen for _, seen in self.received]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    path = tmp_path / "notify.sock"
-    assert len(str(path)) < 100, "unix socket path too long for sun_path"
-    sock = NotifySocket(path)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
 def notify_env(sock_path: Path, watchdog_usec: int) -> dict[str, str]:
     return {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(watchdog_usec)}
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()  # our own child, by pid
 
 
 def start(daemons: list[Daemon], env: dict[str, str]) -> Daemon:
@@ -230,12 +110,13 @@ def free_port() -> int:
 
 
 def test_progress_lines_and_status_while_in_hand(tmp_path: Path, landing: Path, db_url: str,
-                                                 carrier: Carrier,
+                                                 carrier: CarrierServer,
                                                  daemons: list[Daemon]) -> None:
     dirs = setup_company(db_url, landing, "acme")
     rows = 20
     carrier.delay = 0.2  # each chunk of 2 new numbers takes at least that long
-    carrier.held = {e164(rows - 2), e164(rows - 1)}  # the last chunk waits for the test
+    for last in (e164(rows - 2), e164(rows - 1)):  # the last chunk waits for the test
+        carrier.script[last] = [HANG]
     content = persons(rows)
     env = base_env(db_url, landing, tmp_path / "state", INGESTD_CHUNK_SIZE="2",
                    INGESTD_PROGRESS_SECONDS="0.2", **carrier_env(carrier))
@@ -330,13 +211,14 @@ def test_wedged_worker_stops_the_watchdog_and_is_named(tmp_path: Path, landing: 
 
 
 def test_long_carrier_retry_loop_of_short_waits_is_not_stuck(
-        tmp_path: Path, landing: Path, db_url: str, carrier: Carrier, notify: NotifySocket,
+        tmp_path: Path, landing: Path, db_url: str, carrier: CarrierServer, notify: NotifySocket,
         daemons: list[Daemon]) -> None:
     dirs = setup_company(db_url, landing, "acme")
     stuck_seconds = 1.5
     carrier.delay = 0.3
-    carrier.fail_first = {e164(0): 8}  # 8 x 503 then found: 9 answers of 0.3 s each
-    carrier.hold_at = {e164(0): 8}  # the last one waits until the test has looked
+    # 8 x 503 then found: 9 answers of 0.3 s each; the last one waits until the test
+    # has looked.
+    carrier.script[e164(0)] = [503] * 8 + [HANG]
     env = base_env(db_url, landing, tmp_path / "state",
                    INGESTD_STUCK_SECONDS=str(stuck_seconds), INGESTD_PROGRESS_SECONDS="0.2",
                    INGESTD_CARRIER_MAX_ATTEMPTS="12", INGESTD_CARRIER_MAX_WAIT="120",
@@ -403,7 +285,7 @@ def test_status_last_error_is_the_last_failed_file(tmp_path: Path, landing: Path
 
 
 def test_ingest_off_a_terminal_prints_progress_lines(tmp_path: Path, landing: Path,
-                                                     db_url: str, carrier: Carrier) -> None:
+                                                     db_url: str, carrier: CarrierServer) -> None:
     dirs = setup_company(db_url, landing, "acme")
     carrier.delay = 0.2
     source = tmp_path / "slow.persons"

@@ -11,7 +11,6 @@ import re
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +88,6 @@ def run_quickstart(repo: Path, daemons: list[Daemon]) -> dict[str, dict[str, Any
              what="the sample in done/", context=d.tail)
     assert d.stop(signal.SIGINT, timeout=TIMEOUT) == 0, d.tail()
     return {n: json.loads((done / f"{n}.result.json").read_text()) for n in SAMPLE}
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def counts(results: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:

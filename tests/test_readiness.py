@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, base_env, is_finished, result_json, setup_company, wait_for
+from daemon_helpers import (
+    Daemon,
+    StartDaemon,
+    base_env,
+    is_finished,
+    result_json,
+    setup_company,
+    wait_for,
+)
 
 from ingestd.landing import CompanyDirs
 
 SETTLE = 1.0
 TIMEOUT = 90.0
-
-StartDaemon = Callable[..., Daemon]
 
 
 def rows(first: int, n: int) -> str:
@@ -43,17 +48,8 @@ def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
-    started: list[Daemon] = []
-
-    def start(**overrides: str) -> Daemon:
-        d = Daemon({**env, **overrides})
-        started.append(d)
-        return d.start(timeout=TIMEOUT)
-
-    yield start
-    for d in started:
-        d.kill()
+def start_timeout() -> float:
+    return TIMEOUT
 
 
 @pytest.fixture

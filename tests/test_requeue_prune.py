@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_helpers import (
-    Daemon,
-    base_env,
+    StartDaemon,
     drop,
     ledger,
     listing,
@@ -30,27 +28,6 @@ from ingestd.landing import CompanyDirs
 # Without a `note` field the row is rejected (CustomFieldNotFound); with one, accepted.
 NOTE_FILE = "external_person_id,note\ne1,hello\n"
 FIELDS_TOML = '[[field]]\nname = "note"\ntype = "string"\n'
-
-StartDaemon = Callable[..., Daemon]
-
-
-@pytest.fixture
-def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
-    return base_env(db_url, landing, tmp_path / "state")
-
-
-@pytest.fixture
-def start_daemon(env: dict[str, str]) -> Iterator[StartDaemon]:
-    started: list[Daemon] = []
-
-    def start(**overrides: str) -> Daemon:
-        d = Daemon({**env, **overrides})
-        started.append(d)
-        return d.start()
-
-    yield start
-    for d in started:
-        d.kill()
 
 
 def ok(r: Any) -> str:

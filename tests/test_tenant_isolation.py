@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from daemon_helpers import (
     Daemon,
-    base_env,
     drop,
     entries,
     ledger,
@@ -38,11 +37,6 @@ from ingestd.persons.custom_fields import FieldDefinition
 EVIL_NAME = 'x"; drop table acme.persons; --'
 EVIL_VALUE = "'); DROP SCHEMA acme CASCADE; --"
 EVIL_EXT = "e'); DELETE FROM beta.persons; --"
-
-
-@pytest.fixture
-def env(db_url: str, landing: Path, tmp_path: Path) -> dict[str, str]:
-    return base_env(db_url, landing, tmp_path / "state")
 
 
 @pytest.fixture

@@ -3,6 +3,11 @@
 Every statement runs on a connection in autocommit mode, never inside a file's
 transaction: the row must be visible to ``ingestd status`` elsewhere while the
 file's own work is still uncommitted.
+
+A claim's row is rewritten by the peer that takes the claim over, while the owner it
+took it from may still be alive (fenced after a pause). Updates and deletes therefore
+name the row's writer (host, pid and the moment it began) as well as the claim, so a
+stale owner waking up cannot overwrite or remove its successor's row.
 """
 
 from __future__ import annotations
@@ -17,11 +22,23 @@ from psycopg.rows import dict_row
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """The writer of a claim's row: one ``insert`` by one process."""
+    host: str
+    pid: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     claim_id: str
+    owner: Owner
     rows_done: int
     bytes_done: int
     stuck: bool
+
+
+_OWNED = "host = %s AND pid = %s AND started_at = %s"
 
 
 def insert(conn: psycopg.Connection[Any], *, claim_id: str, company: str, file: str,
@@ -44,12 +61,20 @@ def update(conn: psycopg.Connection[Any], rows: Sequence[Progress]) -> None:
     with conn.cursor() as cur:
         cur.executemany(
             "UPDATE ingestd.in_hand SET rows_done = %s, bytes_done = %s, stuck = %s,"
-            " updated_at = now() WHERE claim_id = %s",
-            [(p.rows_done, p.bytes_done, p.stuck, p.claim_id) for p in rows],
+            " updated_at = now() WHERE claim_id = %s AND " + _OWNED,
+            [(p.rows_done, p.bytes_done, p.stuck, p.claim_id, p.owner.host, p.owner.pid,
+              p.owner.started_at) for p in rows],
         )
 
 
-def delete(conn: psycopg.Connection[Any], claim_id: str) -> None:
+def delete(conn: psycopg.Connection[Any], claim_id: str, owner: Owner) -> None:
+    """Remove the claim's row if ``owner`` still wrote it (a peer may have taken over)."""
+    conn.execute("DELETE FROM ingestd.in_hand WHERE claim_id = %s AND " + _OWNED,
+                 (claim_id, owner.host, owner.pid, owner.started_at))
+
+
+def discard(conn: psycopg.Connection[Any], claim_id: str) -> None:
+    """Remove the claim's row whoever wrote it: for the one recovering the claim."""
     conn.execute("DELETE FROM ingestd.in_hand WHERE claim_id = %s", (claim_id,))
 
 
