@@ -75,15 +75,21 @@ def expire(conn: psycopg.Connection[Any], instance_id: str, by: str,
             (by, instance_id, lease_seconds)).fetchone()
         if row is None:
             return None
+        # Read before its sessions end: from then on a peer's acquire sees them gone and
+        # may take a lease (committed at once) before the update below gets to it; that
+        # company was still taken from this instance and is reported with the rest.
+        companies = [r[0] for r in conn.execute(
+            "SELECT company FROM ingestd.company_leases WHERE instance_id = %s",
+            (instance_id,))]
         # Ended first: a paused transaction may hold its lease row FOR SHARE, and the
         # update below waits for that lock. The wait (ms) lets the session go first.
         conn.execute(
             "SELECT pg_terminate_backend(l.backend_pid, 5000) FROM ingestd.company_leases l"
             f" WHERE l.instance_id = %s AND l.backend_pid IS NOT NULL AND {_SESSION_ALIVE}",
             (instance_id,))
-        companies = [r[0] for r in conn.execute(
+        conn.execute(
             "UPDATE ingestd.company_leases SET instance_id = NULL, backend_pid = NULL,"
-            " epoch = epoch + 1 WHERE instance_id = %s RETURNING company", (instance_id,))]
+            " epoch = epoch + 1 WHERE instance_id = %s", (instance_id,))
         # Expired rows stay a day for `ingestd status`, then go.
         conn.execute("DELETE FROM ingestd.instances WHERE expired_at < now() - interval '1 day'")
     return Expired(instance_id, row[0], int(row[1]), sorted(companies))
