@@ -190,9 +190,10 @@ def run_fleet(start_daemon: StartDaemon, db_url: str, landing: Path, tmp_path: P
     committed_before = {(e["company"], e["file"]) for d in (a, b2)
                         for e in d.find("file.recovered", action="finish")}
     assert not [e for e in c.snapshot()[resumed_at:]
-                if (e.get("event") == "file.done" or e.get("event") == "file.applied"
-                    and (e.get("company"), e.get("file")) not in committed_before)
-                and (e.get("company"), e.get("file")) in fenced]
+                if (e.get("company"), e.get("file")) in fenced
+                and (e.get("event") == "file.done"
+                     or (e.get("event") == "file.applied"
+                         and (e.get("company"), e.get("file")) not in committed_before))]
     expected = {co: [n for _, cc, n in plan if cc == co] for co in dirs}
     expected[company].append("pause.persons")
     assert len(ledger(db_url)) == total  # no file applied twice
