@@ -151,9 +151,10 @@ def run_fleet(start_daemon: StartDaemon, db_url: str, landing: Path, tmp_path: P
     wait_for(lambda: stopped(c), TIMEOUT, what="instance C paused mid-file",
              context=tails(everyone))
     paused_at = time.monotonic()
-    # A live peer takes C's companies: it expires C (ending its sessions) ...
+    # A live peer takes C's companies: it expires C (ending its sessions) ... B too,
+    # if C paused before B reached its first commit.
     [expired] = wait_for(
-        lambda: [e for d in (a, b2) for e in d.find("instance.expired", instance=c_id)],
+        lambda: [e for d in (a, b, b2) for e in d.find("instance.expired", instance=c_id)],
         TIMEOUT, what="a peer expiring the paused instance", context=tails(everyone))
     assert expired["companies"], expired  # C was stopped mid-file: it held a company
     done_by_c = {(e["company"], e["file"]) for e in c.find("file.done")}
@@ -187,7 +188,7 @@ def run_fleet(start_daemon: StartDaemon, db_url: str, landing: Path, tmp_path: P
     assert all(isinstance(e["epoch"], int) for e in c.find("instance.fenced"))
     # A peer that only finished a claim found C's commit already made before the pause;
     # the stop may land between that commit and its file.applied line, logged on resume.
-    committed_before = {(e["company"], e["file"]) for d in (a, b2)
+    committed_before = {(e["company"], e["file"]) for d in (a, b, b2)
                         for e in d.find("file.recovered", action="finish")}
     assert not [e for e in c.snapshot()[resumed_at:]
                 if (e.get("company"), e.get("file")) in fenced
