@@ -16,7 +16,14 @@ from pathlib import Path
 from ingestd.apply_context import Applier
 from ingestd.contacts import sidecars as contacts_sidecars
 from ingestd.persons import sidecars as persons_sidecars
+from ingestd.persons.carrier import CarrierLookup
+from ingestd.persons.carrier_cache import cached as cached_carrier
 from ingestd.sidecars import Finished
+
+# The one service a format needs from the daemon: the Person Import's carrier lookup,
+# cached in PostgreSQL for a real apply (other formats ignore it). Named here so that
+# the lifecycle, which hands it to every applier, names no format.
+__all__ = ["FORMATS", "CarrierLookup", "Format", "cached_carrier", "expected", "for_file", "named"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,6 @@ from ingestd.db.database import Database
 from ingestd.db.ledger import RowResults
 from ingestd.errors import FileChangedError, FileError
 from ingestd.landing import CompanyDirs
-from ingestd.persons.carrier import CarrierLookup
-from ingestd.persons.carrier_cache import cached
 from ingestd.progress import Tracker
 from ingestd.results import FileResult
 from ingestd.settings import Settings
@@ -111,12 +109,13 @@ def _stat_key(path: Path) -> tuple[int, int]:
 class Pipeline:
     """Claims, applies and finishes files. Thread-safe: each call uses its own connection."""
 
-    def __init__(self, settings: Settings, db: Database, carrier: CarrierLookup,
+    def __init__(self, settings: Settings, db: Database, carrier: formats.CarrierLookup,
                  tracker: Tracker | None = None) -> None:
         self.settings = settings
         self.db = db
         self.carrier = carrier  # `check` looks up uncached: it writes nothing
-        self._cached_carrier = cached(carrier, db.pool, settings.carrier_cache_ttl)
+        self._cached_carrier = formats.cached_carrier(carrier, db.pool,
+                                                      settings.carrier_cache_ttl)
         self.tracker = tracker  # None: nobody watches progress
         self.root = settings.landing_root
         self.fleet: fleet.Fleet | None = None  # set by `ingestd run`: company leases
