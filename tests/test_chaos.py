@@ -362,8 +362,9 @@ def test_kill_between_moving_the_companion_and_the_file_loses_neither(
         name, comp, content = "m.persons", "m.persons.done", b"external_person_id,note\nm1,x\n"
     else:
         name, comp = "c.csv", "c.csv.headers"
-        content = (Path(__file__).parent.parent / "sample_drop/acme/inbox/04-contacts.csv"
-                   ).read_bytes()
+        # A copy of the sample's contacts file: tests never read sample_drop/ itself,
+        # which the Quick start empties.
+        content = (Path(__file__).parent / "data" / "sample-contacts.csv").read_bytes()
     comp_content = b"If-Unmodified-Since: Wed, 01 Jan 2020 00:00:00 GMT\n"
     (acme.inbox / name).write_bytes(content)
     claim = acme.processing / new_claim_id()

@@ -181,9 +181,17 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(
     drop(acme, "crm.persons", MIXED)
     done = daemon.wait_event("file.done", company="acme", file="crm.persons")[0]
     assert done["accepted"] == 1 and done["rejected"] == 1
-    exported = {name for name, _ in scrape(daemon)}
-    missing = used_metrics() - exported
-    assert missing == PROMETHEUS_OWN, f"used but not exported: {missing - PROMETHEUS_OWN}"
+    # The counters are bumped just after file.done is logged: poll until they show it.
+    used = used_metrics()
+
+    def all_exported() -> bool:
+        return used - {name for name, _ in scrape(daemon)} == PROMETHEUS_OWN
+
+    try:
+        wait_for(all_exported, 30, what="every used metric in /metrics")
+    except AssertionError:
+        gone = used - {name for name, _ in scrape(daemon)} - PROMETHEUS_OWN
+        raise AssertionError(f"used but not exported: {gone}") from None
     assert daemon.stop() == 0
 
 
