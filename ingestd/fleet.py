@@ -56,6 +56,13 @@ class Lease:
 _current: ContextVar[Lease | None] = ContextVar("ingestd_lease", default=None)
 
 
+def working_on(file: str) -> None:
+    """Name the file the current lease is busy with, for ``instance.fenced``."""
+    lease = _current.get()
+    if lease is not None:
+        lease.file = file
+
+
 def guard(file: str) -> None:
     """Before a commit, move or write for ``file``: raise ``Fenced`` unless the current
     lease still holds. No lease bound (``ingestd ingest``, ``check``): nothing to check.
@@ -65,7 +72,7 @@ def guard(file: str) -> None:
     lease = _current.get()
     if lease is None:
         return
-    lease.file = file
+    working_on(file)
     with lease.conn.transaction():
         if not leases.owned(lease.conn, lease.company, lease.instance_id, lease.epoch,
                             lock=True):
@@ -164,6 +171,11 @@ class Fleet:
 
     # -- holding a company -------------------------------------------------------------
 
+    def lost(self, lease: Lease | None = None) -> bool:
+        """Whether ``lease`` (default: the one bound to this worker) is known to be gone."""
+        lease = lease or _current.get()
+        return lease is not None and self.owns(lease) is False
+
     def owns(self, lease: Lease) -> bool | None:
         """Whether ``lease`` still holds, asked on a fresh session; None if unknown."""
         try:
@@ -189,10 +201,11 @@ class Fleet:
             yield True
         except Fenced:
             self._fenced(lease)
-        except (psycopg.OperationalError, psycopg.InterfaceError, FileNotFoundError):
-            # Our session was ended or our claim taken over, or else the database is
-            # away or a file vanished for another reason: only the first two are ours.
-            if self.owns(lease) is not False:
+        except Exception:
+            # Our session ended or our claim was taken over (a psycopg error, a file that
+            # vanished, a recovery that failed for it), or else something unrelated went
+            # wrong: a fresh session tells which.
+            if not self.lost(lease):
                 raise
             self._fenced(lease)
         finally:

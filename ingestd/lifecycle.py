@@ -451,6 +451,8 @@ class Pipeline:
             try:
                 self._recover_claim(conn, dirs, claim_dir)
             except Exception as exc:
+                if self.fleet is not None and self.fleet.lost():
+                    raise  # not this file's fault: fleet.holding logs instance.fenced
                 # Logged here, where the file is known; the caller only knows the company.
                 log.exception("file.error", company=dirs.company,
                               file=self._claimed_name(claim_dir), claim=claim_dir.name,
@@ -469,9 +471,11 @@ class Pipeline:
 
     def _recover_claim(self, conn: psycopg.Connection[Any], dirs: CompanyDirs,
                        claim_dir: Path) -> None:
+        on_disk = self._claimed_name(claim_dir)
+        fleet.working_on(on_disk or claim_dir.name)
         entry = ledger.by_claim(conn, claim_dir.name)
         conn.commit()
-        name = self._claimed_name(claim_dir) or (entry.name if entry else None)
+        name = on_disk or (entry.name if entry else None)
         if name is None:
             # Crashed while claiming (between mkdir and the renames) or giving back:
             # the file is in the inbox and any companion here must rejoin it there.
