@@ -253,12 +253,13 @@ def _date(defn: FieldDefinition, raw: str, _: str) -> object | RowError:
     try:
         # Naive, read as UTC: isoformat() then gives exactly YYYY-MM-DDTHH:MM:SS.
         moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-        if sign is not None:
-            if int(off_h) > 23 or int(off_m) > 59:
-                return INVALID_VALUE
-            offset = timedelta(hours=int(off_h), minutes=int(off_m))
-            # Local time = UTC + offset, so UTC = local - offset.
-            moment = moment - offset if sign == "+" else moment + offset
+        if sign is None:
+            return raw  # already UTC, every part two or four digits: what isoformat() gives
+        if int(off_h) > 23 or int(off_m) > 59:
+            return INVALID_VALUE
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        # Local time = UTC + offset, so UTC = local - offset.
+        moment = moment - offset if sign == "+" else moment + offset
     except (ValueError, OverflowError):
         # Not a calendar date/time, or the UTC moment falls outside years 1-9999.
         return INVALID_VALUE
