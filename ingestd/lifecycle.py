@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -148,21 +148,37 @@ class Pipeline:
 
     # -- the whole path for one ready file ---------------------------------------------
 
-    def process(self, path: Path, name: str | None = None) -> Outcome:
+    def process(self, path: Path, name: str | None = None, *,
+                then: Callable[[Path, Outcome], Path | None] | None = None) -> Outcome:
         """Claim, apply and finish one ready file. ``name``: the name to keep, when
-        ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere)."""
+        ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere).
+
+        ``then`` is told each file's outcome while the company is still held and
+        answers the company's next file to do under the same lock and lease, or None
+        to let go: a backlog then pays for taking them once, not once a file. The
+        return value is the last file's outcome ("busy" and "fenced" never reach
+        ``then``)."""
         company = path.parent.parent.name
         dirs = CompanyDirs(path.parent.parent)
         with self.company_lock(company) as conn:
             if conn is None:
                 return Outcome("busy")
-            self._recover_locked(conn, dirs)
-            claim = self.claim(dirs, path, name)
-            if claim is None:
-                return Outcome("gone")
-            return self._apply_and_finish(conn, claim)
+            while True:
+                outcome = self._process_locked(conn, dirs, path, name)
+                following = then(path, outcome) if then is not None else None
+                if following is None:
+                    return outcome
+                path, name = following, None
         # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
         return Outcome("fenced")  # type: ignore[unreachable]
+
+    def _process_locked(self, conn: psycopg.Connection[Any], dirs: CompanyDirs, path: Path,
+                        name: str | None) -> Outcome:
+        self._recover_locked(conn, dirs)  # a listing: cheap when there is nothing left
+        claim = self.claim(dirs, path, name)
+        if claim is None:
+            return Outcome("gone")
+        return self._apply_and_finish(conn, claim)
 
     def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
