@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg.pq import TransactionStatus
 
 from ingestd import __version__
 from ingestd.db import leases
@@ -73,10 +74,22 @@ def guard(file: str) -> None:
     if lease is None:
         return
     working_on(file)
-    with lease.conn.transaction():
-        if not leases.owned(lease.conn, lease.company, lease.instance_id, lease.epoch,
-                            lock=True):
-            raise Fenced(f"{lease.company}: lease epoch {lease.epoch} lost")
+    conn = lease.conn
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        # In the file's transaction: the row lock lasts until its commit. No savepoint:
+        # a failure here ends that transaction anyway.
+        held = leases.owned(conn, lease.company, lease.instance_id, lease.epoch, lock=True)
+    else:
+        # Between transactions nothing commits after the check: one statement in
+        # autocommit, one round trip (a transaction of its own would cost three).
+        autocommit, conn.autocommit = conn.autocommit, True
+        try:
+            held = leases.owned(conn, lease.company, lease.instance_id, lease.epoch)
+        finally:
+            if not conn.broken and not conn.closed:  # else the error says it all
+                conn.autocommit = autocommit
+    if not held:
+        raise Fenced(f"{lease.company}: lease epoch {lease.epoch} lost")
 
 
 class Fleet:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ import structlog
 from ingestd import errors, failpoints, fleet, formats, landing, partner_files, progress, sidecars
 from ingestd.apply_context import ApplyContext
 from ingestd.db import ledger, locks
-from ingestd.db.companies import get_company
+from ingestd.db.companies import get_company_later
 from ingestd.db.database import Database
 from ingestd.db.ledger import RowResults
 from ingestd.errors import FileChangedError, FileError
@@ -148,21 +148,37 @@ class Pipeline:
 
     # -- the whole path for one ready file ---------------------------------------------
 
-    def process(self, path: Path, name: str | None = None) -> Outcome:
+    def process(self, path: Path, name: str | None = None, *,
+                then: Callable[[Path, Outcome], Path | None] | None = None) -> Outcome:
         """Claim, apply and finish one ready file. ``name``: the name to keep, when
-        ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere)."""
+        ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere).
+
+        ``then`` is told each file's outcome while the company is still held and
+        answers the company's next file to do under the same lock and lease, or None
+        to let go: a backlog then pays for taking them once, not once a file. The
+        return value is the last file's outcome ("busy" and "fenced" never reach
+        ``then``)."""
         company = path.parent.parent.name
         dirs = CompanyDirs(path.parent.parent)
         with self.company_lock(company) as conn:
             if conn is None:
                 return Outcome("busy")
-            self._recover_locked(conn, dirs)
-            claim = self.claim(dirs, path, name)
-            if claim is None:
-                return Outcome("gone")
-            return self._apply_and_finish(conn, claim)
+            while True:
+                outcome = self._process_locked(conn, dirs, path, name)
+                following = then(path, outcome) if then is not None else None
+                if following is None:
+                    return outcome
+                path, name = following, None
         # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
         return Outcome("fenced")  # type: ignore[unreachable]
+
+    def _process_locked(self, conn: psycopg.Connection[Any], dirs: CompanyDirs, path: Path,
+                        name: str | None) -> Outcome:
+        self._recover_locked(conn, dirs)  # a listing: cheap when there is nothing left
+        claim = self.claim(dirs, path, name)
+        if claim is None:
+            return Outcome("gone")
+        return self._apply_and_finish(conn, claim)
 
     def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
@@ -203,7 +219,7 @@ class Pipeline:
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            return self._finish(conn, claim, entry)
+            return self._finish(conn, claim, entry, handle)
 
     def _in_hand(self, claim: Claim) -> AbstractContextManager[progress.Handle]:
         if self.tracker is None:
@@ -247,8 +263,17 @@ class Pipeline:
         results = RowResults(None, None)
         warnings: list[str] = []
         with conn.transaction(force_rollback=dry_run):
-            locks.xact_lock(conn, locks.company_apply(company_id))
-            company = get_company(conn, company_id)
+            # The opening statements go in one round trip (pipeline mode), their results
+            # read once it has synced. (BEGIN cannot join them: a transaction entered in
+            # pipeline mode keeps the connection in it, and COPY cannot run there.)
+            with conn.pipeline():
+                locks.xact_lock(conn, locks.company_apply(company_id))
+                read_company = get_company_later(conn, company_id)
+                read_file_id = ledger.insert_later(
+                    conn, company=company_id, name=name, claim_id=claim.claim_id,
+                    fmt=fmt.name if fmt else None, sha256=sha, size=st.st_size,
+                    started_at=started)
+            company, file_id = read_company(), read_file_id()
             if error is not None:
                 pass
             elif company is None:
@@ -259,10 +284,6 @@ class Pipeline:
                                   f" expected {formats.expected()}")
             elif st.st_size == 0:
                 error = FileError(errors.EMPTY_FILE, f"{name} is empty")
-            file_id = ledger.insert(conn, company=company_id, name=name,
-                                    claim_id=claim.claim_id, fmt=fmt.name if fmt else None,
-                                    sha256=sha,
-                                    size=st.st_size, started_at=started)
             if error is None and not self.settings.allow_duplicates:
                 duplicate = ledger.find_duplicate(conn, company_id, sha, file_id)
             if error is None and duplicate is None and company is not None and fmt is not None:
@@ -365,9 +386,10 @@ class Pipeline:
     # -- finish: sidecars, then the move ------------------------------------------------
 
     def _finish(self, conn: psycopg.Connection[Any], claim: Claim,
-                entry: ledger.LedgerEntry | None = None) -> Outcome:
+                entry: ledger.LedgerEntry | None = None,
+                handle: progress.Handle | None = None) -> Outcome:
         """Sidecars, then the move. ``entry``: the ledger row as the apply committed it
-        (None: read it, as recovery does)."""
+        (None: read it, as recovery does); ``handle``: the file's in hand."""
         failpoints.hit(failpoints.AFTER_COMMIT)
         if entry is None:
             entry = ledger.by_claim(conn, claim.claim_id)
@@ -392,7 +414,13 @@ class Pipeline:
             suffix = p.name[len(claim.name):] if p.name.startswith(claim.name) else p.name
             fleet.guard(claim.name)
             os.rename(p, final.parent / (final.name + suffix))
-        ledger.set_finished(conn, entry.id)
+        if self.tracker is not None and handle is not None:
+            # Its in-hand row goes in the same commit: one round trip fewer a file.
+            tracker = self.tracker
+            ledger.set_finished(conn, entry.id, also=lambda c: tracker.delete_row(c, handle))
+            tracker.row_deleted(handle)
+        else:
+            ledger.set_finished(conn, entry.id)
         try:
             claim.dir.rmdir()
         except OSError:

@@ -54,6 +54,7 @@ class Handle:
         self._clock = clock
         self.started = clock()
         self.last_progress = self.started
+        self.row_deleted = False  # its in_hand row went with the file's last commit
 
     def advance(self, rows_done: int, bytes_done: int | None = None) -> None:
         """The file is read up to ``bytes_done`` and ``rows_done`` rows are decided."""
@@ -151,8 +152,20 @@ class Tracker:
     def end(self, handle: Handle) -> None:
         with self._lock:
             self._handles.pop(handle.claim_id, None)
-        self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
+        if not handle.row_deleted:
+            self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
         self._notify("end", handle)
+
+    def delete_row(self, conn: psycopg.Connection[Any], handle: Handle) -> None:
+        """The handle's row deleted on ``conn``, in a transaction the caller commits: a
+        finished file's row goes with its last commit (one round trip fewer). The caller
+        says ``row_deleted`` once that commit is through; until then ``end`` deletes it."""
+        if self._pool is not None:
+            in_hand.delete(conn, handle.claim_id, self._owner(handle))
+
+    @staticmethod
+    def row_deleted(handle: Handle) -> None:
+        handle.row_deleted = True
 
     def _owner(self, handle: Handle) -> in_hand.Owner:
         return in_hand.Owner(self.host, self.pid, handle.started_at)

@@ -7,10 +7,13 @@ with the oldest (mtime, name). Row contents are none of its business.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -19,11 +22,32 @@ from ingestd.lifecycle import Outcome, RecoveryFailed
 
 log = structlog.get_logger("ingestd.scheduler")
 
+
+class Process(Protocol):
+    """``Pipeline.process``: ``then`` gets each outcome and answers the next file."""
+
+    def __call__(self, path: Path, *,
+                 then: Callable[[Path, Outcome], Path | None]) -> Outcome: ...
+
 RECOVER = PROCESSING  # queue entry name meaning "recover this company's claims first"
+
+# How long a worker keeps a company (its lock and lease) for the company's next ready
+# files before letting go, so that peers and recoveries get their turn.
+HOLD_SECONDS = 1.0
+
+
+@dataclass
+class _Held:
+    """A worker's turn with one company: the file in hand, since when, since when held."""
+
+    company: str
+    path: Path
+    t0: float = field(default_factory=time.monotonic)
+    since: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
-    def __init__(self, process: Callable[[Path], Outcome],
+    def __init__(self, process: Process,
                  recover: Callable[[CompanyDirs], None], workers: int,
                  on_outcome: Callable[[str, Outcome, float], None] | None = None) -> None:
         self._process = process
@@ -115,6 +139,21 @@ class Scheduler:
                     return company, path
                 self._cond.wait(None if wake is None else max(0.01, wake - now))
 
+    def _then(self, held: _Held, done: Path, outcome: Outcome) -> Path | None:
+        """``done`` finished (or was given back) under its company's lock: count it,
+        then keep the lock for the company's next file, if one is ready."""
+        self._finished(held.company, outcome, time.monotonic() - held.t0)
+        following = self._next_of(held.company, held.since)
+        if following is not None:
+            held.path, held.t0 = following, time.monotonic()
+        return following
+
+    def _finished(self, company: str, outcome: Outcome, seconds: float) -> None:
+        if outcome.status in ("done", "failed"):
+            self.processed += 1
+        if self._on_outcome:
+            self._on_outcome(company, outcome, seconds)
+
     def _done(self, company: str, backoff: float = 0.0) -> None:
         with self._cond:
             self._busy.discard(company)
@@ -123,25 +162,38 @@ class Scheduler:
                 self._not_before[company] = time.monotonic() + backoff
             self._cond.notify_all()
 
+    def _next_of(self, company: str, since: float) -> Path | None:
+        """The company's next ready file for the worker that still holds it, or None to
+        let go: when stopping, when a recovery comes first, after ``HOLD_SECONDS``."""
+        with self._cond:
+            queue = self._ready.get(company)
+            if self._stopping or not queue or time.monotonic() - since > HOLD_SECONDS:
+                return None
+            path = min(queue, key=queue.__getitem__)
+            if path.name == RECOVER:
+                return None
+            del queue[path]
+            return path
+
     def _work(self) -> None:
         while (item := self._next()) is not None:
             company, path = item
             backoff = 0.0
-            t0 = time.monotonic()
+            held = _Held(company, path)
             try:
                 if path.name == RECOVER:
                     self._recover(CompanyDirs(path.parent))
                     continue
-                outcome = self._process(path)
+                outcome = self._process(path, then=functools.partial(self._then, held))
+                path = held.path  # the last file taken under the lock
                 if outcome.status == "busy":
                     # another instance holds the company: try again shortly
                     self.submit(path, 0)
                     backoff = 1.0
-                elif outcome.status in ("done", "failed"):
-                    self.processed += 1
-                if self._on_outcome:
-                    self._on_outcome(company, outcome, time.monotonic() - t0)
+                if outcome.status in ("busy", "fenced"):
+                    self._finished(company, outcome, time.monotonic() - held.t0)
             except Exception as exc:
+                path = held.path
                 # The database may be down, or the disk full. The file is either still in
                 # the inbox (retried by the next rescan) or claimed (recovered next time).
                 if isinstance(exc, RecoveryFailed):

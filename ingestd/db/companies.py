@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +58,24 @@ def add_company(conn: psycopg.Connection[Any], company_id: str, default_region: 
 
 
 def get_company(conn: psycopg.Connection[Any], company_id: str) -> Company | None:
+    return get_company_later(conn, company_id)()
+
+
+def get_company_later(conn: psycopg.Connection[Any],
+                      company_id: str) -> Callable[[], Company | None]:
+    """Send the query; the function returned reads its answer (in pipeline mode, call
+    it once the pipeline has synced, so that one round trip carries several queries)."""
     if not COMPANY_ID.match(company_id):
-        return None
-    row = conn.execute(
+        return lambda: None
+    cur = conn.execute(
         "SELECT id, schema_name, default_region FROM ingestd.companies WHERE id = %s",
         (company_id,),
-    ).fetchone()
-    return Company(row[0], row[1], row[2]) if row else None
+    )
+
+    def read() -> Company | None:
+        row = cur.fetchone()
+        return Company(row[0], row[1], row[2]) if row else None
+    return read
 
 
 def list_companies(conn: psycopg.Connection[Any]) -> list[Company]:

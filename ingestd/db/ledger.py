@@ -4,7 +4,7 @@ ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,26 +32,45 @@ class LedgerEntry:
 
 def insert(conn: psycopg.Connection[Any], *, company: str, name: str, claim_id: str,
            fmt: str | None, sha256: str, size: int, started_at: datetime) -> int:
-    row = conn.execute(
+    return insert_later(conn, company=company, name=name, claim_id=claim_id, fmt=fmt,
+                        sha256=sha256, size=size, started_at=started_at)()
+
+
+def insert_later(conn: psycopg.Connection[Any], *, company: str, name: str, claim_id: str,
+                 fmt: str | None, sha256: str, size: int,
+                 started_at: datetime) -> Callable[[], int]:
+    """``insert`` sent; the function returned reads the new id (in pipeline mode, once
+    the pipeline has synced)."""
+    cur = conn.execute(
         "INSERT INTO ingestd.files (company, name, claim_id, format, sha256, size, status,"
         " started_at) VALUES (%s, %s, %s, %s, %s, %s, 'failed', %s) RETURNING id",
         (company, name, claim_id, fmt, sha256, size, started_at),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    )
+
+    def read() -> int:
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+    return read
 
 
 def find_duplicate(conn: psycopg.Connection[Any], company: str, sha256: str,
                    file_id: int) -> tuple[int, str] | None:
     """An earlier file of this company with the same content that was applied; None
-    for content that was requeued (``ingestd requeue``), which uses the requeue up."""
-    if take_requeue(conn, company, sha256):
+    for content that was requeued (``ingestd requeue``), which uses the requeue up.
+
+    Both queries go in one round trip (pipeline mode): the second only reads, and its
+    answer is ignored when a requeue was used up."""
+    with conn.pipeline():
+        requeue = _take_requeue(conn, company, sha256)
+        earlier = conn.execute(
+            "SELECT id, name FROM ingestd.files WHERE company = %s AND sha256 = %s"
+            " AND status = 'done' AND duplicate_of IS NULL AND id <> %s ORDER BY id LIMIT 1",
+            (company, sha256, file_id),
+        )
+    if requeue.fetchone() is not None:
         return None
-    row = conn.execute(
-        "SELECT id, name FROM ingestd.files WHERE company = %s AND sha256 = %s"
-        " AND status = 'done' AND duplicate_of IS NULL AND id <> %s ORDER BY id LIMIT 1",
-        (company, sha256, file_id),
-    ).fetchone()
+    row = earlier.fetchone()
     return (int(row[0]), str(row[1])) if row else None
 
 
@@ -92,14 +111,18 @@ def set_final_path(conn: psycopg.Connection[Any], file_id: int, final_path: str)
     conn.execute("UPDATE ingestd.files SET final_path = %s WHERE id = %s", (final_path, file_id))
 
 
-def set_finished(conn: psycopg.Connection[Any], file_id: int) -> None:
-    """Mark the file finished and commit, in one round trip (pipeline mode).
+def set_finished(conn: psycopg.Connection[Any], file_id: int,
+                 also: Callable[[psycopg.Connection[Any]], object] | None = None) -> None:
+    """Mark the file finished and commit, in one round trip (pipeline mode), with
+    ``also``'s statements (results not read) in the same commit.
 
     A durable commit: status, requeue and prune read this mark, so a server crash
     right after the move must not lose it.
     """
     with conn.pipeline():
         conn.execute("UPDATE ingestd.files SET finished_at = now() WHERE id = %s", (file_id,))
+        if also is not None:
+            also(conn)
         conn.commit()
 
 
@@ -206,15 +229,15 @@ def mark_requeued(conn: psycopg.Connection[Any], entry: FinishedFile, sha256: st
                  (entry.company, sha256, entry.id))
 
 
-def take_requeue(conn: psycopg.Connection[Any], company: str, sha256: str) -> bool:
+def _take_requeue(conn: psycopg.Connection[Any], company: str,
+                  sha256: str) -> psycopg.Cursor[Any]:
     """Use up one requeue of this content, if there is one (in the apply's transaction:
-    a rolled-back apply keeps it)."""
-    row = conn.execute(
+    a rolled-back apply keeps it); the cursor returns its id."""
+    return conn.execute(
         "DELETE FROM ingestd.requeues WHERE id = (SELECT id FROM ingestd.requeues"
         " WHERE company = %s AND sha256 = %s ORDER BY id LIMIT 1) RETURNING id",
         (company, sha256),
-    ).fetchone()
-    return row is not None
+    )
 
 
 def companies_finished_before(conn: psycopg.Connection[Any], days: int) -> list[str]:

@@ -7,15 +7,16 @@ picture, so a later row sees what an earlier row did, and each row's outcome is 
 at once; finally the chunk's creates and changes go to ``PersonsStore.write``. Row errors
 are values, raised in ``Rules.resolve`` in the order FORMATS.md fixes ("one error a row").
 
-Lookups and writes run on a database thread of the file's own, in file order, while this
+Lookups and writes run on a database thread of the worker's own, in file order, while this
 thread checks the next chunk's records or resolves the current one: PostgreSQL and
 Python work at the same time (psycopg releases the GIL while it waits).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,6 +379,19 @@ class PersonsProcessor:
         return stop
 
 
+_threads = threading.local()
+
+
+def _database_thread() -> ThreadPoolExecutor:
+    """The calling worker's database thread, started with its first file and kept for the
+    next ones: a small file should not pay for starting and joining a thread."""
+    pool: ThreadPoolExecutor | None = getattr(_threads, "pool", None)
+    if pool is None:
+        pool = _threads.pool = ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="persons-db")
+    return pool
+
+
 class _Database:
     """The file's connection, used by one thread of its own, in the order asked.
 
@@ -389,7 +403,7 @@ class _Database:
 
     def __init__(self, store: PersonsStore) -> None:
         self.store = store
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persons-db")
+        self.pool = _database_thread()
         self.last: Future[Any] | None = None
         self.error: BaseException | None = None
 
@@ -397,8 +411,10 @@ class _Database:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # The caller commits or rolls back next: nothing may still be running then.
-        self.pool.shutdown(wait=True)
+        # The caller commits or rolls back next: nothing may still be running then. One
+        # thread runs the tasks in order, so the last one done means all of them are.
+        if self.last is not None:
+            wait([self.last])
         if exc[0] is None and self.error is not None:
             raise self.error
 

@@ -1,0 +1,105 @@
+"""The scheduler hands a worker that holds a company the company's next ready files.
+
+A fake pipeline stands in for ``Pipeline.process``: it records, per call (one taking of
+the company's lock and lease), the files it was given, in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from daemon_helpers import wait_for
+
+from ingestd import scheduler as scheduler_module
+from ingestd.landing import CompanyDirs
+from ingestd.lifecycle import Outcome
+from ingestd.scheduler import Scheduler
+
+TIMEOUT = 30.0
+
+
+class FakePipeline:
+    def __init__(self, expected: int) -> None:
+        self.holds: list[list[str]] = []  # one list per company lock taken
+        self.expected = expected
+        self.finished = threading.Event()
+        self.gate = threading.Event()  # set: files go through
+        self.gate.set()
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def process(self, path: Path, *, then: Callable[[Path, Outcome], Path | None]) -> Outcome:
+        files: list[str] = []
+        with self._lock:
+            self.holds.append(files)
+        while True:
+            self.gate.wait(TIMEOUT)
+            files.append(path.name)
+            outcome = Outcome("done")
+            with self._lock:
+                self._count += 1
+                if self._count == self.expected:
+                    self.finished.set()
+            following = then(path, outcome)
+            if following is None:
+                return outcome
+            path = following
+
+    def recover(self, dirs: CompanyDirs) -> None:
+        pass
+
+
+def inbox_file(root: Path, company: str, name: str) -> Path:
+    return root / company / "inbox" / name
+
+
+def started(fake: FakePipeline, root: Path, first: str) -> Scheduler:
+    """A one-worker scheduler whose worker holds acme with ``first``, waiting at the gate."""
+    fake.gate.clear()
+    sched = Scheduler(fake.process, fake.recover, workers=1)
+    sched.start()
+    sched.submit(inbox_file(root, "acme", first), 100)
+    wait_for(lambda: fake.holds, TIMEOUT, what="the first file in hand")
+    return sched
+
+
+def test_a_held_company_gets_its_next_files_in_drop_order_under_one_lock(
+        tmp_path: Path) -> None:
+    names = [f"f{i}.persons" for i in range(6)]
+    fake = FakePipeline(expected=6)
+    sched = started(fake, tmp_path, names[0])
+    # Queued newest first: the order comes from (mtime, name), not from submission.
+    for i in reversed(range(1, 6)):
+        sched.submit(inbox_file(tmp_path, "acme", names[i]), 100 + i)
+    fake.gate.set()
+    assert fake.finished.wait(TIMEOUT)
+    assert sched.stop(TIMEOUT)
+    assert fake.holds == [names], fake.holds
+    assert sched.processed == 6
+
+
+def test_a_recovery_queued_meanwhile_comes_first(tmp_path: Path) -> None:
+    fake = FakePipeline(expected=2)
+    sched = started(fake, tmp_path, "a.persons")
+    sched.submit_recovery(CompanyDirs(tmp_path / "acme"))  # sorts before any file
+    sched.submit(inbox_file(tmp_path, "acme", "b.persons"), 101)
+    fake.gate.set()
+    assert fake.finished.wait(TIMEOUT)
+    assert sched.stop(TIMEOUT)
+    assert fake.holds == [["a.persons"], ["b.persons"]], fake.holds
+
+
+def test_a_company_is_let_go_after_hold_seconds(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "HOLD_SECONDS", -1.0)  # always past
+    fake = FakePipeline(expected=3)
+    sched = started(fake, tmp_path, "a.persons")
+    for i, name in enumerate(["b.persons", "c.persons"], 1):
+        sched.submit(inbox_file(tmp_path, "acme", name), 100 + i)
+    fake.gate.set()
+    assert fake.finished.wait(TIMEOUT)
+    assert sched.stop(TIMEOUT)
+    assert fake.holds == [["a.persons"], ["b.persons"], ["c.persons"]], fake.holds
