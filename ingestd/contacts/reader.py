@@ -138,7 +138,15 @@ class ContactRow:
 
     record: int
     fields: list[str]
-    values: dict[str, str]  # known columns only; empty when the field count is wrong
+    index: dict[str, int] | None = None  # where the known columns are; None: wrong width
+
+    @property
+    def values(self) -> dict[str, str]:
+        """Known columns only; empty when the field count is wrong (made when asked: the
+        import itself reads the fields by position)."""
+        if self.index is None:
+            return {}
+        return {name: self.fields[i] for name, i in self.index.items()}
 
 
 @dataclass(slots=True)
@@ -236,7 +244,48 @@ def _typed(column: Column, raw: str) -> tuple[Value, str | None]:
     return raw, None
 
 
+_CACHED = 64  # longest cell whose verdict is remembered (bounds the cache's memory)
+_CACHE_ENTRIES = 4096
+
+
+class _Typer:
+    """``_typed`` for one column, remembering recent verdicts on short cells: a file
+    repeats its timestamps, booleans and object variables on row after row."""
+
+    __slots__ = ("cache", "column", "text")
+
+    def __init__(self, column: Column) -> None:
+        self.column = column
+        self.text = column.kind is Kind.TEXT  # a text cell is itself: nothing to remember
+        self.cache: dict[str, tuple[Value, str | None]] = {}
+
+    def __call__(self, raw: str) -> tuple[Value, str | None]:
+        if self.text:
+            if "\x00" not in raw and raw.strip():
+                return raw, None
+            return _typed(self.column, raw)
+        hit = self.cache.get(raw)
+        if hit is not None:
+            return hit
+        verdict = _typed(self.column, raw)
+        if len(raw) <= _CACHED:
+            if len(self.cache) >= _CACHE_ENTRIES:
+                self.cache.clear()
+            self.cache[raw] = verdict
+        return verdict
+
+
 # --- header -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Cell:
+    """A known column of the header: where it sits and how its cells are typed."""
+
+    name: str
+    position: int
+    contact: bool  # contact-level (repeated on every row of a section)
+    typed: _Typer
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +294,7 @@ class _Layout:
 
     width: int
     index: dict[str, int]  # known column name -> position (the id column excluded)
+    cells: tuple[_Cell, ...]  # the known columns in header order
 
     @classmethod
     def from_header(cls, header: list[str]) -> _Layout:
@@ -265,7 +315,12 @@ class _Layout:
         if missing:
             listed = ", ".join(missing)
             raise FileError(CONTACTS_GLOBAL, f"The header lacks the required columns: {listed}.")
-        return cls(width=len(header), index=index)
+        cells = tuple(
+            _Cell(name, i, COLUMN_BY_NAME[name].level is Level.CONTACT,
+                  _Typer(COLUMN_BY_NAME[name]))
+            for name, i in index.items()
+        )
+        return cls(width=len(header), index=index, cells=cells)
 
     def code_of(self, fields: list[str]) -> str:
         """The row's tracking code, even from a row of the wrong width (to find its section)."""
@@ -277,60 +332,81 @@ class _Layout:
 
 
 class _SectionBuilder:
-    """Collects a section's rows, validating each as it comes (first error wins)."""
+    """Collects a section's rows, validating each as it comes (first error wins).
+
+    A contact-level cell given exactly as in the section's first (valid) row has that
+    row's value and agrees with it, so it is not typed again: checks in header order,
+    first error wins, and only such a cell is skipped, so the verdict is the one of
+    checking every cell.
+    """
 
     def __init__(self, layout: _Layout, code: str) -> None:
         self._layout = layout
         self._treatment_ids: set[Value] = set()
+        self._first: list[str] = []  # the first row's fields, once it passed
         self.section = Section(code=code)
 
     def add(self, record: int, fields: list[str]) -> None:
         section = self.section
         layout = self._layout
-        values = (
-            {name: fields[i] for name, i in layout.index.items()}
-            if len(fields) == layout.width
-            else {}
-        )
-        section.rows.append(ContactRow(record, fields, values))
+        fits = len(fields) == layout.width
+        section.rows.append(ContactRow(record, fields, layout.index if fits else None))
         if section.error is not None:
             return  # the section is rejected already; keep its rows for the counts
-        error = self._check(fields, values)
+        error = self._check(fields) if fits else (
+            f"The row has {len(fields)} fields; the header has {layout.width}.")
         if error is not None:
             first = len(section.rows) == 1
             section.error = error if first else f"{error} (record {record})"
             section.contact.clear()
             section.treatments.clear()
 
-    def _check(self, fields: list[str], values: dict[str, str]) -> str | None:
-        layout = self._layout
-        if len(fields) != layout.width:
-            return f"The row has {len(fields)} fields; the header has {layout.width}."
-        if not values[CODE].strip():
+    def _check(self, fields: list[str]) -> str | None:
+        if not fields[self._layout.index[CODE]].strip():
             return BLANK_CODE_MESSAGE
+        first = self._first
+        if not first:
+            return self._check_first(fields)
+        section = self.section
+        treatment: dict[str, Value] = {}
+        changed: list[tuple[str, Value]] = []  # contact-level cells not as in the first row
+        for cell in self._layout.cells:
+            raw = fields[cell.position]
+            if cell.contact:
+                if raw == first[cell.position]:
+                    continue
+                value, error = cell.typed(raw)
+                if error is not None:
+                    return error
+                changed.append((cell.name, value))
+            else:
+                value, error = cell.typed(raw)
+                if error is not None:
+                    return error
+                treatment[cell.name] = value
+        for name, value in changed:
+            if section.contact[name] != value:
+                return f"The rows of this contact disagree on the {name} column."
+        return self._add_treatment(treatment)
+
+    def _check_first(self, fields: list[str]) -> str | None:
         contact: dict[str, Value] = {}
         treatment: dict[str, Value] = {}
-        for name in layout.index:
-            column = COLUMN_BY_NAME[name]
-            value, error = _typed(column, values[name])
+        for cell in self._layout.cells:
+            value, error = cell.typed(fields[cell.position])
             if error is not None:
                 return error
-            (contact if column.level is Level.CONTACT else treatment)[name] = value
-        return self._check_section(contact, treatment)
+            (contact if cell.contact else treatment)[cell.name] = value
+        self.section.contact = contact
+        self._first = fields
+        return self._add_treatment(treatment)
 
-    def _check_section(self, contact: dict[str, Value], treatment: dict[str, Value]) -> str | None:
-        section = self.section
-        if not section.treatments:
-            section.contact = contact
-        else:
-            for name, value in contact.items():
-                if section.contact[name] != value:
-                    return f"The rows of this contact disagree on the {name} column."
+    def _add_treatment(self, treatment: dict[str, Value]) -> str | None:
         treatment_id = treatment[TREATMENT_ID]
         if treatment_id in self._treatment_ids:
             return f"The treatmentId {treatment_id} appears more than once in this contact."
         self._treatment_ids.add(treatment_id)
-        section.treatments.append(treatment)
+        self.section.treatments.append(treatment)
         return None
 
 
@@ -390,7 +466,7 @@ class ContactsReader:
                 if builder is not None:
                     yield builder.section
                     builder = None
-                yield Section(code="", rows=[ContactRow(record, [], {})], error=self._too_long)
+                yield Section(code="", rows=[ContactRow(record, [])], error=self._too_long)
                 continue
             code = self._layout.code_of(fields)
             blank = not code.strip()

@@ -3,8 +3,9 @@ ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -250,7 +251,10 @@ class RowResults:
 
     Rejected rows are always stored (sidecars can be rebuilt after a crash);
     accepted rows only when ``keep=True`` (contacts need them for accepted.csv).
-    Stored in batches with COPY so a million-row file stays fast.
+    Stored in batches with COPY so a million-row file stays fast: each row is encoded
+    to COPY text as it comes (``_copy_line``, plain string work instead of psycopg's
+    per-value dumpers), and a batch goes as one write. ``send_with`` lets an applier
+    run the batches' COPY on its own database thread.
     """
 
     BATCH = 5000
@@ -258,7 +262,9 @@ class RowResults:
     def __init__(self, conn: psycopg.Connection[Any] | None, file_id: int | None) -> None:
         self._conn = conn
         self._file_id = file_id
-        self._pending: list[tuple[Any, ...]] = []
+        self._prefix = f"{file_id}\t"
+        self._pending: list[str] = []
+        self._send: Callable[[Callable[[], None]], None] | None = None
         self.rows = 0
         self.accepted = 0
         self.rejected = 0
@@ -271,8 +277,12 @@ class RowResults:
     ) -> None:
         self.rows += 1
         self.accepted += 1
-        if keep:
-            self._add((record, True, ref, None, None, "", "", list(fields)))
+        if keep and self._conn is not None:
+            self._pending.append(_copy_line(
+                f"{self._prefix}{record}\tt\t{_NULL if ref is None else _text(ref)}"
+                "\t\\N\t\\N\t\t\t", fields))
+            if len(self._pending) >= self.BATCH:
+                self.flush()
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
@@ -281,24 +291,61 @@ class RowResults:
         self.rejected_by_class[error.error_class] += rows
         if len(self.sample_errors) < 1000:
             self.sample_errors.append((record, error))
-        self._add((record, False, None, error.error_class, error.message, error.field,
-                   error.detail, list(fields)))
+        if self._conn is not None:
+            self._pending.append(_copy_line(
+                f"{self._prefix}{record}\tf\t\\N\t{_text(error.error_class)}"
+                f"\t{_text(error.message)}\t{_text(error.field)}\t{_text(error.detail)}\t",
+                fields))
+            if len(self._pending) >= self.BATCH:
+                self.flush()
 
-    def _add(self, row: tuple[Any, ...]) -> None:
-        if self._conn is None:
-            return
-        self._pending.append(row)
-        if len(self._pending) >= self.BATCH:
-            self.flush()
+    def send_with(self, send: Callable[[Callable[[], None]], None] | None) -> None:
+        """Hand each batch's COPY to ``send`` (which runs it, in order, on the same
+        connection) instead of running it here; None: run it here again."""
+        self._send = send
 
     def flush(self) -> None:
         if self._conn is None or not self._pending:
             return
-        with self._conn.cursor() as cur, cur.copy(
-            "COPY ingestd.row_results"
-            " (file_id, record, accepted, ref, error_class, message, error_field, error_detail,"
-            " fields) FROM STDIN"
-        ) as copy:
-            for row in self._pending:
-                copy.write_row((self._file_id, *row))
-        self._pending.clear()
+        conn, data = self._conn, "".join(self._pending)
+        self._pending = []
+
+        def copy() -> None:
+            with conn.cursor() as cur, cur.copy(_COPY_ROW_RESULTS) as c:
+                c.write(data)
+
+        if self._send is None:
+            copy()
+        else:
+            self._send(copy)
+
+
+_COPY_ROW_RESULTS = (
+    "COPY ingestd.row_results (file_id, record, accepted, ref, error_class, message,"
+    " error_field, error_detail, fields) FROM STDIN")
+_NULL = "\\N"
+# What COPY's text format escapes, and what a quoted array element escapes.
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
+_ARRAY_SPECIAL = re.compile(r'[\\"\t\n\r\x00]')
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_ELEMENT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# psycopg's own words for it: a file whose row holds a NUL fails as it always did.
+_NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+
+
+def _text(value: str) -> str:
+    """``value`` as a COPY text field."""
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    if "\x00" in value:
+        raise psycopg.DataError(_NUL)
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy_line(head: str, fields: Sequence[str]) -> str:
+    """``head`` then ``fields`` as a text[] literal (every element quoted), one COPY line."""
+    joined = '","'.join(fields)
+    if _ARRAY_SPECIAL.search(joined) is None:
+        return f'{head}{{"{joined}"}}\n' if fields else f"{head}{{}}\n"
+    literal = "{" + ",".join('"' + f.translate(_ELEMENT_ESCAPES) + '"' for f in fields) + "}"
+    return f"{head}{_text(literal)}\n"
