@@ -431,6 +431,7 @@ class ContactsReader:
             )
         self.columns: list[str] = header
         self._layout = _Layout.from_header(header)
+        self.names: list[str] = list(self._layout.index)  # the known columns, header order
 
     def bytes_read(self) -> int:
         """How far the file is read (the reader works a piece ahead of the records)."""

@@ -3,7 +3,6 @@ ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
+from ingestd.db.copy_text import NULL, text, text_array
 from ingestd.errors import RowError
 
 
@@ -252,7 +252,7 @@ class RowResults:
     Rejected rows are always stored (sidecars can be rebuilt after a crash);
     accepted rows only when ``keep=True`` (contacts need them for accepted.csv).
     Stored in batches with COPY so a million-row file stays fast: each row is encoded
-    to COPY text as it comes (``_copy_line``, plain string work instead of psycopg's
+    to COPY text as it comes (``copy_text``, plain string work instead of psycopg's
     per-value dumpers), and a batch goes as one write. ``send_with`` lets an applier
     run the batches' COPY on its own database thread.
     """
@@ -278,9 +278,9 @@ class RowResults:
         self.rows += 1
         self.accepted += 1
         if keep and self._conn is not None:
-            self._pending.append(_copy_line(
-                f"{self._prefix}{record}\tt\t{_NULL if ref is None else _text(ref)}"
-                "\t\\N\t\\N\t\t\t", fields))
+            self._pending.append(
+                f"{self._prefix}{record}\tt\t{NULL if ref is None else text(ref)}"
+                f"\t\\N\t\\N\t\t\t{text_array(fields)}\n")
             if len(self._pending) >= self.BATCH:
                 self.flush()
 
@@ -292,10 +292,10 @@ class RowResults:
         if len(self.sample_errors) < 1000:
             self.sample_errors.append((record, error))
         if self._conn is not None:
-            self._pending.append(_copy_line(
-                f"{self._prefix}{record}\tf\t\\N\t{_text(error.error_class)}"
-                f"\t{_text(error.message)}\t{_text(error.field)}\t{_text(error.detail)}\t",
-                fields))
+            self._pending.append(
+                f"{self._prefix}{record}\tf\t\\N\t{text(error.error_class)}"
+                f"\t{text(error.message)}\t{text(error.field)}\t{text(error.detail)}"
+                f"\t{text_array(fields)}\n")
             if len(self._pending) >= self.BATCH:
                 self.flush()
 
@@ -323,29 +323,3 @@ class RowResults:
 _COPY_ROW_RESULTS = (
     "COPY ingestd.row_results (file_id, record, accepted, ref, error_class, message,"
     " error_field, error_detail, fields) FROM STDIN")
-_NULL = "\\N"
-# What COPY's text format escapes, and what a quoted array element escapes.
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
-_ARRAY_SPECIAL = re.compile(r'[\\"\t\n\r\x00]')
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_ELEMENT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
-# psycopg's own words for it: a file whose row holds a NUL fails as it always did.
-_NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
-
-
-def _text(value: str) -> str:
-    """``value`` as a COPY text field."""
-    if _COPY_SPECIAL.search(value) is None:
-        return value
-    if "\x00" in value:
-        raise psycopg.DataError(_NUL)
-    return value.translate(_COPY_ESCAPES)
-
-
-def _copy_line(head: str, fields: Sequence[str]) -> str:
-    """``head`` then ``fields`` as a text[] literal (every element quoted), one COPY line."""
-    joined = '","'.join(fields)
-    if _ARRAY_SPECIAL.search(joined) is None:
-        return f'{head}{{"{joined}"}}\n' if fields else f"{head}{{}}\n"
-    literal = "{" + ",".join('"' + f.translate(_ELEMENT_ESCAPES) + '"' for f in fields) + "}"
-    return f"{head}{_text(literal)}\n"
