@@ -14,9 +14,8 @@ from datetime import datetime
 import psycopg
 
 NULL = "\\N"
-# What COPY's text format escapes, and what a quoted array element escapes.
+# What COPY's text format escapes; a quoted array element escapes these and '"'.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
-_ARRAY_SPECIAL = re.compile(r'[\\"\t\n\r\x00]')
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _ELEMENT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 # psycopg's own words for it: a value holding a NUL fails as it did through write_row.
@@ -50,6 +49,7 @@ def field(value: str | bool | datetime | int | None) -> str:
 def text_array(values: Sequence[str]) -> str:
     """A text[] field: every element quoted, so none reads as NULL or loses its spaces."""
     joined = '","'.join(values)
-    if _ARRAY_SPECIAL.search(joined) is None:
+    # Plain when no value holds a quote (the joins' own are counted) or an escape.
+    if joined.count('"') == 2 * len(values) - 2 and _COPY_SPECIAL.search(joined) is None:
         return f'{{"{joined}"}}' if values else "{}"
     return text("{" + ",".join('"' + v.translate(_ELEMENT_ESCAPES) + '"' for v in values) + "}")
