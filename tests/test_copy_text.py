@@ -83,3 +83,14 @@ def test_a_nul_fails_as_write_row_does() -> None:
         copy_text.text_array(["a\x00"])
     with pytest.raises(psycopg.DataError, match="NUL"):
         copy_text.field("a\x00")
+
+
+@EXAMPLES
+@given(rows=st.lists(st.tuples(st.none() | cells, st.none() | st.booleans(),
+                               st.none() | stamps), min_size=1, max_size=5))
+def test_lines_read_back_as_given(tables: Conn, rows: list[tuple[Any, ...]]) -> None:
+    conn = tables
+    conn.execute("DELETE FROM v")
+    with conn.cursor() as cur, cur.copy("COPY v FROM STDIN") as copy:
+        copy.write("".join(copy_text.line((n, *row)) for n, row in enumerate(rows)))
+    assert conn.execute("SELECT t, b, s FROM v ORDER BY n").fetchall() == rows

@@ -96,9 +96,9 @@ class ContactsProcessor:
             except Exception as e:  # the file fails there, after the sections before it
                 following, unreadable = None, e
             following_read_to = position()
-            contacts = found.result()
+            contacts = store.contacts(found.result())
             resolver.resolve(batch, contacts)
-            db.run(store.write, list(contacts.values()))
+            db.run(store.write, store.encode(contacts.values()))
             if unreadable is not None:
                 raise unreadable
             found = db.run(store.fetch, _codes(following)) if following else None
@@ -248,7 +248,8 @@ def _getter(names: list[str]) -> Callable[[dict[str, Value]], tuple[Value, ...]]
 def _create(section: Section, contact_id: str) -> Contact:
     values: dict[str, Value] = dict.fromkeys(CONTACT_COLUMNS)
     values.update(section.contact)  # abTests stays None when the header lacks it
-    treatments = {str(t[TREATMENT_ID]): dict(t) for t in section.treatments}
+    # The section's own dicts: nothing else holds them once it is resolved.
+    treatments = {str(t[TREATMENT_ID]): t for t in section.treatments}
     return Contact(contact_id, values, treatments, None, new=True, touched=True)
 
 

@@ -132,7 +132,7 @@ IF_UNMODIFIED_SINCE = "if-unmodified-since"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, row after row
 class ContactRow:
     """One data row: its record number, its fields as given, and them by column name."""
 

@@ -4,7 +4,8 @@ with one query, and the batch's changes written in bulk. The rules live in ``app
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ingestd.contacts.reader import COLUMNS, TREATMENT_ID, Kind, Level, Value
+from ingestd.db import copy_text
 
 # The tables' columns, by CSV column name (0002_contacts.sql).
 DB_COLUMN: dict[str, str] = {
@@ -104,18 +106,24 @@ class Store:
         self._update_treatments = _update_from_json(
             treatments, ["contact_id", "treatment_id"], TREATMENT_UPDATABLE)
 
-    def fetch(self, codes: set[str]) -> dict[str, Contact]:
-        """The stored contacts with these codes and their treatments, by code.
+    def fetch(self, codes: set[str]) -> list[tuple[Any, ...]]:
+        """The stored rows of the contacts with these codes (``contacts`` reads them).
 
         Rows are locked (FOR UPDATE) so nothing else changes them between the
-        precondition check and the write.
+        precondition check and the write. Only the query runs here (on the database
+        thread); making contacts of the rows is left to the thread that resolves them.
         """
         if not codes:
-            return {}
+            return []
+        cursor = self._conn.execute(self._fetch, (orjson.dumps(list(codes)).decode(),))
+        return cursor.fetchall()
+
+    @staticmethod
+    def contacts(rows: list[tuple[Any, ...]]) -> dict[str, Contact]:
+        """The contacts of ``fetch``'s rows and their treatments, by code."""
         found: dict[str, Contact] = {}
         width = len(CONTACT_COLUMNS)
         contact: Contact | None = None
-        rows = self._conn.execute(self._fetch, (orjson.dumps(list(codes)).decode(),))
         for row in rows:
             if contact is None or contact.id != row[0]:  # a contact's rows come together
                 touched = bool(row[2])
@@ -129,40 +137,67 @@ class Store:
                 contact.treatments[str(treatment[TREATMENT_ID])] = treatment
         return found
 
-    def write(self, contacts: Iterable[Contact]) -> None:
-        """Insert the batch's new contacts and update the changed stored ones."""
-        new: list[Contact] = []
-        changed: list[Contact] = []
-        for contact in contacts:
-            if contact.new:
-                new.append(contact)
-            elif contact.dirty:
-                changed.append(contact)
+    @staticmethod
+    def encode(contacts: Iterable[Contact]) -> Changes:
+        """The batch's new contacts and the changes of its stored ones, ready to send
+        (encoded by the thread that resolved them, so ``write`` only sends)."""
+        changes = Changes()
+        new: list[str] = []
+        treatments: list[str] = []
+        contact_rows: list[list[Any]] = []
+        treatment_rows: list[list[Any]] = []
+        for c in contacts:
+            if c.new:
+                new.append(copy_text.line((c.id, *_CONTACT_VALUES(c.values))))
+                for ordinal, t in enumerate(c.treatments.values()):
+                    treatments.append(copy_text.line((c.id, ordinal, *_TREATMENT_VALUES(t))))
+            elif c.dirty:
+                contact_rows.append([c.id, *_CONTACT_UPDATES(c.values)])
+                treatment_rows.extend(
+                    [c.id, t, *_TREATMENT_UPDATES(c.treatments[t])] for t in c.dirty_treatments)
         if new:
-            self._insert(new)
-        if changed:
-            self._update(changed)
+            changes.contacts, changes.treatments = "".join(new), "".join(treatments)
+        if contact_rows:
+            changes.contact_updates = orjson.dumps(contact_rows).decode()
+        if treatment_rows:
+            changes.treatment_updates = orjson.dumps(treatment_rows).decode()
+        return changes
 
-    def _insert(self, contacts: list[Contact]) -> None:
+    def write(self, changes: Changes) -> None:
+        """Insert the batch's new contacts and update the changed stored ones."""
         with self._conn.cursor() as cur:
-            with cur.copy(self._copy_contacts) as copy:
-                for c in contacts:
-                    copy.write_row((c.id, *(c.values[n] for n in CONTACT_COLUMNS)))
-            with cur.copy(self._copy_treatments) as copy:
-                for c in contacts:
-                    for ordinal, t in enumerate(c.treatments.values()):
-                        copy.write_row((c.id, ordinal, *(t[n] for n in TREATMENT_COLUMNS)))
+            if changes.contacts:
+                with cur.copy(self._copy_contacts) as copy:
+                    copy.write(changes.contacts)
+                with cur.copy(self._copy_treatments) as copy:
+                    copy.write(changes.treatments)
+            if changes.contact_updates:
+                cur.execute(self._update_contacts, (changes.contact_updates,))
+            if changes.treatment_updates:
+                cur.execute(self._update_treatments, (changes.treatment_updates,))
 
-    def _update(self, contacts: list[Contact]) -> None:
-        rows = [[c.id, *(c.values[n] for n in CONTACT_UPDATABLE)] for c in contacts]
-        self._conn.execute(self._update_contacts, (orjson.dumps(rows).decode(),))
-        rows = [
-            [c.id, t, *(c.treatments[t][n] for n in TREATMENT_UPDATABLE)]
-            for c in contacts
-            for t in c.dirty_treatments
-        ]
-        if rows:
-            self._conn.execute(self._update_treatments, (orjson.dumps(rows).decode(),))
+
+@dataclass(slots=True)
+class Changes:
+    """A batch's writes, encoded: COPY text of the new contacts and their treatments,
+    JSON arrays of the stored ones' updates."""
+
+    contacts: str = ""
+    treatments: str = ""
+    contact_updates: str = ""
+    treatment_updates: str = ""
+
+
+def _values(names: list[str]) -> Callable[[dict[str, Value]], tuple[Value, ...]]:
+    """The values of ``names`` (two or more) as one tuple, in C."""
+    assert len(names) > 1
+    return operator.itemgetter(*names)
+
+
+_CONTACT_VALUES = _values(CONTACT_COLUMNS)
+_TREATMENT_VALUES = _values(TREATMENT_COLUMNS)
+_CONTACT_UPDATES = _values(CONTACT_UPDATABLE)
+_TREATMENT_UPDATES = _values(TREATMENT_UPDATABLE)
 
 
 def _update_from_json(table: sql.Identifier, keys: list[str], names: list[str], *,

@@ -53,3 +53,13 @@ def text_array(values: Sequence[str]) -> str:
     if joined.count('"') == 2 * len(values) - 2 and _COPY_SPECIAL.search(joined) is None:
         return f'{{"{joined}"}}' if values else "{}"
     return text("{" + ",".join('"' + v.translate(_ELEMENT_ESCAPES) + '"' for v in values) + "}")
+
+
+def line(values: Sequence[str | bool | datetime | int | None]) -> str:
+    """One COPY line of ``values`` (``field`` each), built in one join when no text value
+    needs an escape (the separators' own tabs are counted)."""
+    cells = [v if type(v) is str else field(v) for v in values]
+    joined = "\t".join(cells)
+    if joined.count("\t") == len(cells) - 1 and _COPY_SPECIAL.search(joined) is None:
+        return joined + "\n"
+    return "\t".join([field(v) for v in values]) + "\n"
