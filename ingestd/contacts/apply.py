@@ -102,6 +102,7 @@ class ContactsProcessor:
             if unreadable is not None:
                 raise unreadable
             found = db.run(store.fetch, _codes(following)) if following else None
+            ctx.results.flush()  # after the fetch the next batch waits for
             ctx.progress.advance(ctx.results.rows, read_to)
             batch, read_to = following, following_read_to
 

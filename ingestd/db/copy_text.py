@@ -1,15 +1,14 @@
-"""Values as lines of COPY's text format, encoded with plain string work.
+"""Text and text[] values as fields of COPY's text format, with plain string work.
 
-psycopg's ``Copy.write_row`` calls a dumper per value (in Python for arrays); the bulk
-writers of row results and contacts encode their few value types here instead and send
-a batch as one ``Copy.write``. What PostgreSQL reads back is the same.
+psycopg's ``Copy.write_row`` dumps a list element by element in Python; the row results
+(``ledger.RowResults``), a text[] of the row's fields each, encode their lines here
+instead and send a batch as one ``Copy.write``. What PostgreSQL reads back is the same.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
 
 import psycopg
 
@@ -31,21 +30,6 @@ def text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
-def field(value: str | bool | datetime | int | None) -> str:
-    """A text, boolean, timestamp (aware: ISO 8601 with its offset), integer or NULL."""
-    if value is None:
-        return NULL
-    if isinstance(value, str):
-        return text(value)
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
 def text_array(values: Sequence[str]) -> str:
     """A text[] field: every element quoted, so none reads as NULL or loses its spaces."""
     joined = '","'.join(values)
@@ -54,12 +38,3 @@ def text_array(values: Sequence[str]) -> str:
         return f'{{"{joined}"}}' if values else "{}"
     return text("{" + ",".join('"' + v.translate(_ELEMENT_ESCAPES) + '"' for v in values) + "}")
 
-
-def line(values: Sequence[str | bool | datetime | int | None]) -> str:
-    """One COPY line of ``values`` (``field`` each), built in one join when no text value
-    needs an escape (the separators' own tabs are counted)."""
-    cells = [v if type(v) is str else field(v) for v in values]
-    joined = "\t".join(cells)
-    if joined.count("\t") == len(cells) - 1 and _COPY_SPECIAL.search(joined) is None:
-        return joined + "\n"
-    return "\t".join([field(v) for v in values]) + "\n"

@@ -272,6 +272,7 @@ class RowResults:
         self._prefix = f"{file_id}\t"
         self._pending: list[str] = []
         self._send: Callable[[Callable[[], None]], None] | None = None
+        self._limit = self.BATCH
         self.rows = 0
         self.accepted = 0
         self.rejected = 0
@@ -288,7 +289,7 @@ class RowResults:
             self._pending.append(
                 f"{self._prefix}{record}\tt\t{NULL if ref is None else text(ref)}"
                 f"\t\\N\t\\N\t\t\t{text_array(fields)}\n")
-            if len(self._pending) >= self.BATCH:
+            if len(self._pending) >= self._limit:
                 self.flush()
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
@@ -303,13 +304,16 @@ class RowResults:
                 f"{self._prefix}{record}\tf\t\\N\t{text(error.error_class)}"
                 f"\t{text(error.message)}\t{text(error.field)}\t{text(error.detail)}"
                 f"\t{text_array(fields)}\n")
-            if len(self._pending) >= self.BATCH:
+            if len(self._pending) >= self._limit:
                 self.flush()
 
     def send_with(self, send: Callable[[Callable[[], None]], None] | None) -> None:
         """Hand each batch's COPY to ``send`` (which runs it, in order, on the same
-        connection) instead of running it here; None: run it here again."""
+        connection) instead of running it here; None: run it here again. Meanwhile the
+        applier calls ``flush`` when its database thread has nothing more urgent to do
+        (rows are sent by themselves only at ``4 * BATCH``, a bound on memory)."""
         self._send = send
+        self._limit = self.BATCH if send is None else 4 * self.BATCH
 
     def flush(self) -> None:
         if self._conn is None or not self._pending:
