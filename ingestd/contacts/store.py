@@ -14,7 +14,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from ingestd.contacts.reader import COLUMNS, TREATMENT_ID, Kind, Level, Value
+from ingestd.contacts.reader import CODE, COLUMNS, TREATMENT_ID, Kind, Level, Value
 
 # The tables' columns, by CSV column name (0002_contacts.sql).
 DB_COLUMN: dict[str, str] = {
@@ -83,18 +83,18 @@ class Store:
         self._conn = conn
         contacts = sql.Identifier(schema, "contacts")
         treatments = sql.Identifier(schema, "contact_treatments")
-        self._fetch = sql.SQL(
-            "SELECT c.id::text, c.modified_at, c.modified_at = now(), c.response_tracking_code,"
-            " {contact}, t.treatment_id IS NOT NULL, {treatment}"
-            " FROM {contacts} c LEFT JOIN {treatments} t ON t.contact_id = c.id"
-            " WHERE c.response_tracking_code = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)))"
-            " ORDER BY c.id, t.ordinal FOR UPDATE OF c"
-        ).format(
-            contact=_columns("c", CONTACT_COLUMNS),
-            treatment=_columns("t", TREATMENT_COLUMNS),
-            contacts=contacts,
-            treatments=treatments,
-        )
+        # Contacts and treatments apart: the join would repeat a contact's columns on each
+        # of its treatments' rows, and they would be read that many times.
+        self._fetch_contacts = sql.SQL(
+            "SELECT id::text, modified_at, modified_at = now(), {contact} FROM {contacts}"
+            " WHERE response_tracking_code = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)))"
+            " FOR UPDATE"
+        ).format(contact=_columns(None, CONTACT_COLUMNS), contacts=contacts)
+        self._fetch_treatments = sql.SQL(
+            "SELECT contact_id::text, {treatment} FROM {treatments}"
+            " WHERE contact_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%s))::uuid[])"
+            " ORDER BY contact_id, ordinal"
+        ).format(treatment=_columns(None, TREATMENT_COLUMNS), treatments=treatments)
         # COPY: the fastest bulk insert; created_at/modified_at take their default now().
         self._copy_contacts = sql.SQL("COPY {} (id, {}) FROM STDIN").format(
             contacts, _columns(None, CONTACT_COLUMNS))
@@ -105,35 +105,39 @@ class Store:
         self._update_treatments = _update_from_json(
             treatments, ["contact_id", "treatment_id"], TREATMENT_UPDATABLE)
 
-    def fetch(self, codes: set[str]) -> list[tuple[Any, ...]]:
+    def fetch(self, codes: set[str]) -> Fetched:
         """The stored rows of the contacts with these codes (``contacts`` reads them).
 
-        Rows are locked (FOR UPDATE) so nothing else changes them between the
-        precondition check and the write. Only the query runs here (on the database
-        thread); making contacts of the rows is left to the thread that resolves them.
+        Contact rows are locked (FOR UPDATE) so nothing else changes them, or their
+        treatments, between the precondition check and the write. Only the queries run
+        here (on the database thread); making contacts of the rows is left to the thread
+        that resolves them.
         """
         if not codes:
-            return []
-        cursor = self._conn.execute(self._fetch, (orjson.dumps(list(codes)).decode(),))
-        return cursor.fetchall()
+            return [], []
+        found = self._conn.execute(
+            self._fetch_contacts, (orjson.dumps(list(codes)).decode(),)).fetchall()
+        if not found:
+            return [], []
+        ids = orjson.dumps([row[0] for row in found]).decode()
+        return found, self._conn.execute(self._fetch_treatments, (ids,)).fetchall()
 
     @staticmethod
-    def contacts(rows: list[tuple[Any, ...]]) -> dict[str, Contact]:
+    def contacts(fetched: Fetched) -> dict[str, Contact]:
         """The contacts of ``fetch``'s rows and their treatments, by code."""
+        rows, treatment_rows = fetched
+        by_id: dict[str, Contact] = {}
         found: dict[str, Contact] = {}
-        width = len(CONTACT_COLUMNS)
-        contact: Contact | None = None
+        code = CONTACT_COLUMNS.index(CODE)
         for row in rows:
-            if contact is None or contact.id != row[0]:  # a contact's rows come together
-                touched = bool(row[2])
-                contact = Contact(
-                    row[0], dict(zip(CONTACT_COLUMNS, row[4 : 4 + width], strict=True)), {},
-                    None if touched else row[1], touched=touched,
-                )
-                found[row[3]] = contact
-            if row[4 + width]:  # the contact has this treatment (LEFT JOIN)
-                treatment = dict(zip(TREATMENT_COLUMNS, row[5 + width :], strict=True))
-                contact.treatments[str(treatment[TREATMENT_ID])] = treatment
+            touched = bool(row[2])
+            values = dict(zip(CONTACT_COLUMNS, row[3:], strict=True))
+            contact = Contact(row[0], values, {}, None if touched else row[1], touched=touched)
+            by_id[contact.id] = found[row[3 + code]] = contact
+        treatment_id = TREATMENT_COLUMNS.index(TREATMENT_ID)
+        for row in treatment_rows:
+            by_id[row[0]].treatments[row[1 + treatment_id]] = dict(
+                zip(TREATMENT_COLUMNS, row[1:], strict=True))
         return found
 
     @staticmethod
@@ -174,6 +178,10 @@ class Store:
                 cur.execute(self._update_contacts, (changes.contact_updates,))
             if changes.treatment_updates:
                 cur.execute(self._update_treatments, (changes.treatment_updates,))
+
+
+# What ``fetch`` returns: the contacts' rows, their treatments' rows.
+Fetched = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
 @dataclass(slots=True)
