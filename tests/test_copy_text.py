@@ -1,5 +1,6 @@
 """The hand-made COPY text of ``ingestd.db.copy_text`` reads back as given: row results
-(text, text[] with every character COPY or an array literal escapes)."""
+(text, text[] with every character COPY or an array literal escapes), in the table and
+through the ledger's readers for the sidecars."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def test_row_results_read_back_as_given(file_row: Conn, rows: list[list[str]], r
         for r, f in enumerate(rows, start=1)
     ]
     assert stored == expected
+    # And as the sidecars read them back.
+    assert [(r, str(ref), f) for r, _, ref, *_, f in expected if r % 2] \
+        == list(ledger.accepted_rows(conn, file_id))
+    assert [(r, f) for r, *_, f in expected if not r % 2] \
+        == [(x.record, x.fields) for x in ledger.rejected_rows(conn, file_id)]
 
 
 def test_a_nul_fails_as_write_row_does() -> None:

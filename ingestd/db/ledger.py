@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
@@ -105,7 +106,8 @@ def set_finished(conn: psycopg.Connection[Any], file_id: int) -> None:
 
 
 # Rows a server-side cursor fetches per round trip (psycopg's default is 100): a
-# million-row file's sidecars in hundreds of round trips, still in bounded memory.
+# million-row file's sidecars in hundreds of round trips, still in bounded memory. The
+# fields come as JSON text, parsed by orjson: psycopg parses a text[] in Python.
 _ITERSIZE = 5000
 
 
@@ -122,8 +124,8 @@ class RejectedRow:
 def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
                   error_class: str | None = None) -> Iterator[RejectedRow]:
     """Stream rejected rows in record order (server-side cursor: constant memory)."""
-    query = ("SELECT record, error_class, message, error_field, error_detail, fields"
-             " FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
+    query = ("SELECT record, error_class, message, error_field, error_detail,"
+             " to_json(fields)::text FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
     params: tuple[Any, ...] = (file_id,)
     if error_class is not None:
         query += " AND error_class = %s"
@@ -133,17 +135,17 @@ def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
         cur.execute(query + " ORDER BY record", params)
         for rec, cls, msg, column, detail, fields in cur:
             yield RejectedRow(int(rec), str(cls), str(msg), str(column), str(detail),
-                              list(fields))
+                              orjson.loads(fields))
 
 
 def accepted_rows(conn: psycopg.Connection[Any],
                   file_id: int) -> Iterator[tuple[int, str, list[str]]]:
     with conn.cursor(name=f"acc_{file_id}") as cur:
         cur.itersize = _ITERSIZE
-        cur.execute("SELECT record, ref, fields FROM ingestd.row_results"
+        cur.execute("SELECT record, ref, to_json(fields)::text FROM ingestd.row_results"
                     " WHERE file_id = %s AND accepted ORDER BY record", (file_id,))
         for rec, ref, fields in cur:
-            yield int(rec), str(ref), list(fields)
+            yield int(rec), str(ref), orjson.loads(fields)
 
 
 def recent(conn: psycopg.Connection[Any], company: str, limit: int = 5) -> list[dict[str, Any]]:
