@@ -38,8 +38,9 @@ Decisions where docs/formats.md is silent (documented here and in the report):
 from __future__ import annotations
 
 import io
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -286,6 +287,7 @@ class _Cell:
     position: int
     contact: bool  # contact-level (repeated on every row of a section)
     typed: _Typer
+    plain: bool  # optional text: the cell as given, None when blank (unless it has a NUL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +297,8 @@ class _Layout:
     width: int
     index: dict[str, int]  # known column name -> position (the id column excluded)
     cells: tuple[_Cell, ...]  # the known columns in header order
+    treatment_cells: tuple[_Cell, ...]  # the treatment-level ones
+    contact_of: Callable[[list[str]], tuple[str, ...]]  # a row's contact-level cells
 
     @classmethod
     def from_header(cls, header: list[str]) -> _Layout:
@@ -316,11 +320,15 @@ class _Layout:
             listed = ", ".join(missing)
             raise FileError(CONTACTS_GLOBAL, f"The header lacks the required columns: {listed}.")
         cells = tuple(
-            _Cell(name, i, COLUMN_BY_NAME[name].level is Level.CONTACT,
-                  _Typer(COLUMN_BY_NAME[name]))
+            _Cell(name, i, column.level is Level.CONTACT, _Typer(column),
+                  column.kind is Kind.TEXT and not column.required)
             for name, i in index.items()
+            for column in (COLUMN_BY_NAME[name],)
         )
-        return cls(width=len(header), index=index, cells=cells)
+        contact = [c.position for c in cells if c.contact]  # never fewer than two
+        return cls(width=len(header), index=index, cells=cells,
+                   treatment_cells=tuple(c for c in cells if not c.contact),
+                   contact_of=operator.itemgetter(*contact))
 
     def code_of(self, fields: list[str]) -> str:
         """The row's tracking code, even from a row of the wrong width (to find its section)."""
@@ -344,6 +352,7 @@ class _SectionBuilder:
         self._layout = layout
         self._treatment_ids: set[Value] = set()
         self._first: list[str] = []  # the first row's fields, once it passed
+        self._first_contact: tuple[str, ...] = ()  # and its contact-level cells
         self.section = Section(code=code)
 
     def add(self, record: int, fields: list[str]) -> None:
@@ -362,27 +371,33 @@ class _SectionBuilder:
             section.treatments.clear()
 
     def _check(self, fields: list[str]) -> str | None:
-        if not fields[self._layout.index[CODE]].strip():
+        layout = self._layout
+        if not fields[layout.index[CODE]].strip():
             return BLANK_CODE_MESSAGE
         first = self._first
         if not first:
             return self._check_first(fields)
+        if layout.contact_of(fields) == self._first_contact:
+            # The usual later row: its contact cells are the first row's, all of them.
+            treatment: dict[str, Value] = {}
+            error = _type_cells(layout.treatment_cells, fields, treatment, treatment)
+            return error or self._add_treatment(treatment)
         section = self.section
-        treatment: dict[str, Value] = {}
+        treatment = {}
         changed: list[tuple[str, Value]] = []  # contact-level cells not as in the first row
-        for cell in self._layout.cells:
+        for cell in layout.cells:
             raw = fields[cell.position]
             if cell.contact:
                 if raw == first[cell.position]:
                     continue
-                value, error = cell.typed(raw)
-                if error is not None:
-                    return error
+                value, message = cell.typed(raw)
+                if message is not None:
+                    return message
                 changed.append((cell.name, value))
             else:
-                value, error = cell.typed(raw)
-                if error is not None:
-                    return error
+                value, message = cell.typed(raw)
+                if message is not None:
+                    return message
                 treatment[cell.name] = value
         for name, value in changed:
             if section.contact[name] != value:
@@ -392,13 +407,12 @@ class _SectionBuilder:
     def _check_first(self, fields: list[str]) -> str | None:
         contact: dict[str, Value] = {}
         treatment: dict[str, Value] = {}
-        for cell in self._layout.cells:
-            value, error = cell.typed(fields[cell.position])
-            if error is not None:
-                return error
-            (contact if cell.contact else treatment)[cell.name] = value
+        error = _type_cells(self._layout.cells, fields, contact, treatment)
+        if error is not None:
+            return error
         self.section.contact = contact
         self._first = fields
+        self._first_contact = self._layout.contact_of(fields)
         return self._add_treatment(treatment)
 
     def _add_treatment(self, treatment: dict[str, Value]) -> str | None:
@@ -408,6 +422,21 @@ class _SectionBuilder:
         self._treatment_ids.add(treatment_id)
         self.section.treatments.append(treatment)
         return None
+
+
+def _type_cells(cells: tuple[_Cell, ...], fields: list[str], contact: dict[str, Value],
+                treatment: dict[str, Value]) -> str | None:
+    """Type ``cells`` of a row into ``contact`` and ``treatment``; the first error, if any."""
+    for cell in cells:
+        raw = fields[cell.position]
+        if cell.plain and "\x00" not in raw:  # most cells: what the typer would say, inline
+            value: Value = raw if raw.strip() else None
+        else:
+            value, error = cell.typed(raw)
+            if error is not None:
+                return error
+        (contact if cell.contact else treatment)[cell.name] = value
+    return None
 
 
 class ContactsReader:
