@@ -1,7 +1,7 @@
 """Throughput of ingestd beside its floors and pgloader, all in the same run (issue 8).
 
     .venv/bin/python bench/throughput.py --rows 1000000 [--contacts 200000] [--repeat K]
-                                         [--database-url URL]
+                                         [--only {persons,contacts}] [--database-url URL]
 
 Without --database-url an embedded PostgreSQL is started under a temp directory;
 with it, each run gets a database of its own on that server (dropped afterwards).
@@ -24,7 +24,8 @@ Each run, in a fresh database with company ``acme`` and three custom fields
 Before each update run the persons table is vacuumed (not timed), so the ingest and
 the floor start from the same table. Times are wall-clock seconds of each step
 (``ingestd ingest`` is the whole command: start-up, claim, apply, commit, sidecars,
-move). With ``--repeat K`` every figure is the median of K runs.
+move). With ``--repeat K`` every figure is the median of K runs. ``--only`` runs the
+persons or the contacts part alone (the company is set up either way).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -230,31 +232,42 @@ def one_run(url: str, k: int, files: dict[str, Path], args: argparse.Namespace,
         root = Path(tmp)
         env = cli_env(db_url, root)
         set_up_company(env, root)
-        record("persons: ingest creates", ingest(env, root, files["creates"], args.rows))
-        record(FLOOR_C, indexed_floor(db_url, files["floor"]))
-        record(FLOOR_C_OLD, indexed_floor_old(db_url, files["floor_old"]))
-        record(FLOOR_U_OLD, update_floor_old(db_url, files["updates"]))
-        vacuum(db_url, BASE)
-        record(FLOOR_U, update_floor(db_url, files["updates"]))
-        vacuum(db_url, BASE)
-        vacuum(db_url, CUSTOM)
-        record("persons: ingest updates", ingest(env, root, files["updates"], args.rows))
-        record("persons: plain COPY, unindexed text table", plain_copy(db_url, files["creates"]))
-        if args.pgloader:
-            record("persons: pgloader, unindexed table",
-                   pgloader(db_url, files["creates"], "pgloader_persons", CREATE_COLUMNS))
-        if args.contacts:
-            record("contacts: ingest creates",
-                   ingest(env, root, files["contacts"], args.contacts))
-            headers = files["contacts_update"].with_name(
-                files["contacts_update"].name + ".headers")
-            since = datetime.now(UTC) + timedelta(days=1)
-            headers.write_text(f"If-Unmodified-Since: {format_datetime(since, usegmt=True)}\n")
-            record("contacts: ingest updates (If-Unmodified-Since)",
-                   ingest(env, root, files["contacts_update"], args.contacts))
-            if args.pgloader:
-                record("contacts: pgloader, unindexed table",
-                       pgloader(db_url, files["contacts"], "pgloader_contacts", CONTACT_HEADER))
+        if args.only != "contacts":
+            persons_run(db_url, env, root, files, args, record)
+        if args.contacts and args.only != "persons":
+            contacts_run(db_url, env, root, files, args, record)
+
+
+def persons_run(db_url: str, env: dict[str, str], root: Path, files: dict[str, Path],
+                args: argparse.Namespace, record: Callable[[str, float], None]) -> None:
+    record("persons: ingest creates", ingest(env, root, files["creates"], args.rows))
+    record(FLOOR_C, indexed_floor(db_url, files["floor"]))
+    record(FLOOR_C_OLD, indexed_floor_old(db_url, files["floor_old"]))
+    record(FLOOR_U_OLD, update_floor_old(db_url, files["updates"]))
+    vacuum(db_url, BASE)
+    record(FLOOR_U, update_floor(db_url, files["updates"]))
+    vacuum(db_url, BASE)
+    vacuum(db_url, CUSTOM)
+    record("persons: ingest updates", ingest(env, root, files["updates"], args.rows))
+    record("persons: plain COPY, unindexed text table", plain_copy(db_url, files["creates"]))
+    if args.pgloader:
+        record("persons: pgloader, unindexed table",
+               pgloader(db_url, files["creates"], "pgloader_persons", CREATE_COLUMNS))
+
+
+def contacts_run(db_url: str, env: dict[str, str], root: Path, files: dict[str, Path],
+                 args: argparse.Namespace, record: Callable[[str, float], None]) -> None:
+    record("contacts: ingest creates",
+           ingest(env, root, files["contacts"], args.contacts))
+    headers = files["contacts_update"].with_name(
+        files["contacts_update"].name + ".headers")
+    since = datetime.now(UTC) + timedelta(days=1)
+    headers.write_text(f"If-Unmodified-Since: {format_datetime(since, usegmt=True)}\n")
+    record("contacts: ingest updates (If-Unmodified-Since)",
+           ingest(env, root, files["contacts_update"], args.contacts))
+    if args.pgloader:
+        record("contacts: pgloader, unindexed table",
+               pgloader(db_url, files["contacts"], "pgloader_contacts", CONTACT_HEADER))
 
 
 def main() -> None:
@@ -263,6 +276,8 @@ def main() -> None:
     ap.add_argument("--contacts", type=int, default=200_000,
                     help="contact rows (default 200,000; 0: no contacts run)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; figures are medians")
+    ap.add_argument("--only", choices=("persons", "contacts"),
+                    help="run only the persons or only the contacts part")
     ap.add_argument("--database-url", help="a server to use instead of an embedded one")
     args = ap.parse_args()
     args.pgloader = shutil.which("pgloader") is not None
@@ -274,11 +289,12 @@ def main() -> None:
             ("creates", "creates.persons"), ("updates", "updates.persons"),
             ("floor", "floor.csv"), ("floor_old", "floor-0001.csv"), ("contacts", "contacts.csv"),
             ("contacts_update", "contacts-update.csv"))}
-        write_creates(files["creates"], args.rows)
-        write_updates(files["updates"], args.rows)
-        write_floor_rows(files["floor"], args.rows, keys=True)
-        write_floor_rows(files["floor_old"], args.rows, keys=False)
-        if args.contacts:
+        if args.only != "contacts":
+            write_creates(files["creates"], args.rows)
+            write_updates(files["updates"], args.rows)
+            write_floor_rows(files["floor"], args.rows, keys=True)
+            write_floor_rows(files["floor_old"], args.rows, keys=False)
+        if args.contacts and args.only != "persons":
             write_contacts(files["contacts"], args.contacts)
             write_contacts(files["contacts_update"], args.contacts, update=True)
         seconds: dict[str, list[float]] = {}

@@ -54,6 +54,18 @@ def neutralise(cell: Any) -> Any:
     return cell
 
 
+# A cell that starts with a formula character, in a line's cells joined by NUL (which no
+# stored cell holds): one C-level search tells a line that needs no guard.
+_FORMULA_CELL = re.compile("\x00[=+\\-@\t\r]")
+
+
+def _guarded(line: Sequence[Any]) -> Sequence[Any]:
+    """``line`` with every cell neutralised; the same line when none needs it."""
+    if _FORMULA_CELL.search("\x00" + "\x00".join(map(str, line))) is None:
+        return line
+    return [neutralise(cell) for cell in line]
+
+
 def write_atomic(path: Path, fill: Callable[[TextIO], None]) -> Path:
     # Short, so a long final name still fits NAME_MAX; a dotfile, so partners skip it.
     tmp = path.with_name(f".ingestd-{uuid.uuid4().hex[:12]}.tmp")
@@ -101,6 +113,6 @@ def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[A
         w = csv.writer(fh, lineterminator="\r\n")
         lines = rows if header is None else itertools.chain([header], rows)
         if guard:
-            lines = ([neutralise(cell) for cell in line] for line in lines)
+            lines = map(_guarded, lines)
         w.writerows(lines)
     return write_atomic(path, fill)

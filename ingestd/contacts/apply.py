@@ -5,7 +5,9 @@ Chunk-oriented: sections are taken in batches of about ``settings.chunk_size`` r
 the stored contacts a batch names are fetched with one query, every section is
 resolved in Python in file order (so a later section sees what an earlier one in
 the same file did), and the batch's changes are written in bulk. Memory is bounded
-by the batch, not the file.
+by the batch, not the file. Fetches, writes and the row results' COPY run on a database
+thread of the file's own, in that order, while this thread reads and checks the next
+batch or resolves the current one: PostgreSQL and Python work at the same time.
 
 "Created or updated by this file" is recognised without remembering codes: both
 set ``modified_at = now()``, the transaction's start, which no other transaction
@@ -16,8 +18,8 @@ it last changed *before* this file, which is why it must not be compared.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from ingestd.apply_context import ApplyContext
@@ -34,11 +36,13 @@ from ingestd.contacts.store import (
     CONTACT_COLUMNS,
     CONTACT_UPDATABLE,
     IMMUTABLE,
+    TREATMENT_COLUMNS,
     TREATMENT_UPDATABLE,
     Contact,
     Store,
 )
 from ingestd.db.ledger import RowResults
+from ingestd.db.worker import DatabaseThread
 from ingestd.errors import (
     CONTACTS_GLOBAL,
     CONTACTS_PRECONDITION_FAILED,
@@ -49,6 +53,7 @@ from ingestd.errors import (
     RowError,
 )
 from ingestd.partner_files import open_partner_file
+from ingestd.uuid7 import uuid7s
 
 PRECONDITION_REQUIRED = "Precondition Required"  # HTTP 428: no If-Unmodified-Since
 PRECONDITION_FAILED = "Precondition Failed"  # HTTP 412: modified after it
@@ -62,12 +67,48 @@ class ContactsProcessor:
         with open_contacts(ctx.path, ctx.settings.max_line_bytes) as reader:
             ctx.columns = list(reader.columns)
             store = Store(ctx.conn, ctx.company.schema)
-            resolver = _Resolver(ctx.results, unmodified_since)
-            for batch in _batches(reader.sections(), ctx.settings.chunk_size):
-                contacts = store.fetch({s.code for s in batch if s.error is None})
-                resolver.resolve(batch, contacts)
-                store.write(contacts.values())
-                ctx.progress.advance(ctx.results.rows, reader.bytes_read())
+            resolver = _Resolver(ctx.results, unmodified_since, reader.names)
+            batches = _batches(reader.sections(), ctx.settings.chunk_size)
+            with DatabaseThread("contacts-db") as db:
+                ctx.results.send_with(db.send)
+                try:
+                    self._batches(ctx, store, resolver, db, batches, reader.bytes_read)
+                finally:
+                    ctx.results.send_with(None)
+
+    @staticmethod
+    def _batches(ctx: ApplyContext, store: Store, resolver: _Resolver, db: DatabaseThread,
+                 batches: Iterator[list[Section]], position: Callable[[], int]) -> None:
+        """Each batch: fetch, resolve, write, with the next batch read meanwhile.
+
+        The database thread runs fetch N, write N, fetch N+1, … in that order, so each
+        fetch sees every earlier write (a later section finds the contact an earlier one
+        created); while it works, this thread reads and checks the next batch's rows or
+        resolves the current one.
+        """
+        batch = next(batches, None)
+        read_to = position()  # progress counts the bytes of the rows done, not read ahead
+        found = db.run(store.fetch, _codes(batch)) if batch else None
+        while batch is not None and found is not None:
+            try:
+                following = next(batches, None)
+                unreadable: Exception | None = None
+            except Exception as e:  # the file fails there, after the sections before it
+                following, unreadable = None, e
+            following_read_to = position()
+            contacts = store.contacts(found.result())
+            resolver.resolve(batch, contacts)
+            db.run(store.write, store.encode(contacts.values()))
+            if unreadable is not None:
+                raise unreadable
+            found = db.run(store.fetch, _codes(following)) if following else None
+            ctx.results.flush()  # after the fetch the next batch waits for
+            ctx.progress.advance(ctx.results.rows, read_to)
+            batch, read_to = following, following_read_to
+
+
+def _codes(batch: list[Section]) -> set[str]:
+    return {s.code for s in batch if s.error is None}
 
 
 def _read_headers(ctx: ApplyContext) -> datetime | None:
@@ -111,33 +152,44 @@ def _batches(sections: Iterable[Section], rows: int) -> Iterator[list[Section]]:
 class _Resolver:
     """Decides each section's fate in file order and records its rows' outcomes."""
 
-    def __init__(self, results: RowResults, unmodified_since: datetime | None) -> None:
+    def __init__(self, results: RowResults, unmodified_since: datetime | None,
+                 names: list[str]) -> None:
         self._results = results
         self._unmodified_since = unmodified_since
+        # The immutable columns the header has: a section leaves them as stored when these
+        # read alike (one C-level comparison); only then is each column compared, to name
+        # the first that differs.
+        contact = [n for n in CONTACT_COLUMNS if n in IMMUTABLE and n in names]
+        treatment = [n for n in TREATMENT_COLUMNS if n in IMMUTABLE and n in names]
+        self._contact_key = _getter(contact)
+        self._treatment_key = _getter(treatment)
+        self._ids = uuid7s()  # time-ordered: new contacts' ids go to the index's right edge
 
     def resolve(self, batch: list[Section], contacts: dict[str, Contact]) -> None:
         """Apply the batch's sections to ``contacts`` (code -> contact), which grows."""
+        accept = self._results.accept
         for section in batch:
             if section.error is not None:
                 self._reject(section, RowError(CONTACTS_REJECTED, section.error))
                 continue
             contact = contacts.get(section.code)
             if contact is None:
-                contacts[section.code] = contact = _create(section)
+                contacts[section.code] = contact = _create(section, next(self._ids))
             else:
                 error = self._update(contact, section)
                 if error is not None:
                     self._reject(section, error)
                     continue
+            ref = contact.id
             for row in section.rows:
-                self._results.accept(row.record, row.fields, ref=str(contact.id), keep=True)
+                accept(row.record, row.fields, ref=ref, keep=True)
 
     def _reject(self, section: Section, error: RowError) -> None:
         first = section.first
         self._results.reject(first.record, error, first.fields, rows=len(section.rows))
 
     def _update(self, contact: Contact, section: Section) -> RowError | None:
-        error = self._precondition(contact) or _immutable_error(contact, section)
+        error = self._precondition(contact) or self._immutable_error(contact, section)
         if error is not None:
             return error
         for name in CONTACT_UPDATABLE:
@@ -151,6 +203,19 @@ class _Resolver:
         contact.dirty = not contact.new
         contact.touched = True
         return None
+
+    def _immutable_error(self, contact: Contact, section: Section) -> RowError | None:
+        """``_immutable_error``, answered at once when nothing immutable differs."""
+        if self._contact_key(section.contact) == self._contact_key(contact.values):
+            stored = contact.treatments
+            key = self._treatment_key
+            for treatment in section.treatments:
+                mine = stored.get(str(treatment[TREATMENT_ID]))
+                if mine is None or key(mine) != key(treatment):
+                    break
+            else:
+                return None
+        return _immutable_error(contact, section)
 
     def _precondition(self, contact: Contact) -> RowError | None:
         if contact.touched or contact.modified_at is None:
@@ -171,11 +236,22 @@ def _modified_after(modified_at: datetime, since: datetime) -> bool:
     return modified_at > since
 
 
-def _create(section: Section) -> Contact:
+def _getter(names: list[str]) -> Callable[[dict[str, Value]], tuple[Value, ...]]:
+    """The values of ``names`` as one tuple (itemgetter's shape differs for 0 or 1)."""
+    if not names:
+        return lambda values: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda values: (values[name],)
+    return operator.itemgetter(*names)
+
+
+def _create(section: Section, contact_id: str) -> Contact:
     values: dict[str, Value] = dict.fromkeys(CONTACT_COLUMNS)
     values.update(section.contact)  # abTests stays None when the header lacks it
-    treatments = {str(t[TREATMENT_ID]): dict(t) for t in section.treatments}
-    return Contact(uuid.uuid4(), values, treatments, None, new=True, touched=True)
+    # The section's own dicts: nothing else holds them once it is resolved.
+    treatments = {str(t[TREATMENT_ID]): t for t in section.treatments}
+    return Contact(contact_id, values, treatments, None, new=True, touched=True)
 
 
 def _immutable_error(contact: Contact, section: Section) -> RowError | None:

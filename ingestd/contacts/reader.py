@@ -38,8 +38,9 @@ Decisions where docs/formats.md is silent (documented here and in the report):
 from __future__ import annotations
 
 import io
+import operator
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -132,13 +133,21 @@ IF_UNMODIFIED_SINCE = "if-unmodified-since"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, row after row
 class ContactRow:
     """One data row: its record number, its fields as given, and them by column name."""
 
     record: int
     fields: list[str]
-    values: dict[str, str]  # known columns only; empty when the field count is wrong
+    index: dict[str, int] | None = None  # where the known columns are; None: wrong width
+
+    @property
+    def values(self) -> dict[str, str]:
+        """Known columns only; empty when the field count is wrong (made when asked: the
+        import itself reads the fields by position)."""
+        if self.index is None:
+            return {}
+        return {name: self.fields[i] for name, i in self.index.items()}
 
 
 @dataclass(slots=True)
@@ -236,7 +245,49 @@ def _typed(column: Column, raw: str) -> tuple[Value, str | None]:
     return raw, None
 
 
+_CACHED = 64  # longest cell whose verdict is remembered (bounds the cache's memory)
+_CACHE_ENTRIES = 4096
+
+
+class _Typer:
+    """``_typed`` for one column, remembering recent verdicts on short cells: a file
+    repeats its timestamps, booleans and object variables on row after row."""
+
+    __slots__ = ("cache", "column", "text")
+
+    def __init__(self, column: Column) -> None:
+        self.column = column
+        self.text = column.kind is Kind.TEXT  # a text cell is itself: nothing to remember
+        self.cache: dict[str, tuple[Value, str | None]] = {}
+
+    def __call__(self, raw: str) -> tuple[Value, str | None]:
+        if self.text:
+            if "\x00" not in raw and raw.strip():
+                return raw, None
+            return _typed(self.column, raw)
+        hit = self.cache.get(raw)
+        if hit is not None:
+            return hit
+        verdict = _typed(self.column, raw)
+        if len(raw) <= _CACHED:
+            if len(self.cache) >= _CACHE_ENTRIES:
+                self.cache.clear()
+            self.cache[raw] = verdict
+        return verdict
+
+
 # --- header -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Cell:
+    """A known column of the header: where it sits and how its cells are typed."""
+
+    name: str
+    position: int
+    contact: bool  # contact-level (repeated on every row of a section)
+    typed: _Typer
+    plain: bool  # optional text: the cell as given, None when blank (unless it has a NUL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +296,9 @@ class _Layout:
 
     width: int
     index: dict[str, int]  # known column name -> position (the id column excluded)
+    cells: tuple[_Cell, ...]  # the known columns in header order
+    treatment_cells: tuple[_Cell, ...]  # the treatment-level ones
+    contact_of: Callable[[list[str]], tuple[str, ...]]  # a row's contact-level cells
 
     @classmethod
     def from_header(cls, header: list[str]) -> _Layout:
@@ -265,7 +319,16 @@ class _Layout:
         if missing:
             listed = ", ".join(missing)
             raise FileError(CONTACTS_GLOBAL, f"The header lacks the required columns: {listed}.")
-        return cls(width=len(header), index=index)
+        cells = tuple(
+            _Cell(name, i, column.level is Level.CONTACT, _Typer(column),
+                  column.kind is Kind.TEXT and not column.required)
+            for name, i in index.items()
+            for column in (COLUMN_BY_NAME[name],)
+        )
+        contact = [c.position for c in cells if c.contact]  # never fewer than two
+        return cls(width=len(header), index=index, cells=cells,
+                   treatment_cells=tuple(c for c in cells if not c.contact),
+                   contact_of=operator.itemgetter(*contact))
 
     def code_of(self, fields: list[str]) -> str:
         """The row's tracking code, even from a row of the wrong width (to find its section)."""
@@ -277,61 +340,103 @@ class _Layout:
 
 
 class _SectionBuilder:
-    """Collects a section's rows, validating each as it comes (first error wins)."""
+    """Collects a section's rows, validating each as it comes (first error wins).
+
+    A contact-level cell given exactly as in the section's first (valid) row has that
+    row's value and agrees with it, so it is not typed again: checks in header order,
+    first error wins, and only such a cell is skipped, so the verdict is the one of
+    checking every cell.
+    """
 
     def __init__(self, layout: _Layout, code: str) -> None:
         self._layout = layout
         self._treatment_ids: set[Value] = set()
+        self._first: list[str] = []  # the first row's fields, once it passed
+        self._first_contact: tuple[str, ...] = ()  # and its contact-level cells
         self.section = Section(code=code)
 
     def add(self, record: int, fields: list[str]) -> None:
         section = self.section
         layout = self._layout
-        values = (
-            {name: fields[i] for name, i in layout.index.items()}
-            if len(fields) == layout.width
-            else {}
-        )
-        section.rows.append(ContactRow(record, fields, values))
+        fits = len(fields) == layout.width
+        section.rows.append(ContactRow(record, fields, layout.index if fits else None))
         if section.error is not None:
             return  # the section is rejected already; keep its rows for the counts
-        error = self._check(fields, values)
+        error = self._check(fields) if fits else (
+            f"The row has {len(fields)} fields; the header has {layout.width}.")
         if error is not None:
             first = len(section.rows) == 1
             section.error = error if first else f"{error} (record {record})"
             section.contact.clear()
             section.treatments.clear()
 
-    def _check(self, fields: list[str], values: dict[str, str]) -> str | None:
+    def _check(self, fields: list[str]) -> str | None:
         layout = self._layout
-        if len(fields) != layout.width:
-            return f"The row has {len(fields)} fields; the header has {layout.width}."
-        if not values[CODE].strip():
+        if not fields[layout.index[CODE]].strip():
             return BLANK_CODE_MESSAGE
+        first = self._first
+        if not first:
+            return self._check_first(fields)
+        if layout.contact_of(fields) == self._first_contact:
+            # The usual later row: its contact cells are the first row's, all of them.
+            treatment: dict[str, Value] = {}
+            error = _type_cells(layout.treatment_cells, fields, treatment, treatment)
+            return error or self._add_treatment(treatment)
+        section = self.section
+        treatment = {}
+        changed: list[tuple[str, Value]] = []  # contact-level cells not as in the first row
+        for cell in layout.cells:
+            raw = fields[cell.position]
+            if cell.contact:
+                if raw == first[cell.position]:
+                    continue
+                value, message = cell.typed(raw)
+                if message is not None:
+                    return message
+                changed.append((cell.name, value))
+            else:
+                value, message = cell.typed(raw)
+                if message is not None:
+                    return message
+                treatment[cell.name] = value
+        for name, value in changed:
+            if section.contact[name] != value:
+                return f"The rows of this contact disagree on the {name} column."
+        return self._add_treatment(treatment)
+
+    def _check_first(self, fields: list[str]) -> str | None:
         contact: dict[str, Value] = {}
         treatment: dict[str, Value] = {}
-        for name in layout.index:
-            column = COLUMN_BY_NAME[name]
-            value, error = _typed(column, values[name])
-            if error is not None:
-                return error
-            (contact if column.level is Level.CONTACT else treatment)[name] = value
-        return self._check_section(contact, treatment)
+        error = _type_cells(self._layout.cells, fields, contact, treatment)
+        if error is not None:
+            return error
+        self.section.contact = contact
+        self._first = fields
+        self._first_contact = self._layout.contact_of(fields)
+        return self._add_treatment(treatment)
 
-    def _check_section(self, contact: dict[str, Value], treatment: dict[str, Value]) -> str | None:
-        section = self.section
-        if not section.treatments:
-            section.contact = contact
-        else:
-            for name, value in contact.items():
-                if section.contact[name] != value:
-                    return f"The rows of this contact disagree on the {name} column."
+    def _add_treatment(self, treatment: dict[str, Value]) -> str | None:
         treatment_id = treatment[TREATMENT_ID]
         if treatment_id in self._treatment_ids:
             return f"The treatmentId {treatment_id} appears more than once in this contact."
         self._treatment_ids.add(treatment_id)
-        section.treatments.append(treatment)
+        self.section.treatments.append(treatment)
         return None
+
+
+def _type_cells(cells: tuple[_Cell, ...], fields: list[str], contact: dict[str, Value],
+                treatment: dict[str, Value]) -> str | None:
+    """Type ``cells`` of a row into ``contact`` and ``treatment``; the first error, if any."""
+    for cell in cells:
+        raw = fields[cell.position]
+        if cell.plain and "\x00" not in raw:  # most cells: what the typer would say, inline
+            value: Value = raw if raw.strip() else None
+        else:
+            value, error = cell.typed(raw)
+            if error is not None:
+                return error
+        (contact if cell.contact else treatment)[cell.name] = value
+    return None
 
 
 class ContactsReader:
@@ -355,6 +460,7 @@ class ContactsReader:
             )
         self.columns: list[str] = header
         self._layout = _Layout.from_header(header)
+        self.names: list[str] = list(self._layout.index)  # the known columns, header order
 
     def bytes_read(self) -> int:
         """How far the file is read (the reader works a piece ahead of the records)."""
@@ -390,7 +496,7 @@ class ContactsReader:
                 if builder is not None:
                     yield builder.section
                     builder = None
-                yield Section(code="", rows=[ContactRow(record, [], {})], error=self._too_long)
+                yield Section(code="", rows=[ContactRow(record, [])], error=self._too_long)
                 continue
             code = self._layout.code_of(fields)
             blank = not code.strip()

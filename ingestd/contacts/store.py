@@ -4,16 +4,17 @@ with one query, and the batch's changes written in bulk. The rules live in ``app
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
-from ingestd.contacts.reader import COLUMNS, TREATMENT_ID, Kind, Level, Value
+from ingestd.contacts.reader import CODE, COLUMNS, TREATMENT_ID, Kind, Level, Value
 
 # The tables' columns, by CSV column name (0002_contacts.sql).
 DB_COLUMN: dict[str, str] = {
@@ -61,7 +62,7 @@ _PG_TYPE = {Kind.TIMESTAMP: "timestamptz", Kind.BOOLEAN: "boolean"} | dict.fromk
 class Contact:
     """A contact as this batch sees it: stored, or created earlier in this file."""
 
-    id: uuid.UUID
+    id: str  # a uuid, as text (as the accepted rows name it)
     values: dict[str, Value]  # every contact-level column, by CSV name
     treatments: dict[str, dict[str, Value]]  # treatmentId -> every treatment column
     modified_at: datetime | None  # before this file; None when created by it
@@ -72,118 +73,159 @@ class Contact:
 
 
 class Store:
-    """All SQL of the contacts import: one lookup query and bulk writes per batch."""
+    """All SQL of the contacts import: one lookup query and bulk writes per batch.
+
+    Creates are COPYed; updates are one set-based UPDATE per table whose rows come as
+    one JSON parameter (orjson-encoded: one string, no per-value dumpers).
+    """
 
     def __init__(self, conn: psycopg.Connection[Any], schema: str) -> None:
         self._conn = conn
-        self._contacts = sql.Identifier(schema, "contacts")
-        self._treatments = sql.Identifier(schema, "contact_treatments")
+        contacts = sql.Identifier(schema, "contacts")
+        treatments = sql.Identifier(schema, "contact_treatments")
+        # Contacts and treatments apart: the join would repeat a contact's columns on each
+        # of its treatments' rows, and they would be read that many times.
+        self._fetch_contacts = sql.SQL(
+            "SELECT id::text, modified_at, modified_at = now(), {contact} FROM {contacts}"
+            " WHERE response_tracking_code = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)))"
+            " FOR UPDATE"
+        ).format(contact=_columns(None, CONTACT_COLUMNS), contacts=contacts)
+        self._fetch_treatments = sql.SQL(
+            "SELECT contact_id::text, {treatment} FROM {treatments}"
+            " WHERE contact_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%s))::uuid[])"
+            " ORDER BY contact_id, ordinal"
+        ).format(treatment=_columns(None, TREATMENT_COLUMNS), treatments=treatments)
+        # COPY: the fastest bulk insert; created_at/modified_at take their default now().
+        self._copy_contacts = sql.SQL("COPY {} (id, {}) FROM STDIN").format(
+            contacts, _columns(None, CONTACT_COLUMNS))
+        self._copy_treatments = sql.SQL("COPY {} (contact_id, ordinal, {}) FROM STDIN").format(
+            treatments, _columns(None, TREATMENT_COLUMNS))
+        self._update_contacts = _update_from_json(
+            contacts, ["id"], CONTACT_UPDATABLE, stamp=True)
+        self._update_treatments = _update_from_json(
+            treatments, ["contact_id", "treatment_id"], TREATMENT_UPDATABLE)
 
-    def fetch(self, codes: set[str]) -> dict[str, Contact]:
-        """The stored contacts with these codes and their treatments, by code.
+    def fetch(self, codes: set[str]) -> Fetched:
+        """The stored rows of the contacts with these codes (``contacts`` reads them).
 
-        Rows are locked (FOR UPDATE) so nothing else changes them between the
-        precondition check and the write.
+        Contact rows are locked (FOR UPDATE) so nothing else changes them, or their
+        treatments, between the precondition check and the write. Only the queries run
+        here (on the database thread); making contacts of the rows is left to the thread
+        that resolves them.
         """
         if not codes:
-            return {}
-        query = sql.SQL(
-            "SELECT c.id, c.modified_at, c.modified_at = now(), {contact},"
-            " t.treatment_id IS NOT NULL, {treatment}"
-            " FROM {contacts} c LEFT JOIN {treatments} t ON t.contact_id = c.id"
-            " WHERE c.response_tracking_code = ANY(%s)"
-            " ORDER BY c.id, t.ordinal FOR UPDATE OF c"
-        ).format(
-            contact=_columns("c", CONTACT_COLUMNS),
-            treatment=_columns("t", TREATMENT_COLUMNS),
-            contacts=self._contacts,
-            treatments=self._treatments,
-        )
+            return [], []
+        found = self._conn.execute(
+            self._fetch_contacts, (orjson.dumps(list(codes)).decode(),)).fetchall()
+        if not found:
+            return [], []
+        ids = orjson.dumps([row[0] for row in found]).decode()
+        return found, self._conn.execute(self._fetch_treatments, (ids,)).fetchall()
+
+    @staticmethod
+    def contacts(fetched: Fetched) -> dict[str, Contact]:
+        """The contacts of ``fetch``'s rows and their treatments, by code."""
+        rows, treatment_rows = fetched
+        by_id: dict[str, Contact] = {}
         found: dict[str, Contact] = {}
-        width = len(CONTACT_COLUMNS)
-        for row in self._conn.execute(query, (list(codes),)):
-            contact_values = dict(zip(CONTACT_COLUMNS, row[3 : 3 + width], strict=True))
-            code = str(contact_values["responseTrackingCode"])
-            contact = found.get(code)
-            if contact is None:
-                touched = bool(row[2])
-                found[code] = contact = Contact(
-                    row[0], contact_values, {}, None if touched else row[1], touched=touched
-                )
-            if row[3 + width]:  # the contact has this treatment (LEFT JOIN)
-                treatment = dict(zip(TREATMENT_COLUMNS, row[4 + width :], strict=True))
-                contact.treatments[str(treatment[TREATMENT_ID])] = treatment
+        code = CONTACT_COLUMNS.index(CODE)
+        for row in rows:
+            touched = bool(row[2])
+            values = dict(zip(CONTACT_COLUMNS, row[3:], strict=True))
+            contact = Contact(row[0], values, {}, None if touched else row[1], touched=touched)
+            by_id[contact.id] = found[row[3 + code]] = contact
+        treatment_id = TREATMENT_COLUMNS.index(TREATMENT_ID)
+        for row in treatment_rows:
+            by_id[row[0]].treatments[row[1 + treatment_id]] = dict(
+                zip(TREATMENT_COLUMNS, row[1:], strict=True))
         return found
 
-    def write(self, contacts: Iterable[Contact]) -> None:
+    @staticmethod
+    def encode(contacts: Iterable[Contact]) -> Changes:
+        """The batch's new contacts and the changes of its stored ones, ready to send
+        (made by the thread that resolved them, so ``write`` mostly sends)."""
+        changes = Changes()
+        contact_rows: list[list[Any]] = []
+        treatment_rows: list[list[Any]] = []
+        for c in contacts:
+            if c.new:
+                changes.contacts.append((c.id, *_CONTACT_VALUES(c.values)))
+                changes.treatments.extend(
+                    (c.id, ordinal, *_TREATMENT_VALUES(t))
+                    for ordinal, t in enumerate(c.treatments.values()))
+            elif c.dirty:
+                contact_rows.append([c.id, *_CONTACT_UPDATES(c.values)])
+                treatment_rows.extend(
+                    [c.id, t, *_TREATMENT_UPDATES(c.treatments[t])] for t in c.dirty_treatments)
+        if contact_rows:
+            changes.contact_updates = orjson.dumps(contact_rows).decode()
+        if treatment_rows:
+            changes.treatment_updates = orjson.dumps(treatment_rows).decode()
+        return changes
+
+    def write(self, changes: Changes) -> None:
         """Insert the batch's new contacts and update the changed stored ones."""
-        new: list[Contact] = []
-        changed: list[Contact] = []
-        for contact in contacts:
-            if contact.new:
-                new.append(contact)
-            elif contact.dirty:
-                changed.append(contact)
-        if new:
-            self._insert(new)
-        if changed:
-            self._update(changed)
-
-    def _insert(self, contacts: list[Contact]) -> None:
-        # COPY: the fastest bulk insert; created_at/modified_at take their default now().
-        contact_copy = sql.SQL("COPY {} (id, {}) FROM STDIN").format(
-            self._contacts, _columns(None, CONTACT_COLUMNS))
-        treatment_copy = sql.SQL("COPY {} (contact_id, ordinal, {}) FROM STDIN").format(
-            self._treatments, _columns(None, TREATMENT_COLUMNS))
         with self._conn.cursor() as cur:
-            with cur.copy(contact_copy) as copy:
-                for c in contacts:
-                    copy.write_row((c.id, *(c.values[n] for n in CONTACT_COLUMNS)))
-            with cur.copy(treatment_copy) as copy:
-                for c in contacts:
-                    for ordinal, t in enumerate(c.treatments.values()):
-                        copy.write_row((c.id, ordinal, *(t[n] for n in TREATMENT_COLUMNS)))
+            if changes.contacts:
+                # psycopg's C formatter: the least time holding the GIL here.
+                with cur.copy(self._copy_contacts) as copy:
+                    for row in changes.contacts:
+                        copy.write_row(row)
+                with cur.copy(self._copy_treatments) as copy:
+                    for row in changes.treatments:
+                        copy.write_row(row)
+            if changes.contact_updates:
+                cur.execute(self._update_contacts, (changes.contact_updates,))
+            if changes.treatment_updates:
+                cur.execute(self._update_treatments, (changes.treatment_updates,))
 
-    def _update(self, contacts: list[Contact]) -> None:
-        # One UPDATE ... FROM unnest(arrays) per table: a round trip per batch, not per row.
-        contact_rows = [(c.id, *(c.values[n] for n in CONTACT_UPDATABLE)) for c in contacts]
-        self._update_from_arrays(
-            self._contacts, sql.SQL("t.id = u.key1"), CONTACT_UPDATABLE, contact_rows,
-            keys=[sql.SQL("uuid")], stamp=True,
-        )
-        treatment_rows = [
-            (c.id, t, *(c.treatments[t][n] for n in TREATMENT_UPDATABLE))
-            for c in contacts
-            for t in c.dirty_treatments
-        ]
-        self._update_from_arrays(
-            self._treatments, sql.SQL("t.contact_id = u.key1 AND t.treatment_id = u.key2"),
-            TREATMENT_UPDATABLE, treatment_rows, keys=[sql.SQL("uuid"), sql.SQL("text")],
-        )
 
-    def _update_from_arrays(
-        self, table: sql.Identifier, match: sql.SQL, names: list[str],
-        rows: list[tuple[Any, ...]], *, keys: list[sql.SQL], stamp: bool = False,
-    ) -> None:
-        """Set ``names`` from ``rows`` (key values first, then the names' values)."""
-        if not rows:
-            return
-        key_names = [sql.Identifier(f"key{i + 1}") for i in range(len(keys))]
-        value_names = [sql.Identifier(DB_COLUMN[n]) for n in names]
-        types = [*keys, *(sql.SQL(_PG_TYPE[COLUMN_KIND[n]]) for n in names)]
-        sets: list[sql.Composable] = [sql.SQL("{0} = u.{0}").format(v) for v in value_names]
-        if stamp:
-            sets.append(sql.SQL("modified_at = now()"))
-        query = sql.SQL("UPDATE {table} t SET {sets} FROM unnest({arrays}) AS u({aliases})"
-                        " WHERE {match}").format(
-            table=table,
-            sets=sql.SQL(", ").join(sets),
-            arrays=sql.SQL(", ").join(sql.SQL("%s::{}[]").format(ty) for ty in types),
-            aliases=sql.SQL(", ").join([*key_names, *value_names]),
-            match=match,
-        )
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        self._conn.execute(query, columns)
+# What ``fetch`` returns: the contacts' rows, their treatments' rows.
+Fetched = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+@dataclass(slots=True)
+class Changes:
+    """A batch's writes, ready to send: the rows of the new contacts and their
+    treatments, JSON arrays of the stored ones' updates."""
+
+    contacts: list[tuple[Any, ...]] = field(default_factory=list)
+    treatments: list[tuple[Any, ...]] = field(default_factory=list)
+    contact_updates: str = ""
+    treatment_updates: str = ""
+
+
+def _values(names: list[str]) -> Callable[[dict[str, Value]], tuple[Value, ...]]:
+    """The values of ``names`` (two or more) as one tuple, in C."""
+    assert len(names) > 1
+    return operator.itemgetter(*names)
+
+
+_CONTACT_VALUES = _values(CONTACT_COLUMNS)
+_TREATMENT_VALUES = _values(TREATMENT_COLUMNS)
+_CONTACT_UPDATES = _values(CONTACT_UPDATABLE)
+_TREATMENT_UPDATES = _values(TREATMENT_UPDATABLE)
+
+
+def _update_from_json(table: sql.Identifier, keys: list[str], names: list[str], *,
+                      stamp: bool = False) -> sql.Composed:
+    """``UPDATE table SET names`` from a JSON array of [keys..., names...] arrays."""
+    key_types = {"id": "uuid", "contact_id": "uuid", "treatment_id": "text"}
+    columns = [*((k, key_types[k]) for k in keys),
+               *((DB_COLUMN[n], _PG_TYPE[COLUMN_KIND[n]]) for n in names)]
+    fields = sql.SQL(", ").join(
+        sql.SQL("(e->>{})::{} AS {}").format(sql.Literal(i), sql.SQL(ty), sql.Identifier(c))
+        for i, (c, ty) in enumerate(columns)
+    )
+    sets: list[sql.Composable] = [
+        sql.SQL("{0} = u.{0}").format(sql.Identifier(DB_COLUMN[n])) for n in names]
+    if stamp:
+        sets.append(sql.SQL("modified_at = now()"))
+    match = sql.SQL(" AND ").join(sql.SQL("t.{0} = u.{0}").format(sql.Identifier(k)) for k in keys)
+    return sql.SQL(
+        "UPDATE {table} t SET {sets} FROM (SELECT {fields} FROM jsonb_array_elements(%s) e) u"
+        " WHERE {match}"
+    ).format(table=table, sets=sql.SQL(", ").join(sets), fields=fields, match=match)
 
 
 def _columns(alias: str | None, names: list[str]) -> sql.Composed:

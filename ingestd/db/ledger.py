@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
+from ingestd.db.copy_text import NULL, text, text_array
 from ingestd.errors import RowError
 
 
@@ -126,6 +128,12 @@ def set_finished(conn: psycopg.Connection[Any], file_id: int,
         conn.commit()
 
 
+# Rows a server-side cursor fetches per round trip (psycopg's default is 100): a
+# million-row file's sidecars in hundreds of round trips, still in bounded memory. The
+# fields come as JSON text, parsed by orjson: psycopg parses a text[] in Python.
+_ITERSIZE = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class RejectedRow:
     record: int
@@ -139,26 +147,28 @@ class RejectedRow:
 def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
                   error_class: str | None = None) -> Iterator[RejectedRow]:
     """Stream rejected rows in record order (server-side cursor: constant memory)."""
-    query = ("SELECT record, error_class, message, error_field, error_detail, fields"
-             " FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
+    query = ("SELECT record, error_class, message, error_field, error_detail,"
+             " to_json(fields)::text FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
     params: tuple[Any, ...] = (file_id,)
     if error_class is not None:
         query += " AND error_class = %s"
         params = (file_id, error_class)
     with conn.cursor(name=f"rej_{file_id}") as cur:
+        cur.itersize = _ITERSIZE
         cur.execute(query + " ORDER BY record", params)
         for rec, cls, msg, column, detail, fields in cur:
             yield RejectedRow(int(rec), str(cls), str(msg), str(column), str(detail),
-                              list(fields))
+                              orjson.loads(fields))
 
 
 def accepted_rows(conn: psycopg.Connection[Any],
                   file_id: int) -> Iterator[tuple[int, str, list[str]]]:
     with conn.cursor(name=f"acc_{file_id}") as cur:
-        cur.execute("SELECT record, ref, fields FROM ingestd.row_results"
+        cur.itersize = _ITERSIZE
+        cur.execute("SELECT record, ref, to_json(fields)::text FROM ingestd.row_results"
                     " WHERE file_id = %s AND accepted ORDER BY record", (file_id,))
         for rec, ref, fields in cur:
-            yield int(rec), str(ref), list(fields)
+            yield int(rec), str(ref), orjson.loads(fields)
 
 
 def recent(conn: psycopg.Connection[Any], company: str, limit: int = 5) -> list[dict[str, Any]]:
@@ -273,7 +283,10 @@ class RowResults:
 
     Rejected rows are always stored (sidecars can be rebuilt after a crash);
     accepted rows only when ``keep=True`` (contacts need them for accepted.csv).
-    Stored in batches with COPY so a million-row file stays fast.
+    Stored in batches with COPY so a million-row file stays fast: each row is encoded
+    to COPY text as it comes (``copy_text``, plain string work instead of psycopg's
+    per-value dumpers), and a batch goes as one write. ``send_with`` lets an applier
+    run the batches' COPY on its own database thread.
     """
 
     BATCH = 5000
@@ -281,7 +294,10 @@ class RowResults:
     def __init__(self, conn: psycopg.Connection[Any] | None, file_id: int | None) -> None:
         self._conn = conn
         self._file_id = file_id
-        self._pending: list[tuple[Any, ...]] = []
+        self._prefix = f"{file_id}\t"
+        self._pending: list[str] = []
+        self._send: Callable[[Callable[[], None]], None] | None = None
+        self._limit = self.BATCH
         self.rows = 0
         self.accepted = 0
         self.rejected = 0
@@ -294,8 +310,12 @@ class RowResults:
     ) -> None:
         self.rows += 1
         self.accepted += 1
-        if keep:
-            self._add((record, True, ref, None, None, "", "", list(fields)))
+        if keep and self._conn is not None:
+            self._pending.append(
+                f"{self._prefix}{record}\tt\t{NULL if ref is None else text(ref)}"
+                f"\t\\N\t\\N\t\t\t{text_array(fields)}\n")
+            if len(self._pending) >= self._limit:
+                self.flush()
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
@@ -304,24 +324,38 @@ class RowResults:
         self.rejected_by_class[error.error_class] += rows
         if len(self.sample_errors) < 1000:
             self.sample_errors.append((record, error))
-        self._add((record, False, None, error.error_class, error.message, error.field,
-                   error.detail, list(fields)))
+        if self._conn is not None:
+            self._pending.append(
+                f"{self._prefix}{record}\tf\t\\N\t{text(error.error_class)}"
+                f"\t{text(error.message)}\t{text(error.field)}\t{text(error.detail)}"
+                f"\t{text_array(fields)}\n")
+            if len(self._pending) >= self._limit:
+                self.flush()
 
-    def _add(self, row: tuple[Any, ...]) -> None:
-        if self._conn is None:
-            return
-        self._pending.append(row)
-        if len(self._pending) >= self.BATCH:
-            self.flush()
+    def send_with(self, send: Callable[[Callable[[], None]], None] | None) -> None:
+        """Hand each batch's COPY to ``send`` (which runs it, in order, on the same
+        connection) instead of running it here; None: run it here again. Meanwhile the
+        applier calls ``flush`` when its database thread has nothing more urgent to do
+        (rows are sent by themselves only at ``4 * BATCH``, a bound on memory)."""
+        self._send = send
+        self._limit = self.BATCH if send is None else 4 * self.BATCH
 
     def flush(self) -> None:
         if self._conn is None or not self._pending:
             return
-        with self._conn.cursor() as cur, cur.copy(
-            "COPY ingestd.row_results"
-            " (file_id, record, accepted, ref, error_class, message, error_field, error_detail,"
-            " fields) FROM STDIN"
-        ) as copy:
-            for row in self._pending:
-                copy.write_row((self._file_id, *row))
-        self._pending.clear()
+        conn, data = self._conn, "".join(self._pending)
+        self._pending = []
+
+        def copy() -> None:
+            with conn.cursor() as cur, cur.copy(_COPY_ROW_RESULTS) as c:
+                c.write(data)
+
+        if self._send is None:
+            copy()
+        else:
+            self._send(copy)
+
+
+_COPY_ROW_RESULTS = (
+    "COPY ingestd.row_results (file_id, record, accepted, ref, error_class, message,"
+    " error_field, error_detail, fields) FROM STDIN")

@@ -21,8 +21,7 @@ once, then ``write`` once with the people its rows created or changed.
 from __future__ import annotations
 
 import bisect
-import os
-import time
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,8 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
+
+from ingestd.uuid7 import uuid7s
 
 _MAX_ID = (1 << 63) - 1
 _BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
@@ -181,15 +182,7 @@ class PersonsStore:
 
 
 def person_keys(n: int) -> Iterator[str]:
-    """``n`` distinct version 7 UUIDs (RFC 9562): the time in ms, then a counter.
-
-    The 74 bits after the time start at a random value with room to count (method 1 of
-    RFC 9562 section 6.2), so keys of one batch are consecutive and later batches sort
-    after earlier ones: inserts land at the right edge of the key index.
-    """
-    ms = time.time_ns() // 1_000_000
-    start = int.from_bytes(os.urandom(8))  # 64 random bits under a 74-bit counter
-    for counter in range(start, start + n):
-        rand_a, rand_b = counter >> 62, counter & ((1 << 62) - 1)
-        h = f"{(ms << 80) | (7 << 76) | (rand_a << 64) | (2 << 62) | rand_b:032x}"
-        yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """``n`` distinct version 7 UUIDs (``ingestd.uuid7``): keys of one batch are consecutive
+    and later batches sort after earlier ones, so inserts land at the right edge of the key
+    index."""
+    return itertools.islice(uuid7s(), n)
