@@ -1,4 +1,5 @@
-"""A TCP front for the suite's PostgreSQL (which listens on a unix socket only).
+"""A TCP front for the suite's PostgreSQL (its unix socket, or the server given by
+``INGESTD_TEST_DATABASE_URL``, on TCP).
 
 Tests start it to make "the database" appear on a port, and stop it to make it
 vanish: stopping closes the listener and every connection through it, as a server
@@ -14,11 +15,15 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
+Address = Path | tuple[str, int]
 
-def unix_socket_of(pg_server_url: str) -> Path:
-    """The socket file of the server at ``pg_server_url`` (host = socket directory)."""
+
+def address_of(pg_server_url: str) -> Address:
+    """Where the server at ``pg_server_url`` listens: its socket file (host = a socket
+    directory) or its host and port."""
     params = conninfo_to_dict(pg_server_url)
-    return Path(str(params["host"])) / f".s.PGSQL.{params.get('port') or 5432}"
+    host, port = str(params.get("host") or "/var/run/postgresql"), int(params.get("port") or 5432)
+    return Path(host) / f".s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
 
 def free_port() -> int:
@@ -30,9 +35,9 @@ def free_port() -> int:
 
 
 class Proxy:
-    """Forwards 127.0.0.1:``port`` to the unix socket ``target``; start/stop at will."""
+    """Forwards 127.0.0.1:``port`` to the server at ``target``; start/stop at will."""
 
-    def __init__(self, port: int, target: Path) -> None:
+    def __init__(self, port: int, target: Address) -> None:
         self.port = port
         self.target = target
         self._listener: socket.socket | None = None
@@ -77,9 +82,11 @@ class Proxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # stopped
-            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            unix = isinstance(self.target, Path)
+            server = socket.socket(socket.AF_UNIX if unix else socket.AF_INET,
+                                   socket.SOCK_STREAM)
             try:
-                server.connect(str(self.target))
+                server.connect(str(self.target) if unix else self.target)
             except OSError:
                 client.close()
                 server.close()

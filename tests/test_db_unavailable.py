@@ -30,7 +30,7 @@ from daemon_helpers import (
     wait_for,
 )
 from notify_socket import NotifySocket
-from pg_proxy import Proxy, free_port, unix_socket_of
+from pg_proxy import Proxy, address_of, free_port
 from psycopg.conninfo import conninfo_to_dict
 
 TIMEOUT = 60.0
@@ -106,7 +106,7 @@ def test_starts_when_the_database_appears(
     assert listing(dirs.inbox) == ["early.persons"]  # it waits in the inbox
     assert "READY=1" not in notify.lines()
 
-    proxy = Proxy(port, unix_socket_of(pg_server_url)).start()
+    proxy = Proxy(port, address_of(pg_server_url)).start()
     try:
         wait_for(lambda: "READY=1" in notify.lines(), TIMEOUT, what="READY=1",
                  context=d.tail)

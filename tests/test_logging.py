@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon_helpers import ROOT, Daemon, base_env, drop, is_finished, setup_company, wait_for
-from pg_proxy import Proxy, free_port, unix_socket_of
+from pg_proxy import Proxy, address_of, free_port
 from psycopg.conninfo import conninfo_to_dict
 
 from ingestd.landing import new_claim_id
@@ -49,7 +49,7 @@ def test_every_line_is_json_and_recovery_errors_name_the_file(
     dirs = setup_company(db_url, landing, "acme")
     port = free_port()
     dbname = conninfo_to_dict(db_url)["dbname"]
-    proxy = Proxy(port, unix_socket_of(pg_server_url)).start()
+    proxy = Proxy(port, address_of(pg_server_url)).start()
     env = base_env(f"postgresql://postgres@127.0.0.1:{port}/{dbname}", landing,
                    tmp_path / "state")
     d = Daemon(env)
