@@ -230,6 +230,11 @@ def test_part_upload_renamed_to_final_name_is_applied_once(
     assert person_count(db_url, "acme") == 4
 
 
+def _process_state(pid: int) -> str:
+    """The process's state letter in /proc (T: stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_file_changed_while_being_applied_is_rolled_back_and_applied_once_later(
         start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
     """A writer that still holds the file open (its close lost: taken after the write
@@ -238,17 +243,23 @@ def test_file_changed_while_being_applied_is_rolled_back_and_applied_once_later(
     acme = setup_company(db_url, landing, "acme")
     n = 60000
     body = "external_person_id\n" + "".join(f"p{i}\n" for i in range(n))
-    d = start_daemon(INGESTD_WRITE_TIMEOUT_SECONDS="1")
+    # The daemon stops itself (SIGSTOP) once, inside the apply before reading a row, so
+    # the append surely lands while the file is being applied.
+    d = start_daemon(INGESTD_WRITE_TIMEOUT_SECONDS="1", INGESTD_FAILPOINT="hang_in_apply:stop")
+    assert d.proc is not None
+    pid = d.proc.pid
     with open(acme.inbox / "grow.persons", "w") as fh:
         fh.write(body)
         fh.flush()
         d.wait_event("file.claimed", company="acme", file="grow.persons")
+        wait_for(lambda: _process_state(pid) == "T", 60, what="the daemon stopped in apply",
+                 context=d.tail)
         fh.write("late\n")  # through the open descriptor: the claimed file grows
         fh.flush()
+    d.proc.send_signal(signal.SIGCONT)
     d.wait_event("file.done", company="acme", file="grow.persons", timeout=60)
     stop_cleanly(d)
-    if not d.find("file.changed"):
-        pytest.skip("the apply finished before the append: nothing changed under it")
+    assert len(d.find("file.changed", file="grow.persons")) == 1
     applied = d.find("file.applied", file="grow.persons")
     assert len(applied) == 1 and applied[0]["rows"] == n + 1
     [entry] = ledger(db_url)
