@@ -366,3 +366,23 @@ def test_migration_0004_keeps_an_existing_companys_contacts(conn: Conn, tmp_path
     assert (results.accepted, results.rejected) == (1, 0)
     assert conn.execute("SELECT treatment_id, presented FROM old.contact_treatments"
                         " ORDER BY ordinal").fetchall() == [("t1", True), ("t2", False)]
+
+
+def test_a_nul_in_a_cell_rejects_its_section_and_is_stored_as_a_replacement_character(
+        importer: Importer, conn: Conn) -> None:
+    """PostgreSQL text cannot hold NUL, not even in the row results behind the rejected
+    sidecar: the section is rejected (not the whole file failed) and its echo shows
+    U+FFFD where the NUL was."""
+    file_id = ledger.insert(conn, company="acme", name="c.csv", claim_id=uuid.uuid4().hex,
+                            fmt="contacts", sha256="0", size=0, started_at=datetime.now(UTC))
+    results = importer.run([row("a", channel="e\x00mail"), row("b")], file_id=file_id)
+    assert (results.rows, results.accepted, results.rejected) == (2, 1, 1)
+    assert list(importer.contacts()) == ["b"]
+    stored = conn.execute(
+        "SELECT record, accepted, message, fields FROM ingestd.row_results"
+        " WHERE file_id = %s ORDER BY record", (file_id,)).fetchall()
+    assert stored == [
+        (1, False, "The value for the channel column must not contain a NUL character.",
+         row("a", channel="e\ufffdmail")),
+        (2, True, None, row("b")),
+    ]

@@ -10,24 +10,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import psycopg
-
 NULL = "\\N"
 # What COPY's text format escapes; a quoted array element escapes these and '"'.
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r\x00]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _ELEMENT_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
-# psycopg's own words for it: a value holding a NUL fails as it did through write_row.
-_NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
 
 
 def text(value: str) -> str:
-    """``value`` as a COPY text field."""
+    """``value`` as a COPY text field. PostgreSQL text cannot hold NUL: a row echoed into
+    the row results (a rejected one, for holding it) keeps U+FFFD in its place."""
     if _COPY_SPECIAL.search(value) is None:
         return value
-    if "\x00" in value:
-        raise psycopg.DataError(_NUL)
-    return value.translate(_COPY_ESCAPES)
+    return value.replace("\x00", "\ufffd").translate(_COPY_ESCAPES)
 
 
 def text_array(values: Sequence[str]) -> str:
