@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from ingestd.db import migrations
 from ingestd.db.companies import add_company
 from ingestd.landing import CompanyDirs
 from ingestd.persons.custom_fields import FieldDefinition
@@ -214,6 +215,20 @@ StartDaemon = Callable[..., Daemon]
 # -- companies, files, database --------------------------------------------------------
 
 NOTE_FIELD = [FieldDefinition(name="note", type="string")]
+
+
+def company_before(conn: psycopg.Connection[Any], version: int, name: str = "old") -> None:
+    """A company as made by a version of ingestd before company migration ``version``:
+    the earlier migrations applied and recorded, none from ``version`` on (committed)."""
+    conn.execute("INSERT INTO ingestd.companies (id, schema_name) VALUES (%s, %s)",
+                 (name, name))
+    conn.execute(f'CREATE SCHEMA "{name}"')
+    for v, _, text in migrations._scripts("company"):
+        if v < version:
+            conn.execute(text.replace("{schema}", f'"{name}"'))  # type: ignore[arg-type]
+            conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
+                         " VALUES (%s, %s)", (name, v))
+    conn.commit()
 
 
 def setup_company(db_url: str, landing: Path, company: str,

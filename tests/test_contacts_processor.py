@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from daemon_helpers import company_before
 
 from ingestd.apply_context import ApplyContext
 from ingestd.contacts.apply import ContactsProcessor, _modified_after
@@ -338,14 +339,7 @@ def test_bad_precondition_is_global_and_nothing_is_written(importer: Importer) -
 def test_migration_0004_keeps_an_existing_companys_contacts(conn: Conn, tmp_path: Path) -> None:
     """A company made before 0004, with a contact: after the upgrade the contact reads as
     before, the tables leave room on their pages (fillfactor), and it updates as ever."""
-    conn.execute("INSERT INTO ingestd.companies (id, schema_name) VALUES ('old', 'old')")
-    conn.execute("CREATE SCHEMA old")
-    for version, _, text in migrations._scripts("company"):
-        if version < 4:
-            conn.execute(text.replace("{schema}", '"old"'))  # type: ignore[arg-type]
-            conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
-                         " VALUES ('old', %s)", (version,))
-    conn.commit()
+    company_before(conn, 4)
     old = Importer(conn, Company("old", "old", "US"), tmp_path)
     old.run([row("a"), row("a", "t2")])
     stored = ("SELECT c.*, t.* FROM old.contacts c JOIN old.contact_treatments t"

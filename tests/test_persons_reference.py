@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from daemon_helpers import company_before
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -375,13 +376,7 @@ def test_an_id_handed_over_within_a_chunk(conn: Conn, config: Settings, tmp_path
 def test_migration_0003_keeps_every_person_of_an_existing_company(conn: Conn) -> None:
     """A company made before 0003, with people: after the upgrade the persons view shows
     them exactly as the table did, ids stay unique, and new people continue the ids."""
-    conn.execute("INSERT INTO ingestd.companies (id, schema_name) VALUES ('old', 'old')")
-    conn.execute("CREATE SCHEMA old")
-    for version, _, text in migrations._scripts("company"):
-        if version < 3:
-            conn.execute(text.replace("{schema}", '"old"'))  # type: ignore[arg-type]
-            conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
-                         " VALUES ('old', %s)", (version,))
+    company_before(conn, 3)
     conn.execute(
         "INSERT INTO old.persons (external_person_id, mdn, vibes_device_id, carrier, custom)"
         " VALUES ('e1', '+12295550001', NULL, 'c', '{\"tier\": \"gold\"}'),"
