@@ -3,11 +3,23 @@ while Python reads and checks the next (psycopg releases the GIL while it waits)
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
+
+_kept = threading.local()
+
+
+def _executor(name: str) -> ThreadPoolExecutor:
+    """The calling worker's database thread of that name, started with its first file and
+    kept for the next ones: a small file should not pay for starting and joining a thread."""
+    pools: dict[str, ThreadPoolExecutor] = _kept.__dict__.setdefault("pools", {})
+    if name not in pools:
+        pools[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    return pools[name]
 
 
 class DatabaseThread:
@@ -19,14 +31,17 @@ class DatabaseThread:
     """
 
     def __init__(self, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pool = _executor(name)
+        self._last: Future[Any] | None = None
         self._error: BaseException | None = None
 
-    def __enter__(self) -> DatabaseThread:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+        # One thread runs the tasks in order, so the last one done means all of them are.
+        if self._last is not None:
+            wait([self._last])
         if exc[0] is None and self._error is not None:
             raise self._error
 
@@ -39,7 +54,8 @@ class DatabaseThread:
             except BaseException as e:
                 self._error = e
                 raise
-        return self._pool.submit(task)
+        self._last = self._pool.submit(task)
+        return self._last
 
     def send(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in turn; its failure shows in the next result waited for."""

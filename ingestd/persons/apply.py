@@ -14,14 +14,14 @@ Python work at the same time (psycopg releases the GIL while it waits).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingestd import errors
 from ingestd.apply_context import ApplyContext
+from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
 from ingestd.persons.carrier import CarrierResult
@@ -379,63 +379,21 @@ class PersonsProcessor:
         return stop
 
 
-_threads = threading.local()
-
-
-def _database_thread() -> ThreadPoolExecutor:
-    """The calling worker's database thread, started with its first file and kept for the
-    next ones: a small file should not pay for starting and joining a thread."""
-    pool: ThreadPoolExecutor | None = getattr(_threads, "pool", None)
-    if pool is None:
-        pool = _threads.pool = ThreadPoolExecutor(max_workers=1,
-                                                  thread_name_prefix="persons-db")
-    return pool
-
-
-class _Database:
-    """The file's connection, used by one thread of its own, in the order asked.
-
-    After a failure nothing more is sent (the transaction is lost anyway) and every later
-    result raises that first error. Row results are stored by this thread meanwhile
-    (``RowResults`` flushes on the same connection); psycopg serialises the two threads'
-    statements on the connection's lock, and their order does not matter.
-    """
+class _Database(DatabaseThread):
+    """The file's connection, used by one thread of its own, in the order asked. Row
+    results are stored by this thread meanwhile (``RowResults`` flushes on the same
+    connection); psycopg serialises the two threads' statements on the connection's lock,
+    and their order does not matter."""
 
     def __init__(self, store: PersonsStore) -> None:
+        super().__init__("persons-db")
         self.store = store
-        self.pool = _database_thread()
-        self.last: Future[Any] | None = None
-        self.error: BaseException | None = None
-
-    def __enter__(self) -> _Database:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # The caller commits or rolls back next: nothing may still be running then. One
-        # thread runs the tasks in order, so the last one done means all of them are.
-        if self.last is not None:
-            wait([self.last])
-        if exc[0] is None and self.error is not None:
-            raise self.error
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        def task() -> Any:
-            if self.error is not None:
-                raise self.error
-            try:
-                return fn(*args)
-            except BaseException as e:
-                self.error = e
-                raise
-        self.last = self.pool.submit(task)
-        return self.last
 
     def lookup(self, ids: Ids) -> Future[list[Person]]:
-        return self._run(self.store.lookup, ids)
+        return self.run(self.store.lookup, ids)
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
-        self._run(self.store.write, changed, new, handoff)
+        self.run(self.store.write, changed, new, handoff)
 
     def next_id(self) -> int:
-        value: int = self._run(self.store.next_id).result()
-        return value
+        return self.run(self.store.next_id).result()
