@@ -74,7 +74,7 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool) -> Claim 
         # The company folder is root-owned (SFTP chroot): an admin makes these.
         raise LandingError(
             f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
-            "done/ and failed/ for the ingestd user (README: Install as a service)"
+            "done/ and failed/ for the ingestd user (docs/operations.md: SFTP accounts)"
         ) from exc
     taken = Claim(dirs, landing.new_claim_id(), name or path.name)
     held.guard(taken.name)
