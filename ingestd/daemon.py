@@ -8,7 +8,6 @@ refreshes STATUS= and the gauges, and handles signals.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -17,6 +16,16 @@ from types import FrameType
 
 import psycopg
 import structlog
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
 
 from ingestd import errors, landing, logs, metrics, retention
 from ingestd.db.companies import list_companies
@@ -39,11 +48,12 @@ log = structlog.get_logger("ingestd.daemon")
 START_GRACE_SECONDS = 120.0
 
 
-def backoff(attempt: int, initial: float, maximum: float) -> float:
-    """Seconds before retry ``attempt + 1``: doubling from ``initial``, capped at
-    ``maximum``, less up to half at random so several instances do not retry in step."""
-    base = min(maximum, initial * 2 ** min(attempt - 1, 32))
-    return random.uniform(base / 2, base)
+def connect_backoff(initial: float, maximum: float) -> wait_base:
+    """Seconds before the next try: doubling from ``initial``, capped at ``maximum``, less
+    up to half at random ("equal jitter"), so several instances do not retry in step:
+    half the step fixed, plus up to the other half at random."""
+    return (wait_exponential(multiplier=initial / 2, max=maximum / 2)
+            + wait_random_exponential(multiplier=initial / 2, max=maximum / 2))
 
 
 class Daemon:
@@ -175,31 +185,38 @@ class Daemon:
         True once connected; False when asked to stop first. Until then nothing else
         starts: uploads wait in inbox/ and are found by the first scan.
         """
-        attempt = 0
+        retrying = Retrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=connect_backoff(self.settings.db_retry_initial, self.settings.db_retry_max),
+            # A signal cuts the attempt or the wait short: not the database's fault.
+            stop=stop_when_event_set(self.stop_event),
+            sleep=self._wait,
+            before_sleep=lambda state: self._unavailable(db, state),
+        )
         try:
-            while not self.stop_event.is_set():
-                attempt += 1
-                try:
+            for attempt in retrying:
+                if self.stop_event.is_set():
+                    return False  # asked to stop before the first try, or while waiting
+                with attempt:
                     db.start()
-                except DatabaseUnavailable as exc:
-                    if self.stop_event.is_set():
-                        break  # a signal cut the attempt short: not the database's fault
-                    delay = backoff(attempt, self.settings.db_retry_initial,
-                                    self.settings.db_retry_max)
-                    next_try = datetime.now(UTC) + timedelta(seconds=delay)
-                    log.warning("db.unavailable", reason=str(exc), database=db.target,
-                                attempt=attempt, retry_in_s=round(delay, 2),
-                                next_try_at=next_try.isoformat(timespec="milliseconds"))
-                    self.notifier.status(f"waiting for database: {exc}")
-                    self._wait(delay)
-                    continue
-                if attempt > 1:
-                    log.info("db.connected", attempts=attempt, database=db.target)
-                return True
+        except RetryError:  # asked to stop during a failed try
+            return False
         except BaseException:
             db.close()
             raise
-        return False
+        attempts = retrying.statistics.get("attempt_number", 1)
+        if attempts > 1:
+            log.info("db.connected", attempts=attempts, database=db.target)
+        return True
+
+    def _unavailable(self, db: Database, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        next_try = datetime.now(UTC) + timedelta(seconds=delay)
+        log.warning("db.unavailable", reason=str(exc), database=db.target,
+                    attempt=state.attempt_number, retry_in_s=round(delay, 2),
+                    next_try_at=next_try.isoformat(timespec="milliseconds"))
+        self.notifier.status(f"waiting for database: {exc}")
 
     def _wait(self, seconds: float) -> None:
         """Wait ``seconds`` or until asked to stop, telling systemd we are still starting."""
