@@ -246,7 +246,7 @@ class _StopIfCircuitOpen(stop_base):
         self._owner = owner
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._owner._circuit_is_open()
+        return self._owner.circuit_open()
 
 
 class HttpCarrierLookup:
@@ -277,11 +277,10 @@ class HttpCarrierLookup:
         self.backoff_max = backoff_max
         self.max_wait = max_wait
         self.circuit_cooldown = max_wait if circuit_cooldown is None else circuit_cooldown
+        self._breaker = _Breaker(self.circuit_cooldown, on_event)
         self._on_event = on_event
         # Shared by every caller of this instance: the bound on requests on the wire.
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._circuit_lock = threading.Lock()
-        self._open_until = 0.0  # time.monotonic() until which the breaker is open
         # One pool for every caller: at most `concurrency` requests are ever on the wire
         # (the semaphore), so that many kept-alive connections are enough. trust_env:
         # proxies from the environment, as operators expect of an HTTP client.
@@ -326,7 +325,7 @@ class HttpCarrierLookup:
             # Out of attempts or of time (or stopped by a breaker another number opened).
             structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=exc.reason,
                                            attempts=sent[0])
-            self._trip(exc.reason)
+            self._breaker.trip(exc.reason)
             result = CarrierResult(None, TRANSIENT, _transient_detail(mdn, exc.reason, sent[0]))
             outcome = "transient"
         except _GiveUp as exc:
@@ -373,11 +372,11 @@ class HttpCarrierLookup:
         return log
 
     def _attempt(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
-        if self._circuit_is_open():
+        if self._breaker.is_open():
             raise _CircuitOpen
         with self._slots:
             # The breaker may have opened while this thread waited for a slot.
-            if self._circuit_is_open():
+            if self._breaker.is_open():
                 raise _CircuitOpen
             sent[0] += 1
             return self._request(mdn)
@@ -436,26 +435,34 @@ class HttpCarrierLookup:
         query = f"{parts.query}&{query}" if parts.query else query
         return urllib.parse.urlunsplit(parts._replace(query=query))
 
-    # -- circuit breaker --------------------------------------------------------------------
-
     def circuit_open(self) -> bool:
         """True while the breaker is open (for the ``ingestd_carrier_circuit_open`` gauge)."""
-        return self._circuit_is_open()
+        return self._breaker.is_open()
 
-    def _circuit_is_open(self) -> bool:
+
+class _Breaker:
+    """Open for ``cooldown`` seconds once a number ran out of retries: the service is down."""
+
+    def __init__(self, cooldown: float, on_event: EventHook | None) -> None:
+        self.cooldown = cooldown
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # time.monotonic() until which the breaker is open
+
+    def is_open(self) -> bool:
         # Read without the lock: one float read is atomic, and a stale answer only means
         # one more (or one fewer) request at the edge of the cool-down.
         return time.monotonic() < self._open_until
 
-    def _trip(self, reason: str) -> None:
-        if self.circuit_cooldown <= 0:
+    def trip(self, reason: str) -> None:
+        if self.cooldown <= 0:
             return
-        with self._circuit_lock:
+        with self._lock:
             now = time.monotonic()
             if now < self._open_until:
                 return  # already open: numbers it stopped must not extend it
-            self._open_until = now + self.circuit_cooldown
-        structlog.get_logger().warning("carrier.circuit_open", cooldown=self.circuit_cooldown,
+            self._open_until = now + self.cooldown
+        structlog.get_logger().warning("carrier.circuit_open", cooldown=self.cooldown,
                                        reason=reason)
         _emit(self._on_event, "circuit", "open")
 
