@@ -102,7 +102,7 @@ class Fleet:
         self.on_expired = on_expired  # (companies taken from an expired peer)
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.instance_id = self._new_id()
+        self.instance_id = db.instance_id  # as in its connections' application_name
         self._stop = threading.Event()
         self._beat_now = threading.Event()  # a fenced worker: re-register at once
         self._thread: threading.Thread | None = None
@@ -137,8 +137,8 @@ class Fleet:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = psycopg.connect(self.db.url, autocommit=True,
-                                         connect_timeout=max(1, int(self.lease_seconds)))
+            self._conn = self.db.connect(autocommit=True)
+            self.db.end_dead_sessions(self._conn)
         return self._conn
 
     def _register(self, conn: psycopg.Connection[Any], previous: str | None = None) -> None:

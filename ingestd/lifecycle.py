@@ -27,6 +27,7 @@ from ingestd.db import ledger, locks
 from ingestd.db.companies import get_company_later
 from ingestd.db.database import Database
 from ingestd.db.ledger import RowResults
+from ingestd.db.liveness import is_connection_error
 from ingestd.errors import FileChangedError, FileError
 from ingestd.landing import CompanyDirs
 from ingestd.progress import Tracker
@@ -132,7 +133,10 @@ class Pipeline:
         key = locks.company(company)
         with self.db.pool.connection() as conn:
             conn.autocommit = True
-            if not locks.try_lock(conn, key):
+            # Not free: perhaps held by a session of ours whose connection broke and
+            # that the server kept (a partition); ended, it frees the lock.
+            if not locks.try_lock(conn, key) and not (self.db.end_dead_sessions(conn)
+                                                      and locks.try_lock(conn, key)):
                 yield None
                 return
             try:
@@ -482,9 +486,14 @@ class Pipeline:
                 if self.fleet is not None and self.fleet.lost():
                     raise  # not this file's fault: fleet.holding logs instance.fenced
                 # Logged here, where the file is known; the caller only knows the company.
-                log.exception("file.error", company=dirs.company,
-                              file=self._claimed_name(claim_dir), claim=claim_dir.name,
-                              stage="recovery")
+                if is_connection_error(exc):
+                    log.warning("db.connection_lost", company=dirs.company,
+                                file=self._claimed_name(claim_dir), claim=claim_dir.name,
+                                stage="recovery", error=str(exc).strip())
+                else:
+                    log.exception("file.error", company=dirs.company,
+                                  file=self._claimed_name(claim_dir), claim=claim_dir.name,
+                                  stage="recovery")
                 raise RecoveryFailed(dirs.company, claim_dir.name) from exc
 
     def _claimed_name(self, claim_dir: Path) -> str | None:

@@ -8,6 +8,7 @@ with the oldest (mtime, name). Row contents are none of its business.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from ingestd.db.liveness import is_connection_error
 from ingestd.landing import PROCESSING, CompanyDirs
 from ingestd.lifecycle import Outcome, RecoveryFailed
 
@@ -31,6 +33,9 @@ class Process(Protocol):
 
 RECOVER = PROCESSING  # queue entry name meaning "recover this company's claims first"
 
+# After the database failed a company's file: its turn comes again after this long.
+RETRY_SECONDS = 5.0
+
 # How long a worker keeps a company (its lock and lease) for the company's next ready
 # files before letting go, so that peers and recoveries get their turn.
 HOLD_SECONDS = 1.0
@@ -42,6 +47,7 @@ class _Held:
 
     company: str
     path: Path
+    key: tuple[int, str]  # its place in the queue
     t0: float = field(default_factory=time.monotonic)
     since: float = field(default_factory=time.monotonic)
 
@@ -57,6 +63,7 @@ class Scheduler:
         self._ready: dict[str, dict[Path, tuple[int, str]]] = {}  # company -> path -> key
         self._busy: set[str] = set()
         self._not_before: dict[str, float] = {}  # company -> monotonic time (back-off)
+        self._retrying: dict[str, str] = {}  # company -> the file the database failed
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"ingestd-worker-{i}",
                                           daemon=True) for i in range(workers)]
@@ -117,7 +124,7 @@ class Scheduler:
 
     # -- workers ------------------------------------------------------------------
 
-    def _next(self) -> tuple[str, Path] | None:
+    def _next(self) -> tuple[str, Path, tuple[int, str]] | None:
         """Wait for a company with work that nobody is working on; None when stopping."""
         with self._cond:
             while True:
@@ -133,10 +140,10 @@ class Scheduler:
                         wake = nb if wake is None else min(wake, nb)
                         continue
                     path = min(queue, key=queue.__getitem__)
-                    del queue[path]
+                    key = queue.pop(path)
                     self._busy.add(company)
                     self.in_hand += 1
-                    return company, path
+                    return company, path, key
                 self._cond.wait(None if wake is None else max(0.01, wake - now))
 
     def _then(self, held: _Held, done: Path, outcome: Outcome) -> Path | None:
@@ -144,9 +151,11 @@ class Scheduler:
         then keep the lock for the company's next file, if one is ready."""
         self._finished(held.company, outcome, time.monotonic() - held.t0)
         following = self._next_of(held.company, held.since)
-        if following is not None:
-            held.path, held.t0 = following, time.monotonic()
-        return following
+        if following is None:
+            return None
+        held.path, held.key = following
+        held.t0 = time.monotonic()
+        return held.path
 
     def _finished(self, company: str, outcome: Outcome, seconds: float) -> None:
         if outcome.status in ("done", "failed"):
@@ -162,7 +171,7 @@ class Scheduler:
                 self._not_before[company] = time.monotonic() + backoff
             self._cond.notify_all()
 
-    def _next_of(self, company: str, since: float) -> Path | None:
+    def _next_of(self, company: str, since: float) -> tuple[Path, tuple[int, str]] | None:
         """The company's next ready file for the worker that still holds it, or None to
         let go: when stopping, when a recovery comes first, after ``HOLD_SECONDS``."""
         with self._cond:
@@ -172,14 +181,33 @@ class Scheduler:
             path = min(queue, key=queue.__getitem__)
             if path.name == RECOVER:
                 return None
-            del queue[path]
-            return path
+            return path, queue.pop(path)
+
+    def _put_back(self, held: _Held) -> None:
+        """The file the database failed goes back to the head of its company's queue
+        (its own place: nothing dropped after it overtakes it), if it is still in the
+        inbox as it was queued. Claimed, it is its company's recovery that comes first."""
+        try:
+            mtime_ns = os.lstat(held.path).st_mtime_ns
+        except OSError:
+            return
+        if held.key[0] not in (0, mtime_ns):
+            return  # written again since: the watcher queues it once it settles
+        with self._cond:
+            self._ready.setdefault(held.company, {})[held.path] = held.key
+
+    def _announce_retry(self, company: str) -> None:
+        with self._cond:
+            file = self._retrying.pop(company, None)
+        if file is not None:
+            log.info("file.retry", company=company, file=file)
 
     def _work(self) -> None:
         while (item := self._next()) is not None:
-            company, path = item
+            company, path, key = item
             backoff = 0.0
-            held = _Held(company, path)
+            held = _Held(company, path, key)
+            self._announce_retry(company)
             try:
                 if path.name == RECOVER:
                     self._recover(CompanyDirs(path.parent))
@@ -198,12 +226,26 @@ class Scheduler:
                 # the inbox (retried by the next rescan) or claimed (recovered next time).
                 if isinstance(exc, RecoveryFailed):
                     pass  # logged by the recovery, naming the claimed file
+                elif is_connection_error(exc):
+                    # Rolled back on the server; the file is tried again, first in line.
+                    file = None if path.name == RECOVER else path.name
+                    log.warning("db.connection_lost", company=company, file=file,
+                                error=_one_line(exc), retry_in_s=RETRY_SECONDS)
+                    if file is not None:
+                        self._put_back(held)
+                        with self._cond:
+                            self._retrying[company] = file
                 elif path.name == RECOVER:
                     log.exception("recovery.error", company=company)
                 else:
                     log.exception("file.error", company=company, file=path.name)
                 dirs = CompanyDirs(path.parent if path.name == RECOVER else path.parent.parent)
                 self.submit_recovery(dirs)
-                backoff = 5.0
+                backoff = RETRY_SECONDS
             finally:
                 self._done(company, backoff)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
