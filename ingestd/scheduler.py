@@ -112,6 +112,10 @@ class Scheduler:
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping
 
+    def stopped(self) -> bool:
+        """Every worker has ended (none left waiting on anything)."""
+        return not any(t.is_alive() for t in self._threads)
+
     def stop(self, timeout: float) -> bool:
         """Stop taking files; wait up to ``timeout`` for files in hand. True if all finished."""
         with self._cond:
