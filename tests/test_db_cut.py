@@ -21,16 +21,15 @@ kernel's keepalive (hours): no file finished.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import blackhole
 import psycopg
 import pytest
+from blackhole import BlackHole
 from daemon_helpers import (
     NOTE_FIELD,
     Daemon,
@@ -50,7 +49,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ingestd.db import migrations
 from ingestd.db.embedded import EmbeddedPostgres
 
-pytestmark = pytest.mark.skipif(shutil.which("nft") is None,
+pytestmark = pytest.mark.skipif(not blackhole.available(),
                                 reason="needs nftables (apt-get install -y nftables)")
 
 TIMEOUT = 120.0
@@ -77,42 +76,6 @@ def tcp_postgres(tmp_path: Path) -> Iterator[str]:
     finally:
         server._run("pg_ctl", "-D", str(server.data), "-m", "immediate", "-w", "stop",
                     check=False)
-
-
-class BlackHole:
-    """nftables: drop every packet between the server's port and the given client ports."""
-
-    def __init__(self, server_port: int, client_ports: list[int]) -> None:
-        self.table = f"ingestd_cut_{uuid.uuid4().hex[:8]}"
-        self.server_port = server_port
-        self.client_ports = client_ports
-        self.on = False
-
-    def __enter__(self) -> BlackHole:
-        ports = ", ".join(str(p) for p in self.client_ports)
-        # The input hook: on loopback every packet passes it after leaving its sender,
-        # so the sender sees no local error, only silence (as across a network).
-        rules = f"""
-table inet {self.table} {{
-    set clients {{ type inet_service; elements = {{ {ports} }} }}
-    chain input {{
-        type filter hook input priority -300; policy accept;
-        tcp sport {self.server_port} tcp dport @clients drop
-        tcp dport {self.server_port} tcp sport @clients drop
-    }}
-}}
-"""
-        subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
-        self.on = True
-        return self
-
-    def lift(self) -> None:
-        if self.on:
-            subprocess.run(["nft", "delete", "table", "inet", self.table], check=True)
-            self.on = False
-
-    def __exit__(self, *exc: object) -> None:
-        self.lift()
 
 
 def daemon_sessions(admin_url: str) -> list[tuple[int, int]]:
