@@ -224,9 +224,12 @@ class Fleet:
         finally:
             _current.reset(token)
             if not conn.closed and not conn.broken:
-                conn.rollback()
-                leases.release(conn, company, instance_id, epoch)
-                conn.commit()
+                try:
+                    conn.rollback()
+                    leases.release(conn, company, instance_id, epoch)
+                    conn.commit()
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    pass  # the session is gone: a lease whose session is gone is free
 
     def _fenced(self, lease: Lease) -> None:
         self._beat_now.set()

@@ -146,9 +146,12 @@ class Pipeline:
                     yield conn if held else None
             finally:
                 if not conn.closed and not conn.broken:
-                    conn.rollback()
-                    conn.autocommit = True
-                    locks.unlock(conn, key)
+                    try:
+                        conn.rollback()
+                        conn.autocommit = True
+                        locks.unlock(conn, key)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        pass  # the session is gone (a restart), and its lock with it
 
     # -- the whole path for one ready file ---------------------------------------------
 
