@@ -14,13 +14,10 @@ from psycopg_pool import ConnectionPool
 from ingestd.db import leases, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
 from ingestd.db.liveness import Sessions, connection_params
+from ingestd.errors import DatabaseUnavailable
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.db")
-
-
-class DatabaseUnavailable(Exception):
-    """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
 
 
 def describe(url: str) -> str:
