@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 from types import FrameType
 
 import structlog
@@ -44,6 +46,7 @@ class Daemon:
         # unset: the embedded PostgreSQL must not talk to systemd as if it were us
         self.notifier = Notifier(unset_environment=True)
         self.health = Health()
+        self.stop_asked_at = 0.0  # monotonic time of the first stop signal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -57,6 +60,8 @@ class Daemon:
                         b" and are recovered at the next start\n")
             os._exit(130)
         else:
+            if not self.stop_event.is_set():
+                self.stop_asked_at = time.monotonic()
             self.stop_event.set()
 
     def run(self) -> int:
@@ -97,9 +102,19 @@ class Daemon:
         parts.start_pruner(settings, db, self.stop_event)
         self._supervisor(db, parts).run(self.stop_event, self.reload_event,
                                         self.notifier.watchdog_interval or 5.0)
+        # Everything below within stop_timeout of the signal, even with the database
+        # silent (a cut): each step that talks to it may wait db_dead_after_seconds.
+        deadline = (self.stop_asked_at or time.monotonic()) + settings.stop_timeout
         log.info("daemon.stopping", in_hand=parts.scheduler.in_hand)
         self.notifier.stopping()
-        parts.stop(settings.stop_timeout)
+        if not parts.stop(db, deadline, settings.stop_timeout):
+            # A thread still waits on the database (at most db_dead_after_seconds more);
+            # the interpreter would join it at exit. Nothing is lost by not waiting:
+            # open transactions roll back, claims are recovered at the next start.
+            log.info("daemon.stopped")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     def _supervisor(self, db: Database, parts: Parts) -> Supervisor:
         return Supervisor(
