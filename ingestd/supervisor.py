@@ -101,18 +101,18 @@ class BacklogGauges:
 
     def update(self) -> dict[str, int]:
         """Set the gauges; the backlog per company, for STATUS=."""
-        backlog = self.scheduler.backlog()
-        oldest_by_company = self.scheduler.oldest_ready_by_company()
+        waiting = self.scheduler.waiting()
         now = time.time()
-        for company, n in backlog.items():
+        for company, ages in waiting.items():
             if self.metrics.is_company(company):
-                self.metrics.set_backlog(company, n)
-                since = oldest_by_company.get(company)
+                self.metrics.set_backlog(company, len(ages))
+                # files of no known age (0) are left out of the company's oldest
+                since = min((a for a in ages if a > 0), default=None)
                 self.metrics.set_backlog_oldest_age(
                     company, now - since / 1e9 if since else None)
-        oldest = self.scheduler.oldest_ready_mtime_ns()
+        oldest = min((a for ages in waiting.values() for a in ages), default=None)
         self.metrics.set_oldest_ready_age(now - oldest / 1e9 if oldest else None)
-        return backlog
+        return {company: len(ages) for company, ages in waiting.items()}
 
 
 class StuckReports:

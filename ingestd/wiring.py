@@ -6,6 +6,7 @@ progress tracker, the metrics server and the pruner.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,15 +108,37 @@ class Parts:
         if settings.retention_days:
             self.pruner = retention.start_pruner(settings, db, stop)
 
-    def stop(self, stop_timeout: float) -> None:
+    def stop(self, db: Database, deadline: float, stop_timeout: float) -> bool:
+        """Stop in reverse, by ``deadline`` (monotonic) even with the database silent;
+        whether every thread has ended (else one still waits on the database)."""
         self.watcher.stop()
-        finished = self.scheduler.stop(stop_timeout)
-        self.tracker.stop()
-        self.fleet.stop()
-        if not finished:
+        finished = self.scheduler.stop(max(0.0, deadline - time.monotonic()))
+
+        def wind_down() -> None:
+            self.tracker.stop()
+            self.fleet.stop()
+            if self.server is not None:
+                self.server.stop()
+            if self.pruner is not None:
+                self.pruner.join(max(0.0, deadline - time.monotonic()))
+            db.close()
+
+        wound_down = _within(deadline - time.monotonic(), wind_down)
+        if not (finished and wound_down):
             log.warning("daemon.stop_timeout", seconds=stop_timeout,
                         note="unfinished files roll back and are recovered at next start")
-        if self.server is not None:
-            self.server.stop()
-        if self.pruner is not None:
-            self.pruner.join(stop_timeout)
+        return wound_down and self.scheduler.stopped()
+
+
+def _within(seconds: float, steps: Callable[[], None]) -> bool:
+    """Run ``steps`` on a thread of its own; whether they ended within ``seconds``."""
+    def guarded() -> None:
+        try:
+            steps()
+        except Exception:  # the stop goes on whatever one step did: log it, not raise
+            log.exception("daemon.stop_failed")
+
+    thread = threading.Thread(target=guarded, name="ingestd-stop", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    return not thread.is_alive()
