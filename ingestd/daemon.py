@@ -12,13 +12,15 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 import psycopg
 import structlog
 
-from ingestd import errors, logs, metrics, retention
+from ingestd import errors, held, logs, metrics, readiness, retention
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
@@ -57,6 +59,7 @@ class Daemon:
         self.started = False
         self.tracker: Tracker | None = None
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
+        self._on_given_back: Callable[[Path], None] = lambda path: None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -73,6 +76,8 @@ class Daemon:
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
+        if outcome.status == "unsettled" and outcome.given_back is not None:
+            self._on_given_back(outcome.given_back)
         r = outcome.result
         if r is None:
             return  # not finished: busy, gone or changed
@@ -95,6 +100,7 @@ class Daemon:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        readiness.enable_leases()  # here, in the main thread, before any worker starts
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
             db = Database(settings, start=False,
@@ -124,10 +130,13 @@ class Daemon:
             def on_rescan() -> None:
                 # Leftover claims (a crash, a failed apply) are recovered under the company lock.
                 for dirs in pipeline.company_dirs():
-                    if dirs.processing.is_dir() and any(dirs.processing.iterdir()):
+                    if dirs.processing.is_dir() and any(
+                            held.is_claim_dir(p) for p in dirs.processing.iterdir()):
                         scheduler.submit_recovery(dirs)
 
-            watcher = Watcher(settings, scheduler.submit, on_rescan)
+            watcher = Watcher(settings, scheduler.submit_ready, on_rescan)
+            # A file given back unsettled is still where it was: the watcher looks again.
+            self._on_given_back = watcher.poke
             # A stale peer's claims are recovered at once, not at the next rescan.
             fleet = Fleet(db, settings.lease_seconds,
                           on_expired=lambda companies: watcher.rescan())

@@ -6,6 +6,9 @@ instead blocks the thread that reaches it for ever, like a system call that neve
 returns (a dead NFS server), which is what the stuck-worker watchdog must catch.
 ``NAME:stop`` instead SIGSTOPs the process there, once: a paused or swapped-out
 instance that still holds its sessions (the several-instances tests resume it).
+``NAME:gate:PATH`` holds only the thread that reaches NAME, the rest of the daemon
+running on: it creates ``PATH.reached``, then waits until ``PATH`` exists (a race
+made deterministic: the test acts while the thread waits, then opens the gate).
 Unset in production, where ``hit`` is one dictionary lookup.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 BEFORE_COMMIT = "before_commit"  # rows written, ledger row written, not committed
 AFTER_COMMIT = "after_commit"  # committed, sidecars not written, file not moved
@@ -28,7 +32,14 @@ _stopped: set[str] = set()
 
 def hit(name: str) -> None:
     point = os.environ.get("INGESTD_FAILPOINT")
-    if point == f"{name}:stop" and name not in _stopped:
+    if point and point.startswith(f"{name}:gate:"):
+        gate = point[len(name) + 6:]
+        if not os.path.exists(gate):
+            with open(gate + ".reached", "a"):
+                pass
+            while not os.path.exists(gate):
+                time.sleep(0.02)  # test-only: polled, like a test's own wait_for
+    elif point == f"{name}:stop" and name not in _stopped:
         _stopped.add(name)
         os.kill(os.getpid(), signal.SIGSTOP)
     elif point == name:

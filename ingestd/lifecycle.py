@@ -21,7 +21,17 @@ from typing import Any, Literal
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, fleet, formats, landing, partner_files, progress, sidecars
+from ingestd import (
+    errors,
+    failpoints,
+    fleet,
+    formats,
+    landing,
+    partner_files,
+    progress,
+    readiness,
+    sidecars,
+)
 from ingestd.apply_context import ApplyContext
 from ingestd.db import ledger, locks
 from ingestd.db.companies import get_company_later
@@ -42,6 +52,7 @@ class Claim:
     claim_id: str
     name: str  # as dropped
     source: Path | None = None  # `ingestd check` reads the file where it is
+    facts: readiness.Settled | None = None  # the file as judged ready (None: not known)
 
     @property
     def company(self) -> str:
@@ -63,6 +74,10 @@ class Claim:
         return p if os.path.lexists(p) else None  # a symlink too: it must be failed
 
 
+class NotSettled(Exception):
+    """The file is not the one judged ready any more, or a writer has it open: not claimed."""
+
+
 class RecoveryFailed(Exception):
     """A leftover claim could not be finished. Already logged (``file.error``, naming
     the file); the claim stays in .processing/ and is retried."""
@@ -75,8 +90,9 @@ class RecoveryFailed(Exception):
 
 # done, failed: finished (``result`` says how); busy: another worker or instance holds
 # the company; gone: someone else claimed the file first; changed: it changed while
-# being read and went back to the inbox.
-Status = Literal["done", "failed", "busy", "gone", "changed", "fenced"]
+# being read and went back to the inbox; unsettled: changed (or open for writing) since
+# it was judged ready, so not claimed: it settles again in the inbox.
+Status = Literal["done", "failed", "busy", "gone", "changed", "fenced", "unsettled"]
 
 
 @dataclass
@@ -84,6 +100,7 @@ class Outcome:
     status: Status
     final_path: Path | None = None
     result: FileResult | None = None  # only when done or failed
+    given_back: Path | None = None  # changed or unsettled: the file, back in the inbox
 
 
 def sha256_of(path: Path, companion: Path | None = None) -> str:
@@ -101,9 +118,9 @@ def sha256_of(path: Path, companion: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = os.lstat(path)
-    return st.st_size, st.st_mtime_ns
+def _stat_key(path: Path) -> readiness.Key:
+    # ctime and inode too: any write (even one keeping size and mtime) moves the ctime.
+    return readiness.key_of(os.lstat(path))
 
 
 class Pipeline:
@@ -149,7 +166,8 @@ class Pipeline:
     # -- the whole path for one ready file ---------------------------------------------
 
     def process(self, path: Path, name: str | None = None, *,
-                then: Callable[[Path, Outcome], Path | None] | None = None) -> Outcome:
+                then: Callable[[Path, Outcome], tuple[Path, readiness.Settled | None] | None]
+                | None = None, facts: readiness.Settled | None = None) -> Outcome:
         """Claim, apply and finish one ready file. ``name``: the name to keep, when
         ``path`` is a staged copy (``ingestd ingest`` of a file from elsewhere).
 
@@ -164,24 +182,35 @@ class Pipeline:
             if conn is None:
                 return Outcome("busy")
             while True:
-                outcome = self._process_locked(conn, dirs, path, name)
+                outcome = self._process_locked(conn, dirs, path, name, facts)
                 following = then(path, outcome) if then is not None else None
                 if following is None:
                     return outcome
-                path, name = following, None
+                (path, facts), name = following, None
         # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
         return Outcome("fenced")  # type: ignore[unreachable]
 
     def _process_locked(self, conn: psycopg.Connection[Any], dirs: CompanyDirs, path: Path,
-                        name: str | None) -> Outcome:
+                        name: str | None, facts: readiness.Settled | None = None) -> Outcome:
         self._recover_locked(conn, dirs)  # a listing: cheap when there is nothing left
-        claim = self.claim(dirs, path, name)
+        try:
+            claim = self.claim(dirs, path, name, facts)
+        except NotSettled as exc:
+            log.info("file.not_settled", company=dirs.company, file=path.name,
+                     reason=str(exc))
+            return Outcome("unsettled", given_back=path)
         if claim is None:
             return Outcome("gone")
         return self._apply_and_finish(conn, claim)
 
-    def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
-        """Atomic rename into .processing/<claim>/; None if someone else took it first."""
+    def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None,
+              facts: readiness.Settled | None = None) -> Claim | None:
+        """Atomic rename into .processing/<claim>/; None if someone else took it first.
+
+        ``facts``: the file as the watcher judged it ready. It may have waited in the
+        queue while a partner began a new upload under the same name, so it is looked
+        at again here: NotSettled if it changed since, or a writer has it open (a read
+        lease, held over the rename: a writer opening it meanwhile is seen too)."""
         try:
             dirs.ensure()
         except PermissionError as exc:
@@ -190,8 +219,24 @@ class Pipeline:
                 f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
                 "done/ and failed/ for the ingestd user (README: Install as a service)"
             ) from exc
-        claim = Claim(dirs, landing.new_claim_id(), name or path.name)
+        claim = Claim(dirs, landing.new_claim_id(), name or path.name, facts=facts)
         fleet.guard(claim.name)
+        if facts is not None and (reason := readiness.unsettled_reason(path, facts)):
+            raise NotSettled(reason)
+        try:
+            with readiness.read_lease(path) as lease:
+                if not self._rename_in(claim, path):
+                    return None
+                if lease.broken():
+                    self._unclaim(claim)
+                    raise NotSettled("a writer opened it while it was being claimed")
+        except readiness.WriterOpen:
+            raise NotSettled("a writer still has it open") from None
+        log.info("file.claimed", company=dirs.company, file=claim.name, claim=claim.claim_id)
+        return claim
+
+    def _rename_in(self, claim: Claim, path: Path) -> bool:
+        """The file and its companions into the claim folder; False if it is gone."""
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
         for comp in landing.companions(path.parent, path.name, self.settings.marker_mode):
@@ -205,9 +250,8 @@ class Pipeline:
             for comp in claim.dir.iterdir():  # give companions back
                 os.rename(comp, path.parent / (path.name + comp.name[len(claim.name):]))
             claim.dir.rmdir()
-            return None
-        log.info("file.claimed", company=dirs.company, file=claim.name, claim=claim.claim_id)
-        return claim
+            return False
+        return True
 
     def _apply_and_finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
         with self._in_hand(claim) as handle:
@@ -217,7 +261,7 @@ class Pipeline:
                 self._unclaim(claim)
                 log.warning("file.changed", company=claim.company, file=claim.name,
                             reason="file changed while being read; will retry once it settles")
-                return Outcome("changed")
+                return Outcome("changed", given_back=claim.dirs.inbox / claim.name)
             handle.alive()  # committed; the sidecars and the move come next
             return self._finish(conn, claim, entry, handle)
 
@@ -262,6 +306,12 @@ class Pipeline:
         duplicate: tuple[int, str] | None = None
         results = RowResults(None, None)
         warnings: list[str] = []
+        if claim.facts is not None and claim.facts.maybe_partial:
+            warnings.append(
+                f"{name} was written in place and its last record has no line break, "
+                "as a cut-off upload leaves it; it was held "
+                f"{self.settings.partial_grace_seconds:g} s for a newer upload, none came, "
+                "and it was applied as it is: check its last row")
         with conn.transaction(force_rollback=dry_run):
             # The opening statements go in one round trip (pipeline mode), their results
             # read once it has synced. (BEGIN cannot join them: a transaction entered in
@@ -312,8 +362,6 @@ class Pipeline:
                                       f"internal error: {type(exc).__name__}: {exc}")
                     results = RowResults(None, None)
                 meta = {"columns": ctx.columns, **ctx.extra}
-                if _stat_key(path) != before:
-                    raise FileChangedError(name)
             result = self._result(claim, fmt, sha, started, t0, results, error,
                                   duplicate, warnings)
             # The final name is chosen and recorded in the apply's own commit, before
@@ -328,6 +376,11 @@ class Pipeline:
             if not dry_run:
                 failpoints.hit(failpoints.BEFORE_COMMIT)
                 fleet.guard(claim.name)
+            # Last thing before the commit: the bytes hashed and read are still the file's.
+            # A writer's open descriptor follows the file into .processing/, so a write
+            # after the claim lands here; rolled back, the file goes back to settle.
+            if before is not None and _stat_key(path) != before:
+                raise FileChangedError(name)
         if not dry_run:
             log.info("file.applied", company=company_id, file=name, status=result.status,
                      rows=result.rows, accepted=result.accepted, rejected=result.rejected,
@@ -337,13 +390,13 @@ class Pipeline:
 
     @staticmethod
     def _inspect(claim: Claim, name: str,
-                 marker_mode: bool) -> tuple[FileError | None, str, tuple[int, int]]:
+                 marker_mode: bool) -> tuple[FileError | None, str, readiness.Key | None]:
         """What can be known before the transaction: a file-level problem, or the content
-        hash and the (size, mtime) that must still hold after reading."""
+        hash and the file's stat key that must still hold at the commit."""
         path = claim.path
         bad_name = landing.name_problem(claim.name)
         if bad_name is not None:
-            return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", (0, 0)
+            return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", None
         try:
             # The drop, then every companion (a marker too, though it is never read):
             # nothing of the file is opened unless all of them are plain files.
@@ -352,11 +405,11 @@ class Pipeline:
             before = _stat_key(path)
             return None, sha256_of(path, claim.headers_path), before
         except FileError as exc:
-            return exc, "", (0, 0)
+            return exc, "", None
         except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
             which = landing.display_name(Path(exc.filename).name) if exc.filename else name
             return FileError(errors.UNREADABLE_FILE,
-                             f"{which} cannot be read by ingestd: {exc.strerror}"), "", (0, 0)
+                             f"{which} cannot be read by ingestd: {exc.strerror}"), "", None
 
     @staticmethod
     def _result(claim: Claim, fmt: formats.Format | None, sha: str, started: datetime,

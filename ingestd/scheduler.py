@@ -19,15 +19,19 @@ import structlog
 
 from ingestd.landing import PROCESSING, CompanyDirs
 from ingestd.lifecycle import Outcome, RecoveryFailed
+from ingestd.readiness import Settled
 
 log = structlog.get_logger("ingestd.scheduler")
+
+
+Next = tuple[Path, Settled | None]  # a file and how it was when judged ready
 
 
 class Process(Protocol):
     """``Pipeline.process``: ``then`` gets each outcome and answers the next file."""
 
-    def __call__(self, path: Path, *,
-                 then: Callable[[Path, Outcome], Path | None]) -> Outcome: ...
+    def __call__(self, path: Path, *, then: Callable[[Path, Outcome], Next | None],
+                 facts: Settled | None = None) -> Outcome: ...
 
 RECOVER = PROCESSING  # queue entry name meaning "recover this company's claims first"
 
@@ -42,6 +46,7 @@ class _Held:
 
     company: str
     path: Path
+    facts: Settled | None = None
     t0: float = field(default_factory=time.monotonic)
     since: float = field(default_factory=time.monotonic)
 
@@ -55,6 +60,7 @@ class Scheduler:
         self._on_outcome = on_outcome
         self._cond = threading.Condition()
         self._ready: dict[str, dict[Path, tuple[int, str]]] = {}  # company -> path -> key
+        self._facts: dict[Path, Settled] = {}  # queued files as the watcher judged them
         self._busy: set[str] = set()
         self._not_before: dict[str, float] = {}  # company -> monotonic time (back-off)
         self._stopping = False
@@ -67,16 +73,23 @@ class Scheduler:
         for t in self._threads:
             t.start()
 
-    def submit(self, path: Path, mtime_ns: int) -> bool:
-        """Queue a ready file; False if it was already queued."""
+    def submit(self, path: Path, mtime_ns: int, facts: Settled | None = None) -> bool:
+        """Queue a ready file; False if it was already queued (then ``facts``, a newer
+        version judged ready, replace the queued ones)."""
         company = path.parent.name if path.name == RECOVER else path.parent.parent.name
         with self._cond:
             queue = self._ready.setdefault(company, {})
+            if facts is not None:
+                self._facts[path] = facts
             if path in queue:
                 return False
             queue[path] = (mtime_ns, path.name)
             self._cond.notify()
             return True
+
+    def submit_ready(self, path: Path, facts: Settled) -> bool:
+        """The watcher's hand-over: a file judged ready, in drop order by its mtime."""
+        return self.submit(path, facts.mtime_ns, facts)
 
     def submit_recovery(self, dirs: CompanyDirs) -> None:
         """Ask for the company's leftover claims to be finished before its next file."""
@@ -117,7 +130,7 @@ class Scheduler:
 
     # -- workers ------------------------------------------------------------------
 
-    def _next(self) -> tuple[str, Path] | None:
+    def _next(self) -> tuple[str, Path, Settled | None] | None:
         """Wait for a company with work that nobody is working on; None when stopping."""
         with self._cond:
             while True:
@@ -136,16 +149,16 @@ class Scheduler:
                     del queue[path]
                     self._busy.add(company)
                     self.in_hand += 1
-                    return company, path
+                    return company, path, self._facts.pop(path, None)
                 self._cond.wait(None if wake is None else max(0.01, wake - now))
 
-    def _then(self, held: _Held, done: Path, outcome: Outcome) -> Path | None:
+    def _then(self, held: _Held, done: Path, outcome: Outcome) -> Next | None:
         """``done`` finished (or was given back) under its company's lock: count it,
         then keep the lock for the company's next file, if one is ready."""
         self._finished(held.company, outcome, time.monotonic() - held.t0)
         following = self._next_of(held.company, held.since)
         if following is not None:
-            held.path, held.t0 = following, time.monotonic()
+            held.path, held.facts, held.t0 = *following, time.monotonic()
         return following
 
     def _finished(self, company: str, outcome: Outcome, seconds: float) -> None:
@@ -162,7 +175,7 @@ class Scheduler:
                 self._not_before[company] = time.monotonic() + backoff
             self._cond.notify_all()
 
-    def _next_of(self, company: str, since: float) -> Path | None:
+    def _next_of(self, company: str, since: float) -> Next | None:
         """The company's next ready file for the worker that still holds it, or None to
         let go: when stopping, when a recovery comes first, after ``HOLD_SECONDS``."""
         with self._cond:
@@ -173,22 +186,23 @@ class Scheduler:
             if path.name == RECOVER:
                 return None
             del queue[path]
-            return path
+            return path, self._facts.pop(path, None)
 
     def _work(self) -> None:
         while (item := self._next()) is not None:
-            company, path = item
+            company, path, facts = item
             backoff = 0.0
-            held = _Held(company, path)
+            held = _Held(company, path, facts)
             try:
                 if path.name == RECOVER:
                     self._recover(CompanyDirs(path.parent))
                     continue
-                outcome = self._process(path, then=functools.partial(self._then, held))
+                outcome = self._process(path, then=functools.partial(self._then, held),
+                                        facts=facts)
                 path = held.path  # the last file taken under the lock
                 if outcome.status == "busy":
                     # another instance holds the company: try again shortly
-                    self.submit(path, 0)
+                    self.submit(path, 0, held.facts)
                     backoff = 1.0
                 if outcome.status in ("busy", "fenced"):
                     self._finished(company, outcome, time.monotonic() - held.t0)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     polling_observer: bool = False
     polling_interval: float = Field(1.0, gt=0)
     marker_mode: bool = False
+    # A file written in place whose last record has no line break waits this long for a
+    # newer upload before it is applied (with a warning); 0: no such wait.
+    partial_grace_seconds: float = Field(60.0, ge=0)
 
     # Work
     workers: int = Field(4, ge=1)

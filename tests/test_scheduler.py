@@ -16,7 +16,8 @@ from daemon_helpers import wait_for
 from ingestd import scheduler as scheduler_module
 from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import Outcome
-from ingestd.scheduler import Scheduler
+from ingestd.readiness import Settled
+from ingestd.scheduler import Next, Scheduler
 
 TIMEOUT = 30.0
 
@@ -31,7 +32,8 @@ class FakePipeline:
         self._lock = threading.Lock()
         self._count = 0
 
-    def process(self, path: Path, *, then: Callable[[Path, Outcome], Path | None]) -> Outcome:
+    def process(self, path: Path, *, then: Callable[[Path, Outcome], Next | None],
+                facts: Settled | None = None) -> Outcome:
         files: list[str] = []
         with self._lock:
             self.holds.append(files)
@@ -46,7 +48,7 @@ class FakePipeline:
             following = then(path, outcome)
             if following is None:
                 return outcome
-            path = following
+            path = following[0]
 
     def recover(self, dirs: CompanyDirs) -> None:
         pass
