@@ -47,6 +47,11 @@ def _db(settings: Settings) -> Database:
 # -- subcommands ------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd import malloc
+
+    # Before any thread starts: arenas are made per thread, and the limit only applies
+    # to arenas created after it (ingestd/malloc.py).
+    malloc.limit_arenas(settings.malloc_arena_max)
     from ingestd.daemon import run
 
     return run(settings)

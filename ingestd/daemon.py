@@ -27,6 +27,7 @@ from ingestd.db.embedded import EmbeddedError
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
+from ingestd.persons import phones
 from ingestd.persons.carrier import HttpCarrierLookup, make_carrier
 from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
@@ -101,6 +102,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         readiness.enable_leases()  # here, in the main thread, before any worker starts
+        phones.configure_cache(settings.mdn_cache_entries)
+        metrics.watch_cache("mdn", phones.cache_entries)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
             db = Database(settings, start=False,
@@ -135,6 +138,7 @@ class Daemon:
                         scheduler.submit_recovery(dirs)
 
             watcher = Watcher(settings, scheduler.submit_ready, on_rescan)
+            metrics.watch_maybe_partial(watcher.held_count)
             # A file given back unsettled is still where it was: the watcher looks again.
             self._on_given_back = watcher.poke
             # A stale peer's claims are recovered at once, not at the next rescan.

@@ -102,6 +102,14 @@ class Metrics:
             "ingestd_carrier_circuit_open",
             "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
             registry=r)
+        self.cache_entries = Gauge(
+            "ingestd_cache_entries",
+            "Entries in an in-memory cache the daemon keeps (each bounded by a setting).",
+            ["cache"], registry=r)
+        self.files_maybe_partial = Gauge(
+            "ingestd_files_maybe_partial",
+            "Files held as likely partial uploads (written in place, no final line break), "
+            "waiting partial_grace_seconds for a newer upload.", registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 
@@ -172,6 +180,13 @@ class Metrics:
     def set_workers_stuck(self, n: int) -> None:
         self.workers_stuck.set(n)
 
+    def watch_cache(self, cache: str, entries: Callable[[], int]) -> None:
+        """Read the cache's size at every scrape."""
+        self.cache_entries.labels(cache=cache).set_function(lambda: float(entries()))
+
+    def watch_maybe_partial(self, held: Callable[[], int]) -> None:
+        self.files_maybe_partial.set_function(lambda: float(held()))
+
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
         self.carrier_lookups.labels(outcome=outcome).inc()
@@ -235,6 +250,16 @@ def watch_carrier_circuit(is_open: Callable[[], bool]) -> None:
 def set_workers_stuck(n: int) -> None:
     """``DEFAULT.set_workers_stuck``: busy workers with no progress for stuck_seconds."""
     DEFAULT.set_workers_stuck(n)
+
+
+def watch_cache(cache: str, entries: Callable[[], int]) -> None:
+    """``DEFAULT.watch_cache``."""
+    DEFAULT.watch_cache(cache, entries)
+
+
+def watch_maybe_partial(held: Callable[[], int]) -> None:
+    """``DEFAULT.watch_maybe_partial``."""
+    DEFAULT.watch_maybe_partial(held)
 
 
 def record_carrier(outcome: str) -> None:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     stop_timeout: float = Field(30.0, gt=0)
     default_region: str = "US"
     sidecar_formula_guard: bool = True
+    # Memory the daemon keeps for good: each is a bound, not a reservation.
+    mdn_cache_entries: int = Field(10_000, ge=0)  # per cache in persons/phones.py; 0: none
+    malloc_arena_max: int = Field(2, ge=0)  # glibc malloc arenas (ingestd/malloc.py); 0: glibc's
 
     # Carrier lookup
     carrier_mode: Literal["offline", "http"] = "offline"

@@ -416,7 +416,7 @@ class Watcher:
                 self._held.pop(company, None)
 
     def held_count(self) -> int:
-        return sum(len(f) for f in self._held.values())
+        return sum(len(f) for f in list(self._held.values()))  # read from another thread
 
     def _emit(self, path: Path, facts: Settled) -> None:
         if self.on_ready(path, facts):  # False: already queued, seen again by a rescan
