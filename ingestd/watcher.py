@@ -53,6 +53,7 @@ from watchdog.observers.polling import PollingObserver
 from ingestd import held, landing, readiness
 from ingestd.readiness import Arrival, Settled
 from ingestd.settings import Settings
+from ingestd.work import Drop
 
 log = structlog.get_logger("ingestd.watcher")
 
@@ -150,11 +151,11 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, settings: Settings, on_ready: Callable[[Path, Settled], bool],
+    def __init__(self, settings: Settings, on_ready: Callable[[Drop], bool],
                  on_rescan: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.root = settings.landing_root.absolute()
-        self.on_ready = on_ready  # (path, facts) -> newly queued?
+        self.on_ready = on_ready  # newly queued?
         self.on_rescan = on_rescan
         # path -> state, local, arrival (the events' last word on each)
         self._pending: dict[Path, tuple[str | None, bool, str | None]] = {}
@@ -205,10 +206,8 @@ class Watcher:
         """Something happened at ``path`` (called from watchdog's thread, or a file given
         back unclaimed); ``state`` is WRITING or CLOSED when the event says so;
         ``event``: inotify said it; ``arrival``: MOVED_IN, WRITTEN or CREATED."""
-        if path.parent.name != landing.INBOX or path.parent.parent.parent != self.root:
-            return
-        if path.parent.parent.name.startswith("."):
-            return  # a hidden folder is no company; the scans skip it too
+        if landing.inbox_company(path, self.root) is None:
+            return  # not a drop (a hidden folder is no company; the scans skip it too)
         name = path.name
         local = event and not self.settings.polling_observer
         if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
@@ -259,6 +258,8 @@ class Watcher:
                     self._observe(path, seen, state, local, arrival)
                 due = self._check_settled()
                 self._publish_held()
+            # The loop must survive anything (a folder that vanished mid-scan, a bug):
+            # if it stops, no file is ever taken again; the next round looks afresh.
             except Exception:
                 log.exception("watcher.error")
             wake = min(next_scan, due if due is not None else next_scan,
@@ -346,8 +347,9 @@ class Watcher:
                 next_due = at if next_due is None else min(next_due, at)
                 continue
             if cand.writing:
-                log.warning("file.assumed_closed", company=path.parent.parent.name,
-                            file=path.name, stable_s=round(now - cand.stable_since, 1))
+                log.warning("file.assumed_closed",
+                            company=landing.inbox_company(path, self.root), file=path.name,
+                            stable_s=round(now - cand.stable_since, 1))
             held_until = self._hold(path, cand, now)
             if held_until is not None:
                 cand.due = held_until
@@ -406,7 +408,7 @@ class Watcher:
             if files == self._held.get(company, []):
                 continue
             try:
-                held.write(landing.CompanyDirs(self.root / company), files)
+                held.write(landing.company_dirs_of(self.root, company), files)
             except OSError as exc:
                 log.warning("watcher.held_not_written", company=company, error=str(exc))
                 continue
@@ -419,6 +421,7 @@ class Watcher:
         return sum(len(f) for f in list(self._held.values()))  # read from another thread
 
     def _emit(self, path: Path, facts: Settled) -> None:
-        if self.on_ready(path, facts):  # False: already queued, seen again by a rescan
-            log.info("file.ready", company=path.parent.parent.name, file=path.name)
+        drop = landing.drop(path, facts.mtime_ns, facts)
+        if self.on_ready(drop):  # False: already queued, seen again by a rescan
+            log.info("file.ready", company=drop.company, file=drop.name)
 
