@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,9 +152,14 @@ def read_lease(path: Path) -> Iterator[Lease]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        yield Lease(None)  # gone or unreadable: the claim's own checks say so
+        yield Lease(None)  # gone, unreadable, a symlink: the claim's own checks say so
         return
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)  # a FIFO or a device has no leases; it is failed unread anyway
+            fd = -1
+            yield Lease(None)
+            return
         try:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as exc:

@@ -108,6 +108,7 @@ class _Candidate:
     partial: bool | None = None
     held_until: float | None = None  # monotonic end of its grace period, while held
     held_at: float = 0.0  # wall-clock time it was first held
+    open_logged: bool = False  # file.writer_open said for this version
 
 
 def _key(st: os.stat_result) -> Key:
@@ -342,6 +343,11 @@ class Watcher:
                 # Settled, but a writer still holds it open (a paused upload whose writes
                 # we did not see): never taken while open. Looked at again now and then,
                 # since a polling observer sees no close.
+                if not cand.open_logged and (now - cand.stable_since
+                                             > self.settings.write_timeout_seconds):
+                    cand.open_logged = True  # a stuck client: the operator should know
+                    log.warning("file.writer_open", company=path.parent.parent.name,
+                                file=path.name, stable_s=round(now - cand.stable_since, 1))
                 at = now + max(self.settings.settle_seconds, 1.0)
                 cand.due = at
                 next_due = at if next_due is None else min(next_due, at)
