@@ -93,9 +93,11 @@ class Database:
     def end_dead_sessions(self, conn: psycopg.Connection[Any]) -> list[int]:
         """End this process's server sessions whose connections broke here (the server
         kept them: a partition) on ``conn``; their pids."""
-        ended = leases.end_own_sessions(
-            conn, self.sessions.prefix,
-            self.sessions.live(connecting_for=2.0 * self.params["connect_timeout"] + 10))
+        # The server's clock first, our live connections next: a connection made after
+        # that look started after that time, and is spared.
+        now = leases.server_time(conn)
+        live = self.sessions.live(connecting_for=2.0 * self.params["connect_timeout"] + 10)
+        ended = leases.end_own_sessions(conn, self.sessions.prefix, live, started_before=now)
         if ended:
             log.warning("db.own_sessions_ended", pids=ended, instance=self.instance_id,
                         reason="connections of ours that broke, kept by the server: their"
