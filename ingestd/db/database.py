@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 
 from ingestd.db import migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
-from ingestd.settings import Settings
+from ingestd.settings import Settings, SettingsError
 
 # A start-up attempt against an unroutable host must not outlast a SIGTERM by minutes
 # (libpq's own default is no timeout; psycopg's is 130 s).
@@ -20,6 +20,54 @@ CONNECT_TIMEOUT = 10
 
 class DatabaseUnavailable(Exception):
     """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
+
+
+class DatabaseRefused(SettingsError):
+    """The server answered, and no wait will change its answer (an unknown database or
+    role, a wrong password, no pg_hba.conf entry): a configuration error, exit 2."""
+
+
+# What waiting can fix. SQLSTATEs where the server sent one: connection exceptions
+# (08), insufficient resources (53: too many connections), operator intervention (57P:
+# shutting down, starting up, in recovery). A failed connection attempt carries no
+# SQLSTATE in psycopg (libpq reports it as text only), so its message decides: these
+# are libpq's and the server's words for a server that is not there *yet*. Everything
+# else (3D000 unknown database, 28000/28P01 role and password, SSL set-up) is final.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P")
+_TRANSIENT_MESSAGES = (
+    "connection refused", "timeout expired", "timed out", "no such file or directory",
+    "the database system is starting up", "the database system is shutting down",
+    "the database system is in recovery mode", "not yet accepting connections",
+    "too many clients", "remaining connection slots are reserved",
+    "server closed the connection unexpectedly", "connection reset by peer",
+    "no route to host", "network is unreachable", "temporary failure in name resolution",
+    # An unknown host name: a DNS answer that can change (a failover points the name
+    # elsewhere; a container's name appears when it starts), so it is waited for.
+    "failed to resolve host", "could not translate host name",
+    "terminating connection due to administrator command", "eof detected",
+    "ssl connection has been closed unexpectedly",
+)
+
+
+def waiting_helps(exc: BaseException) -> bool:
+    """True when ``exc`` (a failed connection or query) may go away by itself."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return str(state).startswith(_TRANSIENT_SQLSTATES)
+    text = str(exc).lower()
+    return any(m in text for m in _TRANSIENT_MESSAGES)
+
+
+def refusal(exc: BaseException, settings: Settings) -> DatabaseRefused:
+    """A final connection error as one line naming the cause and the setting to fix."""
+    reason = unavailable_reason(exc, settings.database_url)
+    if "FATAL:" in reason:  # the server's own words, without libpq's socket preamble
+        reason = reason.rsplit("FATAL:", 1)[1].strip()
+    where = (f"INGESTD_DATABASE_URL ({describe(settings.database_url)})"
+             if settings.database_url
+             else f"the embedded database in state dir {settings.state_dir.absolute()}")
+    return DatabaseRefused(f"database refused: {reason}; waiting will not fix this: "
+                           f"check {where}")
 
 
 def describe(url: str) -> str:
@@ -50,18 +98,22 @@ class Database:
     """Owns the embedded server (if any) and the pool. Use as a context manager.
 
     ``start=True`` starts the embedded server at once (the CLI); the daemon passes
-    False and calls ``start()`` until the database is there.
+    False and calls ``start()`` until the database is there. ``create``: an embedded
+    server may be made where there is none (only ``run`` and ``db upgrade``);
+    ``daemon``: this process is the daemon, the one owner of the embedded server.
     """
 
     def __init__(self, settings: Settings, *, pool_size: int | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, create: bool = False, daemon: bool = False) -> None:
         self.settings = settings
         self.embedded: EmbeddedPostgres | None = None
         if settings.database_url:
             self.url = settings.database_url
         else:
-            self.embedded = EmbeddedPostgres(settings.state_dir)
+            self.embedded = EmbeddedPostgres(settings.state_dir, create=create)
             self.url = self.embedded.url
+            if daemon:
+                self.embedded.hold_for_daemon()
         self._server_started = False
         size = pool_size or settings.pool_max_size
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -100,7 +152,8 @@ class Database:
     def start(self) -> list[str]:
         """Start the embedded server (if any), apply pending migrations, open the pool.
 
-        Raises ``DatabaseUnavailable`` while the server cannot be reached, and
+        Raises ``DatabaseUnavailable`` while the server cannot be reached,
+        ``DatabaseRefused`` when it will never accept us as configured, and
         ``EmbeddedError`` when the embedded server cannot be started.
         """
         self._start_server()
@@ -108,6 +161,8 @@ class Database:
             with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT) as conn:
                 applied = migrations.upgrade(conn)
         except psycopg.OperationalError as exc:
+            if not waiting_helps(exc):
+                raise refusal(exc, self.settings) from exc
             raise DatabaseUnavailable(unavailable_reason(exc, self.url)) from exc
         self._open_pool()
         return applied
