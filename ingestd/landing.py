@@ -214,7 +214,7 @@ def find_misplaced(root: Path, companies: set[str] | None = None) -> list[Mispla
             continue
         stray = companies is not None and entry.name not in companies
         for sub in sorted(entry.iterdir()):
-            if sub.name in OURS or sub.name.startswith("."):
+            if sub.name in OURS or is_in_flight(sub.name):
                 continue
             if is_regular(sub):
                 paths = [sub]
