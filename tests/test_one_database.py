@@ -146,6 +146,14 @@ def test_a_second_daemon_on_one_embedded_database_refuses_and_the_first_keeps_wo
     line = refused_at_start(second.start(wait_started=False))
     assert line.startswith(f"ingestd: the embedded database in state dir {state} is in use "
                            "by another ingestd run"), line
+    # From another folder, with the default (relative) state dir: a new, empty database
+    # would be made there; the landing root already belongs to the first one.
+    line = one_line(run_cli(["run"], no_db_env(landing, None), cwd=elsewhere,
+                            timeout=TIMEOUT))
+    assert line.startswith(f"ingestd: landing root {landing} belongs to database 'postgres' "
+                           f"on server "), line
+    assert f"but state dir {elsewhere / '.state'} holds no database" in line, line
+    assert not (elsewhere / ".state" / "postgres" / "data").exists()  # no initdb
 
     # The server was neither stopped nor disturbed under the first daemon.
     r = run_cli(["company", "add", "acme"], env, timeout=TIMEOUT)

@@ -9,7 +9,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ingestd.db import migrations
+from ingestd.db import identity, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
 from ingestd.settings import Settings, SettingsError
 
@@ -112,6 +112,8 @@ class Database:
         else:
             self.embedded = EmbeddedPostgres(settings.state_dir, create=create)
             self.url = self.embedded.url
+            if create and not self.embedded.exists():
+                identity.refuse_new_database(settings.landing_root, settings.state_dir)
             if daemon:
                 self.embedded.hold_for_daemon()
         self._server_started = False

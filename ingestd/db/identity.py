@@ -94,6 +94,19 @@ def _bind_marker(landing_root: Path, identity: DatabaseIdentity) -> DatabaseIden
     return found
 
 
+def refuse_new_database(landing_root: Path, state_dir: Path) -> None:
+    """Before an embedded database is created: a landing root that already belongs to a
+    database cannot belong to a new one (a new cluster has a new system identifier), so
+    refuse now rather than after initdb has filled a mistaken state dir."""
+    theirs = read_marker(landing_root)
+    if theirs is not None:
+        root = landing_root.absolute()
+        raise WrongDatabase(
+            f"landing root {root} belongs to {theirs} (see {root / MARKER}), but state dir "
+            f"{state_dir.absolute()} holds no database: check INGESTD_STATE_DIR (a relative "
+            "path is relative to the working directory) and INGESTD_DATABASE_URL")
+
+
 def bind(conn: psycopg.Connection[Any], landing_root: Path, *, create: bool) -> None:
     """Check that ``landing_root`` belongs to the database of ``conn``.
 
