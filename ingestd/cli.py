@@ -57,11 +57,12 @@ def _db(settings: Settings, *, bind: bool = False, pool_size: int = 2) -> Databa
     and binding a landing root that belongs to none yet)."""
     db = Database(settings, pool_size=pool_size)
     try:
+        with db.connect() as conn:  # before migrating: another database stays untouched
+            try:
+                identity.bind(conn, settings.landing_root, create=bind)
+            except identity.Unbindable:
+                pass  # a root only the administrator may write to: the daemon says so
         db.upgrade()
-        with db.connect() as conn:
-            identity.bind(conn, settings.landing_root, create=bind)
-    except identity.Unbindable:
-        pass  # a root only the administrator may write to: the daemon says so at start
     except BaseException:
         db.close()
         raise

@@ -19,7 +19,6 @@ import psycopg
 import structlog
 
 from ingestd import errors, landing, logs, metrics, retention
-from ingestd.db import identity
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database, DatabaseUnavailable
 from ingestd.db.embedded import EmbeddedError
@@ -117,7 +116,6 @@ class Daemon:
             log.info("daemon.stopped")
             return 0
         try:
-            self._bind_landing_root(db)
             carrier = make_carrier(settings, on_event=self._on_carrier_event)
             if isinstance(carrier, HttpCarrierLookup):
                 metrics.watch_carrier_circuit(carrier.circuit_open)
@@ -178,16 +176,6 @@ class Daemon:
             db.close()
         log.info("daemon.stopped")
         return 0
-
-    def _bind_landing_root(self, db: Database) -> None:
-        """Refuse (WrongDatabase) a landing root that belongs to another database."""
-        with db.connect() as conn:
-            try:
-                identity.bind(conn, self.settings.landing_root, create=True)
-            except identity.Unbindable as exc:
-                log.warning("landing.unbound", reason=str(exc),
-                            note="instances on other databases would not be refused; "
-                                 "create the file empty, writable for the daemon")
 
     def _connect(self, db: Database) -> bool:
         """Start and migrate the database, waiting with backoff while it is unreachable.

@@ -213,7 +213,11 @@ def find_misplaced(root: Path, companies: set[str] | None = None) -> list[Mispla
         if not entry.is_dir() or entry.is_symlink():
             continue
         stray = companies is not None and entry.name not in companies
-        for sub in sorted(entry.iterdir()):
+        try:
+            subs = sorted(entry.iterdir())
+        except OSError:
+            continue  # unreadable for us: nothing of it could be applied either way
+        for sub in subs:
             if sub.name in OURS or is_in_flight(sub.name):
                 continue
             if is_regular(sub):

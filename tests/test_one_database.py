@@ -71,6 +71,12 @@ def system_identifier(url: str) -> str:
     return str(row[0])
 
 
+def has_schema(url: str, name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            (name,)).fetchone() is not None
+
+
 def no_db_env(landing: Path, state: Path | None) -> dict[str, str]:
     """No INGESTD_DATABASE_URL: the embedded database under ``state`` (None: the default
     state dir, relative to the working directory)."""
@@ -96,7 +102,7 @@ def test_a_daemon_on_another_database_is_refused(
     second = start_daemon()
     assert second.alive() and first.alive()
 
-    other_url = new_database()
+    other_url = new_database(migrated=False)
     other = conninfo_to_dict(other_url)["dbname"]
     wrong = Daemon({**env, "INGESTD_DATABASE_URL": other_url})
     daemons.append(wrong)
@@ -105,6 +111,7 @@ def test_a_daemon_on_another_database_is_refused(
                            f"'{ours}'"), line
     assert f"connected to database '{other}'" in line, line
     assert json.loads((landing / MARKER).read_text()) == marker  # unchanged
+    assert not has_schema(other_url, "ingestd")  # refused before migrating it
 
     # The right ones never noticed.
     dirs = setup_company(db_url, landing, "acme")
@@ -122,11 +129,13 @@ def test_company_add_binds_the_landing_root_and_refuses_another_database(
     ours = conninfo_to_dict(db_url)["dbname"]
     assert json.loads((landing / MARKER).read_text())["database"] == ours
 
-    other = {**env, "INGESTD_DATABASE_URL": new_database()}
+    other_url = new_database(migrated=False)
+    other = {**env, "INGESTD_DATABASE_URL": other_url}
     for command in (["company", "add", "globex"], ["status"]):
         line = one_line(run_cli(command, other))
         assert f"belongs to database '{ours}'" in line, line
     assert not (landing / "globex").exists()
+    assert not has_schema(other_url, "ingestd")
 
 
 # -- one daemon per embedded database -----------------------------------------------------

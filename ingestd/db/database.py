@@ -6,12 +6,15 @@ import threading
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ingestd.db import identity, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
 from ingestd.settings import Settings, SettingsError
+
+log = structlog.get_logger(__name__)
 
 # A start-up attempt against an unroutable host must not outlast a SIGTERM by minutes
 # (libpq's own default is no timeout; psycopg's is 130 s).
@@ -152,7 +155,8 @@ class Database:
         self._server_started = True
 
     def start(self) -> list[str]:
-        """Start the embedded server (if any), apply pending migrations, open the pool.
+        """The daemon's start: start the embedded server (if any), check the landing root
+        belongs to this database, apply pending migrations, open the pool.
 
         Raises ``DatabaseUnavailable`` while the server cannot be reached,
         ``DatabaseRefused`` when it will never accept us as configured, and
@@ -161,6 +165,8 @@ class Database:
         self._start_server()
         try:
             with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT) as conn:
+                # Before any migration: a landing root's wrong database stays untouched.
+                self._bind_landing_root(conn)
                 applied = migrations.upgrade(conn)
         except psycopg.OperationalError as exc:
             if not waiting_helps(exc):
@@ -168,6 +174,16 @@ class Database:
             raise DatabaseUnavailable(unavailable_reason(exc, self.url)) from exc
         self._open_pool()
         return applied
+
+    def _bind_landing_root(self, conn: psycopg.Connection[Any]) -> None:
+        """The daemon's check that the landing root is this database's (binding it if it
+        is nobody's yet); ``WrongDatabase`` if not."""
+        try:
+            identity.bind(conn, self.settings.landing_root, create=True)
+        except identity.Unbindable as exc:
+            log.warning("landing.unbound", reason=str(exc),
+                        note="instances on another database would not be refused; create "
+                             "the file empty, writable for the daemon")
 
     def connect(self) -> psycopg.Connection[Any]:
         """A dedicated connection outside the pool (migrations, CLI one-offs)."""

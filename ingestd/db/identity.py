@@ -45,8 +45,9 @@ class DatabaseIdentity:
 
 
 def of_connection(conn: psycopg.Connection[Any]) -> DatabaseIdentity:
-    row = conn.execute("SELECT system_identifier::text, current_database()"
-                       " FROM pg_control_system()").fetchone()
+    with conn.transaction():  # leaves no transaction open for the caller's next step
+        row = conn.execute("SELECT system_identifier::text, current_database()"
+                           " FROM pg_control_system()").fetchone()
     assert row is not None
     return DatabaseIdentity(system_identifier=str(row[0]), database=str(row[1]))
 
