@@ -279,3 +279,20 @@ def test_the_right_password_works(password_server: str, landing: Path, tmp_path:
     url = make_conninfo(password_server, user="alice", password="right", dbname="alices")
     r = run_cli(["db", "upgrade"], base_env(url, landing, tmp_path / "state"))
     assert r.returncode == 0, r.stderr
+
+
+def test_too_many_connections_is_waited_for(
+        password_server: str, landing: Path, tmp_path: Path, daemons: list[Daemon]) -> None:
+    """A refusal that waiting can fix (SQLSTATE 53300) is retried, not final."""
+    with psycopg.connect(password_server, autocommit=True) as admin:
+        admin.execute("ALTER ROLE alice CONNECTION LIMIT 0")
+    url = make_conninfo(password_server, user="alice", password="right", dbname="alices")
+    d = Daemon(base_env(url, landing, tmp_path / "state", INGESTD_DB_RETRY_MAX="1"))
+    daemons.append(d)
+    d.start(wait_started=False)
+    waits = d.wait_event("db.unavailable", count=2, timeout=TIMEOUT)
+    assert 'too many connections for role "alice"' in waits[0]["reason"], waits
+    with psycopg.connect(password_server, autocommit=True) as admin:
+        admin.execute("ALTER ROLE alice CONNECTION LIMIT -1")
+    d.wait_event("daemon.started", timeout=TIMEOUT)
+    assert d.stop() == 0, d.tail()

@@ -41,7 +41,7 @@ _TRANSIENT_MESSAGES = (
     "connection refused", "timeout expired", "timed out", "no such file or directory",
     "the database system is starting up", "the database system is shutting down",
     "the database system is in recovery mode", "not yet accepting connections",
-    "too many clients", "remaining connection slots are reserved",
+    "too many clients", "too many connections", "remaining connection slots are reserved",
     "server closed the connection unexpectedly", "connection reset by peer",
     "no route to host", "network is unreachable", "temporary failure in name resolution",
     # An unknown host name: a DNS answer that can change (a failover points the name
