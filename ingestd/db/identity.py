@@ -121,9 +121,9 @@ def bind(conn: psycopg.Connection[Any], landing_root: Path, *, create: bool) -> 
     if theirs is None and create and landing_root.is_dir():
         try:
             theirs = _bind_marker(landing_root, ours)
-        except PermissionError as exc:
+        except OSError as exc:  # not ours to write (root's), a read-only mount...
             raise Unbindable(f"cannot write {landing_root.absolute() / MARKER}: "
-                             f"{exc.strerror}") from None
+                             f"{exc.strerror or exc}") from None
     if theirs is not None and theirs != ours:
         root = landing_root.absolute()
         raise WrongDatabase(
