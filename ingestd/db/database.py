@@ -12,22 +12,14 @@ from psycopg_pool import ConnectionPool
 
 from ingestd.db import identity, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
-from ingestd.settings import Settings, SettingsError
+from ingestd.errors import DatabaseRefused, DatabaseUnavailable
+from ingestd.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 # A start-up attempt against an unroutable host must not outlast a SIGTERM by minutes
 # (libpq's own default is no timeout; psycopg's is 130 s).
 CONNECT_TIMEOUT = 10
-
-
-class DatabaseUnavailable(Exception):
-    """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
-
-
-class DatabaseRefused(SettingsError):
-    """The server answered, and no wait will change its answer (an unknown database or
-    role, a wrong password, no pg_hba.conf entry): a configuration error, exit 2."""
 
 
 # What waiting can fix. SQLSTATEs where the server sent one: connection exceptions

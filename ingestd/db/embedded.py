@@ -43,7 +43,7 @@ from typing import IO
 import psycopg
 import structlog
 
-from ingestd.settings import SettingsError
+from ingestd.errors import EmbeddedError, EmbeddedInUse, NoEmbeddedDatabase
 
 log = structlog.get_logger(__name__)
 
@@ -58,23 +58,6 @@ def ping(url: str, timeout: int = 3) -> bool:
         return True
     except psycopg.Error:
         return False
-
-
-class EmbeddedError(RuntimeError):
-    """The embedded server cannot be started. ``str()`` is one line naming the cause;
-    ``log_file`` is where the server (or initdb) said more, when it got that far."""
-
-    def __init__(self, message: str, log_file: Path | None = None) -> None:
-        super().__init__(message + (f" (log: {log_file})" if log_file else ""))
-        self.log_file = log_file
-
-
-class NoEmbeddedDatabase(SettingsError):
-    """A command that may not create the embedded database found none."""
-
-
-class EmbeddedInUse(SettingsError):
-    """Another daemon runs on this state directory's embedded database."""
 
 
 def _last_words(text: str) -> str:

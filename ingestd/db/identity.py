@@ -22,16 +22,12 @@ from typing import Any
 
 import psycopg
 
-from ingestd.settings import SettingsError
+from ingestd.errors import IngestdError, WrongDatabase
 
 MARKER = ".ingestd-database"
 
 
-class WrongDatabase(SettingsError):
-    """The landing root belongs to another database. ``str()`` is one line naming both."""
-
-
-class Unbindable(Exception):
+class Unbindable(IngestdError):
     """The marker cannot be written (the landing root is not writable for us)."""
 
 
