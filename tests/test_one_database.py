@@ -296,3 +296,31 @@ def test_too_many_connections_is_waited_for(
         admin.execute("ALTER ROLE alice CONNECTION LIMIT -1")
     d.wait_event("daemon.started", timeout=TIMEOUT)
     assert d.stop() == 0, d.tail()
+
+
+def test_a_server_not_accepting_connections_yet_is_waited_for(
+        tmp_path: Path, landing: Path, daemons: list[Daemon]) -> None:
+    """A real server that is up and says "not accepting connections" (a standby not
+    promoted yet, hot_standby off; the family of "the database system is starting up"):
+    the daemon waits, and starts once the server is promoted."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    server.stop()
+    (server.data / "standby.signal").write_text("")
+    with open(server.data / "postgresql.auto.conf", "a") as conf:
+        conf.write("hot_standby = off\n")
+    opts = f"-c listen_addresses='' -k {server.socket_dir} -p 5432"
+    server._run("pg_ctl", "-D", str(server.data), "-l", str(server.log_file), "-o", opts,
+                "-w", "start")
+    try:
+        d = Daemon(base_env(server.url, landing, tmp_path / "state",
+                            INGESTD_DB_RETRY_MAX="1"))
+        daemons.append(d)
+        d.start(wait_started=False)
+        waits = d.wait_event("db.unavailable", count=2, timeout=TIMEOUT)
+        assert "the database system is not accepting connections" in waits[0]["reason"], waits
+        server._run("pg_ctl", "-D", str(server.data), "-w", "promote")
+        d.wait_event("daemon.started", timeout=TIMEOUT)
+        assert d.stop() == 0, d.tail()
+    finally:
+        server._run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "stop", check=False)

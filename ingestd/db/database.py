@@ -33,6 +33,7 @@ _TRANSIENT_MESSAGES = (
     "connection refused", "timeout expired", "timed out", "no such file or directory",
     "the database system is starting up", "the database system is shutting down",
     "the database system is in recovery mode", "not yet accepting connections",
+    "the database system is not accepting connections",  # a standby, not yet promoted
     "too many clients", "too many connections", "remaining connection slots are reserved",
     "server closed the connection unexpectedly", "connection reset by peer",
     "no route to host", "network is unreachable", "temporary failure in name resolution",
