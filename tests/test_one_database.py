@@ -95,6 +95,9 @@ def test_a_daemon_on_another_database_is_refused(
         landing: Path, env: dict[str, str], daemons: list[Daemon]) -> None:
     (landing / MARKER).write_text("")  # as tmpfiles.d makes it, for the daemon to fill
     first = start_daemon()
+    started = first.find("daemon.started")[0]
+    assert (started["landing_root"], started["state_dir"]) == (
+        str(landing), env["INGESTD_STATE_DIR"]), started
     marker = json.loads((landing / MARKER).read_text())
     ours = conninfo_to_dict(db_url)["dbname"]
     assert marker == {"system_identifier": system_identifier(db_url), "database": ours}
