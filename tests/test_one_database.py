@@ -183,7 +183,8 @@ def test_a_second_daemon_on_one_embedded_database_refuses_and_the_first_keeps_wo
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["company", "list"],
                                      ["company", "add", "acme"], ["prune", "--older-than", "1"],
-                                     ["fields", "list", "--company", "acme"]])
+                                     ["fields", "list", "--company", "acme"],
+                                     ["requeue", "failed/x.persons"]])
 def test_other_commands_never_create_an_embedded_database(
         tmp_path: Path, landing: Path, command: list[str]) -> None:
     elsewhere = tmp_path / "elsewhere"
