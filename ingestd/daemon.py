@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
@@ -59,6 +61,7 @@ class Daemon:
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
         self._companies: set[str] | None = None  # set-up companies, when last listed
         self._misplaced = landing.MisplacedLog()
+        self.stop_asked_at = 0.0  # monotonic time of the first stop signal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -72,6 +75,8 @@ class Daemon:
                         b" and are recovered at the next start\n")
             os._exit(130)
         else:
+            if not self.stop_event.is_set():
+                self.stop_asked_at = time.monotonic()
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
@@ -158,19 +163,36 @@ class Daemon:
             pruner = (retention.start_pruner(settings, db, self.stop_event)
                       if settings.retention_days else None)
             self._supervise(db, watcher, scheduler)
+            # Everything below within stop_timeout of the signal, even with the database
+            # silent (a cut): each step that talks to it may wait db_dead_after_seconds.
+            deadline = (self.stop_asked_at or time.monotonic()) + settings.stop_timeout
             log.info("daemon.stopping", in_hand=scheduler.in_hand)
             self.notifier.stopping()
             watcher.stop()
-            finished = scheduler.stop(settings.stop_timeout)
-            self.tracker.stop()
-            fleet.stop()
-            if not finished:
+            finished = scheduler.stop(max(0.0, deadline - time.monotonic()))
+            tracker = self.tracker
+
+            def wind_down() -> None:
+                tracker.stop()
+                fleet.stop()
+                if server is not None:
+                    server.stop()
+                if pruner is not None:
+                    pruner.join(max(0.0, deadline - time.monotonic()))
+                db.close()
+
+            wound_down = _within(deadline - time.monotonic(), wind_down)
+            if not (finished and wound_down):
                 log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
                             note="unfinished files roll back and are recovered at next start")
-            if server is not None:
-                server.stop()
-            if pruner is not None:
-                pruner.join(settings.stop_timeout)
+            if not wound_down or not scheduler.stopped():
+                # A thread still waits on the database (at most db_dead_after_seconds more);
+                # the interpreter would join it at exit. Nothing is lost by not waiting:
+                # open transactions roll back, claims are recovered at the next start.
+                log.info("daemon.stopped")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         finally:
             db.close()
         log.info("daemon.stopped")
@@ -314,6 +336,20 @@ class Daemon:
         log.info("daemon.reloaded", log_level=fresh.log_level)
         self.settings.log_level = fresh.log_level
         logs.configure(fresh.log_level, self.settings.log_format)
+
+
+def _within(seconds: float, steps: Callable[[], None]) -> bool:
+    """Run ``steps`` on a thread of its own; whether they ended within ``seconds``."""
+    def guarded() -> None:
+        try:
+            steps()
+        except Exception:
+            log.exception("daemon.stop_failed")
+
+    thread = threading.Thread(target=guarded, name="ingestd-stop", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    return not thread.is_alive()
 
 
 def run(settings: Settings) -> int:

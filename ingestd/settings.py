@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(8, ge=1)
     db_retry_initial: float = Field(0.5, gt=0)
     db_retry_max: float = Field(30.0, gt=0)
+    # A connection that answers nothing for this long is dead (keepalives, TCP user
+    # timeout, waits for a pooled connection): see ingestd/db/liveness.py.
+    db_dead_after_seconds: float = Field(15.0, ge=2, le=3600)
 
     # Watching
     settle_seconds: float = Field(2.0, ge=0)
