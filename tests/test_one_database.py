@@ -178,6 +178,29 @@ def test_a_second_daemon_on_one_embedded_database_refuses_and_the_first_keeps_wo
     assert not (state / "postgres" / "data" / "postmaster.pid").exists()  # it stopped it
 
 
+def test_a_one_off_command_never_stops_the_server_under_a_daemon(
+        tmp_path: Path, landing: Path, daemons: list[Daemon]) -> None:
+    """A command started the embedded server (this test process plays it), then a
+    daemon started: the daemon takes the server over, and the command's stop leaves it
+    running; the daemon stops it at its own exit."""
+    state = tmp_path / "state"
+    command = EmbeddedPostgres(state)
+    command.start()
+    d = Daemon(no_db_env(landing, state))
+    daemons.append(d)
+    d.start(timeout=TIMEOUT)
+    command.stop()  # the one-off command ends
+    assert (state / "postgres" / "data" / "postmaster.pid").exists()
+    r = run_cli(["company", "add", "acme"], no_db_env(landing, state), timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    dirs = CompanyDirs(landing / "acme")
+    drop(dirs, "a.persons", PERSONS)
+    wait_for(lambda: is_finished(dirs, "a.persons"), TIMEOUT, what="a.persons done",
+             context=d.tail)
+    assert d.stop(timeout=TIMEOUT) == 0, d.tail()
+    assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+
+
 # -- only run and db upgrade create an embedded database ----------------------------------
 
 
