@@ -240,32 +240,10 @@ def _stage(path: Path, inbox: Path, marker_mode: bool, staged: list[Path]) -> Pa
 
 
 def _print_result(result: FileResult, final: Path | None, *, dry_run: bool = False) -> None:
-    """``ingest``: what happened; ``check`` (``dry_run``): what would happen, never "done:"."""
-    name, error = result.file, result.error
-    warnings = list(result.warnings)
-    if not dry_run:
-        line = (f"{result.status}: {name} ({result.format}) rows={result.rows} "
-                f"accepted={result.accepted} rejected={result.rejected}")
-        if final:
-            line += f" -> {final}"
+    from ingestd.report import describe
+
+    for line in describe(result, final, dry_run=dry_run):
         print(line)
-        if error:
-            print(f"  {error.error_class}: {error.message}")
-    elif error:
-        print(f"{name}: would fail: {error.error_class}: {error.message}")
-    elif result.duplicate_of is not None:
-        warnings = warnings[:-1]  # the pipeline's own duplicate warning, in the past tense
-        print(f"{name}: would be a duplicate of {result.duplicate_of} (same content, "
-              "already applied): nothing would be applied")
-    else:
-        print(f"{name} ({result.format}): would be done: {result.rows} rows, "
-              f"{result.accepted} accepted, {result.rejected} rejected")
-    for rec, err in result.sample_errors:
-        where = f"{err.field}: " if err.field else ""
-        detail = f" ({where}{err.detail})" if err.detail else ""
-        print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
-    for w in warnings:
-        print(f"  warning: {w}")
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:

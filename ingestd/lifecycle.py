@@ -101,6 +101,19 @@ def sha256_of(path: Path, companion: Path | None = None) -> str:
     return h.hexdigest()
 
 
+def starts_with_bom(path: Path) -> bool:
+    """The file begins with a UTF-8 byte-order mark: its CSV sidecars will too, since the
+    partner's tool wrote one and expects one (Excel reads UTF-8 only with it)."""
+    try:
+        with partner_files.open_partner_file(path) as fh:
+            return fh.read(len(_BOM)) == _BOM
+    except OSError:
+        return False  # unreadable: the file fails, and says why, elsewhere
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
 def _stat_key(path: Path) -> tuple[int, int]:
     st = os.lstat(path)
     return st.st_size, st.st_mtime_ns
@@ -212,14 +225,17 @@ class Pipeline:
     def _apply_and_finish(self, conn: psycopg.Connection[Any], claim: Claim) -> Outcome:
         with self._in_hand(claim) as handle:
             try:
-                _, entry = self._apply(conn, claim)
+                applied, entry = self._apply(conn, claim)
             except FileChangedError:
                 self._unclaim(claim)
                 log.warning("file.changed", company=claim.company, file=claim.name,
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            return self._finish(conn, claim, entry, handle)
+            outcome = self._finish(conn, claim, entry, handle)
+            if outcome.result is not None:  # rebuilt from the ledger: add what it keeps not
+                outcome.result.sample_errors = applied.sample_errors
+            return outcome
 
     def _in_hand(self, claim: Claim) -> AbstractContextManager[progress.Handle]:
         if self.tracker is None:
@@ -314,6 +330,8 @@ class Pipeline:
                 meta = {"columns": ctx.columns, **ctx.extra}
                 if _stat_key(path) != before:
                     raise FileChangedError(name)
+            if sha and starts_with_bom(path):  # sha: a plain file ingestd could read
+                meta["bom"] = True
             result = self._result(claim, fmt, sha, started, t0, results, error,
                                   duplicate, warnings)
             # The final name is chosen and recorded in the apply's own commit, before
@@ -375,6 +393,7 @@ class Pipeline:
             accepted=results.accepted,
             rejected=results.rejected,
             rejected_by_class=dict(results.rejected_by_class),
+            rejected_sections=results.rejected_sections,
             started_at=started.isoformat(),
             finished_at=datetime.now(UTC).isoformat(),
             duration_s=round(time.monotonic() - t0, 3),
@@ -435,6 +454,8 @@ class Pipeline:
         if result.error is not None:
             fields["error_class"] = result.error.error_class
             fields["error_message"] = result.error.message
+            if result.error.detail:
+                fields["error_detail"] = result.error.detail
         if result.duplicate_of is not None:
             fields["duplicate_of"] = result.duplicate_of
         (log.info if result.status == "done" else log.warning)(event, **fields)
