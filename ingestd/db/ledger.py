@@ -200,7 +200,8 @@ def counts_since(conn: psycopg.Connection[Any], company: str, seconds: float) ->
         " AND committed_at > now() - make_interval(secs => %s) GROUP BY status",
         (company, seconds),
     ).fetchall()
-    return {str(s): int(n) for s, n in rows}
+    # Every status, zero too: a reader of `status --json` should not have to guess.
+    return {"done": 0, "failed": 0} | {str(s): int(n) for s, n in rows}
 
 
 # -- requeue and retention ----------------------------------------------------------------
