@@ -626,8 +626,7 @@ def test_ingest_exit_codes(env: dict[str, str], db_url: str, landing: Path,
     r = run_cli(["ingest", str(good)], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("done: good.persons"), r.stdout
-    assert listing(acme.done) == ["good.persons", "good.persons.errors.csv",
-                                  "good.persons.result.json"]
+    assert listing(acme.done) == ["good.persons", "good.persons.result.json"]
     assert persons(db_url, "acme") == [("g1", None, {"note": "fine"})]
 
     bad = tmp_path / "bad.persons"  # from outside the landing root: --company
