@@ -856,7 +856,8 @@ def test_http_503_twice_then_found_after_logged_retries(env: Env, server: Carrie
         ), **http_settings(server))
     assert_done(env, name, outcome, 3, {})
     assert not (env.company_dir / "done" / f"{name}.retry.persons").exists()
-    assert env.errors_csv(name) == [[*ERRORS_HEADER, "external_person_id", "mdn"]]
+    # nothing rejected: no errors.csv (a sidecar is written only when it says something)
+    assert not (env.company_dir / "done" / f"{name}.errors.csv").exists()
     assert retries(logs) == [(mdn(2), 1, "HTTP 503"), (mdn(2), 2, "HTTP 503")]
     assert server.calls == Counter({mdn(2): 3})
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
