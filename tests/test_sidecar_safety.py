@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_contacts_format import AB_TESTS, sas_example_fixed
 
-from ingestd import errors, sidecars
+from ingestd import errors, landing, sidecars
 from ingestd.contacts import sidecars as contacts_sidecars
 from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db.companies import Company
@@ -94,7 +94,7 @@ class Env:
         inbox = self.landing / "acme" / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         (inbox / name).write_bytes(content.encode("utf-8"))
-        outcome = self.pipeline(**overrides).process(inbox / name)
+        outcome = self.pipeline(**overrides).process(landing.drop(inbox / name, 0))
         assert outcome.status == "done", outcome.result
         return outcome
 
@@ -527,7 +527,7 @@ def _drop_bytes(env: Env, name: str, content: bytes) -> Outcome:
     inbox = env.landing / "acme" / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / name).write_bytes(content)
-    return env.pipeline().process(inbox / name)
+    return env.pipeline().process(landing.drop(inbox / name, 0))
 
 
 @pytest.mark.parametrize("bom", [True, False])
