@@ -222,8 +222,8 @@ def test_one_off_commands_say_nothing_of_the_embedded_server(tmp_path: Path) -> 
                INGESTD_LOG_FORMAT="json")
     data = tmp_path / "x.persons"
     data.write_text("external_person_id\ne1\n")
-    for args in (["company", "add", "acme"], ["ingest", str(data), "--company", "acme"],
-                 ["status"]):
+    for args in (["db", "upgrade"], ["company", "add", "acme"],
+                 ["ingest", str(data), "--company", "acme"], ["status"]):
         r = subprocess.run([sys.executable, "-m", "ingestd", *args], env=env,
                            capture_output=True, text=True, timeout=180, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
