@@ -110,6 +110,10 @@ class Metrics:
             "ingestd_files_maybe_partial",
             "Files held as likely partial uploads (written in place, no final line break), "
             "waiting partial_grace_seconds for a newer upload.", registry=r)
+        self.misplaced_files = Gauge(
+            "ingestd_misplaced_files",
+            "Files under the landing root that no company's inbox/ holds, so that nothing "
+            "will ever apply them (each is logged once as file.misplaced).", registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 
@@ -186,6 +190,8 @@ class Metrics:
 
     def watch_maybe_partial(self, held: Callable[[], int]) -> None:
         self.files_maybe_partial.set_function(lambda: float(held()))
+    def set_misplaced_files(self, n: int) -> None:
+        self.misplaced_files.set(n)
 
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
@@ -260,6 +266,9 @@ def watch_cache(cache: str, entries: Callable[[], int]) -> None:
 def watch_maybe_partial(held: Callable[[], int]) -> None:
     """``DEFAULT.watch_maybe_partial``."""
     DEFAULT.watch_maybe_partial(held)
+def set_misplaced_files(n: int) -> None:
+    """``DEFAULT.set_misplaced_files``: files the landing root holds outside any inbox/."""
+    DEFAULT.set_misplaced_files(n)
 
 
 def record_carrier(outcome: str) -> None:
