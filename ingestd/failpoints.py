@@ -6,6 +6,9 @@ instead blocks the thread that reaches it for ever, like a system call that neve
 returns (a dead NFS server), which is what the stuck-worker watchdog must catch.
 ``NAME:stop`` instead SIGSTOPs the process there, once: a paused or swapped-out
 instance that still holds its sessions (the several-instances tests resume it).
+``NAME:wait`` makes the thread wait on its database connection there, once (a long
+server-side sleep): a worker in ``Connection.wait``, as on a server that stopped
+answering, for the tests that then cut the connection.
 Unset in production, where ``hit`` is one dictionary lookup.
 """
 
@@ -14,6 +17,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Any
+
+import psycopg
 
 BEFORE_COMMIT = "before_commit"  # rows written, ledger row written, not committed
 AFTER_COMMIT = "after_commit"  # committed, sidecars not written, file not moved
@@ -24,13 +30,17 @@ _HANGS = frozenset({HANG_IN_APPLY})
 
 
 _stopped: set[str] = set()
+_waited: set[str] = set()
 
 
-def hit(name: str) -> None:
+def hit(name: str, conn: psycopg.Connection[Any] | None = None) -> None:
     point = os.environ.get("INGESTD_FAILPOINT")
     if point == f"{name}:stop" and name not in _stopped:
         _stopped.add(name)
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif point == f"{name}:wait" and name not in _waited and conn is not None:
+        _waited.add(name)
+        conn.execute("SELECT pg_sleep(3600)")
     elif point == name:
         if name in _HANGS:
             threading.Event().wait()

@@ -113,7 +113,7 @@ class Applying:
             entry = ledger.complete(conn, file_id, result.to_json(), run.meta,
                                     run.duplicate[0] if run.duplicate else None, final)
             if not dry_run:
-                failpoints.hit(failpoints.BEFORE_COMMIT)
+                failpoints.hit(failpoints.BEFORE_COMMIT, conn)
                 ctx.guard()
         if not dry_run:
             log.info("file.applied", company=claim.company, file=run.name,
