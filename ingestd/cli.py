@@ -19,38 +19,65 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from ingestd import landing, logs
+from ingestd.db import identity
 from ingestd.db.companies import CompanyError, validate_company_id
-from ingestd.db.database import Database, unavailable_reason
+from ingestd.db.database import Database, refusal, unavailable_reason, waiting_helps
 from ingestd.errors import DatabaseUnavailable, EmbeddedError, IngestdError
+from ingestd.persons.custom_fields import FieldDefinition
 from ingestd.results import FileResult
-from ingestd.settings import Settings, SettingsError, check_for_run, check_region, load_settings
+from ingestd.settings import (
+    Settings,
+    SettingsError,
+    check_for_run,
+    check_landing_root,
+    check_region,
+    load_settings,
+)
 
 log = structlog.get_logger("ingestd.cli")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        os.environ["INGESTD_CONFIG"] = args.config  # as if set in the environment
     overrides: dict[str, Any] = {}
     if getattr(args, "landing_root", None):
         overrides["landing_root"] = Path(args.landing_root)
     return load_settings(**overrides)
 
 
-def _db(settings: Settings) -> Database:
-    db = Database(settings, pool_size=2)
-    db.upgrade()
+def _db(settings: Settings, *, bind: bool = False, pool_size: int = 2) -> Database:
+    """The database, migrated, after checking the landing root belongs to it (``bind``:
+    and binding a landing root that belongs to none yet)."""
+    db = Database(settings, pool_size=pool_size)
+    try:
+        with db.connect() as conn:  # before migrating: another database stays untouched
+            try:
+                identity.bind(conn, settings.landing_root, create=bind)
+            except identity.Unbindable:
+                pass  # a root only the administrator may write to: the daemon says so
+        db.upgrade()
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
 # -- subcommands ------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd import malloc
+
+    # Before any thread starts: arenas are made per thread, and the limit only applies
+    # to arenas created after it (ingestd/malloc.py).
+    malloc.limit_arenas(settings.malloc_arena_max)
     from ingestd.daemon import run
 
     return run(settings)
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    with Database(settings, pool_size=1) as db:
+    with Database(settings, pool_size=1, create=True) as db:
         applied = db.upgrade()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
@@ -58,21 +85,23 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.db.companies import add_company
+    from ingestd.persons.field_store import list_fields
 
     if args.region is not None:
         try:
             args.region = check_region(args.region)
         except ValueError as exc:
             raise _UsageError(f"--region: {exc}") from None
-    with _db(settings) as db, db.connect() as conn:
+    with _db(settings, bind=True) as db, db.connect() as conn:
         try:
             created = add_company(conn, args.id, args.region or settings.default_region)
         except CompanyError as exc:
             print(f"ingestd: {exc}", file=sys.stderr)
             return 2
+        fields = list_fields(conn, args.id)
     landing.company_dirs_of(settings.landing_root, args.id).create()
     print(f"company {args.id} {'added' if created else 'already exists'}")
-    return 0
+    return _write_fields_file(settings, args.id, fields)
 
 
 def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,22 +114,41 @@ def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.db.companies import get_company
     from ingestd.persons.custom_fields import load_definitions
     from ingestd.persons.field_store import replace_fields
 
     try:
         definitions = load_definitions(Path(args.file))
-    except (OSError, ValueError) as exc:
-        print(f"ingestd: {args.file}: {exc}", file=sys.stderr)
+    except ValueError as exc:  # its message names the file
+        print(f"ingestd: {exc}", file=sys.stderr)
         return 2
-    with _db(settings) as db, db.connect() as conn:
-        if get_company(conn, args.company) is None:
-            print(f"ingestd: company {args.company!r} is not set up", file=sys.stderr)
-            return 2
-        replace_fields(conn, args.company, definitions)
-        conn.commit()
+    with _db(settings) as db:
+        _require_company(db, args.company)
+        with db.connect() as conn:
+            replace_fields(conn, args.company, definitions)
+            conn.commit()
     print(f"loaded {len(definitions)} field(s) for {args.company}")
+    return _write_fields_file(settings, args.company, definitions)
+
+
+def _write_fields_file(settings: Settings, company: str,
+                       definitions: Sequence[FieldDefinition]) -> int:
+    """The partner's copy of the company's fields; exit 1 (one line) if it cannot be written."""
+    from ingestd.persons import fields_file
+
+    dirs = landing.CompanyDirs(settings.landing_root / company)
+    if not dirs.done.is_dir():
+        # No folders here yet (another landing root?): `company add` writes it with them.
+        print(f"note: no {dirs.done}: the partner's copy of the fields is written by "
+              f"`ingestd company add {company}`", file=sys.stderr)
+        return 0
+    try:
+        path = fields_file.write(dirs, definitions)
+    except OSError as exc:
+        print(f"ingestd: the partner's copy of the fields cannot be written in {dirs.done}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"the partner reads them in {path}")
     return 0
 
 
@@ -108,6 +156,7 @@ def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.persons.field_store import list_fields
 
     with _db(settings) as db, db.connect() as conn:
+        _require_company(db, args.company)
         for d in list_fields(conn, args.company):
             extra = f" charset={d.charset}" if d.type == "string" else ""
             if d.options:
@@ -146,10 +195,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     _second_interrupt_exits()
-    with Database(settings, pool_size=3) as db:
-        db.upgrade()
+    with _db(settings, pool_size=3) as db:
         _require_company(db, company)
-        outcome = ingest(settings, db, path, company,
+        outcome = ingest(settings, db, path, company, quiet=_QUIET,
                          terminal=sys.stderr if sys.stderr.isatty() else None)
     if outcome.status == "gone":
         print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
@@ -193,32 +241,10 @@ def _require_company(db: Database, company: str) -> None:
 
 
 def _print_result(result: FileResult, final: Path | None, *, dry_run: bool = False) -> None:
-    """``ingest``: what happened; ``check`` (``dry_run``): what would happen, never "done:"."""
-    name, error = result.file, result.error
-    warnings = list(result.warnings)
-    if not dry_run:
-        line = (f"{result.status}: {name} ({result.format}) rows={result.rows} "
-                f"accepted={result.accepted} rejected={result.rejected}")
-        if final:
-            line += f" -> {final}"
+    from ingestd.report import describe
+
+    for line in describe(result, final, dry_run=dry_run):
         print(line)
-        if error:
-            print(f"  {error.error_class}: {error.message}")
-    elif error:
-        print(f"{name}: would fail: {error.error_class}: {error.message}")
-    elif result.duplicate_of is not None:
-        warnings = warnings[:-1]  # the pipeline's own duplicate warning, in the past tense
-        print(f"{name}: would be a duplicate of {result.duplicate_of} (same content, "
-              "already applied): nothing would be applied")
-    else:
-        print(f"{name} ({result.format}): would be done: {result.rows} rows, "
-              f"{result.accepted} accepted, {result.rejected} rejected")
-    for rec, err in result.sample_errors:
-        where = f"{err.field}: " if err.field else ""
-        detail = f" ({where}{err.detail})" if err.detail else ""
-        print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
-    for w in warnings:
-        print(f"  warning: {w}")
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -226,8 +252,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.persons.carrier import make_carrier
 
     path, company = _target(args, settings)
-    with Database(settings, pool_size=1) as db:
-        db.upgrade()
+    with _db(settings) as db:
+        _require_company(db, company)
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
     _print_result(result, None, dry_run=True)
     return 0 if result.status == "done" and not result.rejected else 1
@@ -236,8 +262,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.status import collect, render
 
+    check_landing_root(settings)
     with _db(settings) as db, db.connect() as conn:
-        report = collect(conn, settings)
+        report = collect(conn, settings, database=db.target)
     if args.json:
         print(json.dumps(report, indent=2, default=_json_default))
     else:
@@ -262,17 +289,20 @@ def cmd_requeue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.retention import prune
+    from ingestd.retention import days_to_keep, prune
 
+    days = days_to_keep(settings, args.older_than)
+    if days is None:
+        raise _UsageError("prune: give --older-than DAYS, or set retention_days")
     with _db(settings) as db, db.connect() as conn:
-        report = prune(conn, settings, args.older_than, dry_run=args.dry_run)
+        report = prune(conn, settings, days, dry_run=args.dry_run)
     files = [p for c in report for p in c.files]
     if args.dry_run:
-        for p in files:
+        for p in (p for c in report for p in c.paths):
             print(f"would delete: {p}")
     verb = "would prune" if args.dry_run else "pruned"
     print(f"{verb} {len(files)} file(s), {sum(c.bytes for c in report)} bytes "
-          f"(finished {args.older_than} or more days ago)")
+          f"(finished {days} or more days ago)")
     return 0
 
 
@@ -305,13 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
                    version=f"ingestd {importlib.metadata.version('ingestd')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # The options every command takes, in the same words.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--landing-root", metavar="DIR", help="override INGESTD_LANDING_ROOT")
+    common.add_argument("--config", metavar="FILE",
+                        help="the settings' TOML file (overrides INGESTD_CONFIG)")
+
     def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        parents = [] if fn is _usage else [common]  # a group only names its commands
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help,
+                                                        parents=parents)
         sp.set_defaults(fn=fn)
         return sp
 
-    r = add("run", cmd_run, "run the daemon: watch the landing root and apply every drop")
-    r.add_argument("--landing-root", help="override INGESTD_LANDING_ROOT")
+    add("run", cmd_run, "run the daemon: watch the landing root and apply every drop")
     i = add("ingest", cmd_ingest, "put one file through the same pipeline now "
                                   "(exit 0 done, 1 failed)")
     i.add_argument("path")
@@ -330,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a file in <landing>/<company>/done/ or failed/ (not a sidecar)")
     pr = add("prune", cmd_prune, "delete finished files, their sidecars and stored row "
                                  "results; the ledger keeps their rows")
-    pr.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
-                    help="finished at least DAYS days ago (0: every finished file)")
+    pr.add_argument("--older-than", type=_days, metavar="DAYS",
+                    help="finished at least DAYS days ago (0: every finished file; "
+                         "default: retention_days)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
     db = add("db", _usage, "database maintenance")
@@ -356,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A one-off command borrows the embedded server (or starts it for a moment): saying so
+# on every run is noise on its stderr.
+_QUIET = ("ingestd.db.embedded",)
+
+
 def _usage(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
@@ -374,14 +417,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         # One-off commands print their answer on stdout; keep their logs out of it.
         level = "info" if args.fn in (cmd_ingest, cmd_requeue, cmd_prune) else "warning"
-        logs.configure(level, settings.log_format, stream=sys.stderr)
+        logs.configure(level, settings.log_format, stream=sys.stderr, quiet=_QUIET)
     fn: Handler = args.fn
     try:
         return fn(args, settings)
-    except _UsageError as exc:
+    except (_UsageError, SettingsError) as exc:  # SettingsError: configuration found wrong
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
     except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as exc:
+        if isinstance(exc, psycopg.OperationalError) and not waiting_helps(exc):
+            print(f"ingestd: {refusal(exc, settings)}", file=sys.stderr)
+            return 2
         # Only the daemon waits for the database; a one-off command says so and stops.
         reason = unavailable_reason(exc, settings.database_url)
         print(f"ingestd: database unavailable: {reason}", file=sys.stderr)

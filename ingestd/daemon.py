@@ -16,10 +16,12 @@ from types import FrameType
 
 import structlog
 
+from ingestd import readiness
 from ingestd.db.database import Database
 from ingestd.errors import EmbeddedError
 from ingestd.metrics import Metrics
 from ingestd.notify import Notifier
+from ingestd.persons import phones
 from ingestd.settings import Settings
 from ingestd.startup import DatabaseWait
 from ingestd.supervisor import (
@@ -68,9 +70,12 @@ class Daemon:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        readiness.enable_leases()  # here, in the main thread, before any worker starts
+        phones.configure_cache(settings.mdn_cache_entries)
+        self.metrics.watch_cache("mdn", phones.cache_entries)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
-            db = Database(settings, start=False,
+            db = Database(settings, start=False, create=True, daemon=True,
                           pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
             connected = DatabaseWait(
                 retry_initial=settings.db_retry_initial, retry_max=settings.db_retry_max,
@@ -91,12 +96,13 @@ class Daemon:
 
     def _serve(self, db: Database) -> None:
         settings = self.settings
-        parts = Parts.build(settings, db, self.metrics)
-        company_series(db, self.metrics)
+        parts = Parts.build(settings, db, self.metrics, self.health)
+        company_series(db, self.metrics, self.health)
         parts.start(settings, self.metrics, self.health)
         self.health.started = True
         self.notifier.ready()
         log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
+                 state_dir=str(settings.state_dir.absolute()), database=db.target,
                  workers=settings.workers, embedded_db=db.embedded is not None,
                  observer="polling" if settings.polling_observer else "native")
         parts.start_pruner(settings, db, self.stop_event)

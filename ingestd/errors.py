@@ -18,7 +18,11 @@ Every exception ingestd raises on purpose derives from ``IngestdError``::
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the server cannot be reached (yet)
     │   └── EmbeddedError         the embedded server cannot be started
-    └── SettingsError        one line naming the bad key
+    └── SettingsError        one line naming the bad key (exit 2); also, found later:
+        ├── DatabaseRefused       the server will never accept us as configured
+        ├── WrongDatabase         the landing root belongs to another database
+        ├── NoEmbeddedDatabase    a command that may not create one found none
+        └── EmbeddedInUse         another daemon runs this state dir's embedded server
 """
 
 from __future__ import annotations
@@ -87,16 +91,24 @@ class IngestdError(Exception):
 # -- files ---------------------------------------------------------------------------------
 
 class FileError(IngestdError):
-    """A problem with the whole file: nothing of it is applied."""
+    """A problem with the whole file: nothing of it is applied. ``message`` is the
+    class's fixed text where the source documents have one; ``detail`` (optional) says
+    what was wrong with this file in words a partner can act on."""
 
-    def __init__(self, error_class: str, message: str) -> None:
+    def __init__(self, error_class: str, message: str, detail: str = "") -> None:
         super().__init__(f"{error_class}: {message}")
         self.error_class = error_class
         self.message = message
+        self.detail = detail
 
 
 class FileChangedError(IngestdError):
     """The file changed while it was being read: roll back and try again later."""
+
+
+class NotSettled(IngestdError):
+    """At its claim, the file is no longer the one judged ready, or a writer has it open:
+    not claimed; it settles again in the inbox."""
 
 
 class LandingError(IngestdError):
@@ -152,6 +164,26 @@ class EmbeddedError(DatabaseError):
 
 class SettingsError(IngestdError):
     """One line naming the bad key, for the operator."""
+
+
+# Configuration errors found once the database or the state dir is looked at: one line
+# naming the cause, exit 2 (systemd does not restart: RestartPreventExitStatus=2).
+
+class DatabaseRefused(SettingsError):
+    """The server answered, and no wait will change its answer (an unknown database or
+    role, a wrong password, no pg_hba.conf entry)."""
+
+
+class WrongDatabase(SettingsError):
+    """The landing root belongs to another database. ``str()`` is one line naming both."""
+
+
+class NoEmbeddedDatabase(SettingsError):
+    """A command that may not create the embedded database found none."""
+
+
+class EmbeddedInUse(SettingsError):
+    """Another daemon runs on this state directory's embedded database."""
 
 
 # Messages of the Person Import row errors, as in docs/formats.md's table.

@@ -36,9 +36,10 @@ def check_importable(path: Path, dirs: landing.CompanyDirs) -> None:
 
 
 def ingest(settings: Settings, db: Database, path: Path, company: str, *,
-           terminal: TextIO | None = None) -> Outcome:
+           terminal: TextIO | None = None, quiet: tuple[str, ...] = ()) -> Outcome:
     """Apply ``path`` for ``company`` and finish it; ``terminal``: draw a progress bar
-    there (else ``file.progress`` log lines say the same)."""
+    there (else ``file.progress`` log lines say the same), the loggers ``quiet`` left
+    out of the lines shown above it."""
     dirs = landing.company_dirs_of(settings.landing_root, company)
     check_importable(path, dirs)
     dirs.inbox.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def ingest(settings: Settings, db: Database, path: Path, company: str, *,
         source = (_stage(path, dirs.inbox, settings.marker_mode, staged)
                   if _outside(path, dirs) else path)
         pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
-        with _view(tracker, terminal, settings):
+        with _view(tracker, terminal, settings, quiet):
             return pipeline.process_waiting(landing.drop(source, 0), name=path.name)
     finally:
         tracker.stop()
@@ -65,13 +66,13 @@ def _outside(path: Path, dirs: landing.CompanyDirs) -> bool:
     return path.parent.absolute() != dirs.inbox.absolute()
 
 
-def _view(tracker: Tracker, terminal: TextIO | None,
-          settings: Settings) -> AbstractContextManager[None]:
+def _view(tracker: Tracker, terminal: TextIO | None, settings: Settings,
+          quiet: tuple[str, ...]) -> AbstractContextManager[None]:
     if terminal is None:
         return nullcontext()
 
     def relog(stream: TextIO) -> None:
-        logs.configure("info", settings.log_format, stream=stream)
+        logs.configure("info", settings.log_format, stream=stream, quiet=quiet)
     return progress_bar.bar(tracker, terminal, relog)
 
 

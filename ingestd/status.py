@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from ingestd import landing
+from ingestd import held, landing
 from ingestd.db import in_hand, leases, ledger
 from ingestd.db.companies import list_companies
 from ingestd.settings import Settings
@@ -50,17 +50,23 @@ def _instances(conn: psycopg.Connection[Any],
     return out
 
 
-def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
+def collect(conn: psycopg.Connection[Any], settings: Settings,
+            database: str | None = None) -> dict[str, Any]:
+    """The report; ``database``: where it came from, as shown to the operator."""
     companies: list[dict[str, Any]] = []
     holders = leases.holders(conn)
-    for company in list_companies(conn):
+    set_up = list_companies(conn)
+    for company in set_up:
         dirs = landing.CompanyDirs(settings.landing_root / company.id)
         recent = ledger.recent(conn, company.id, 5)
         failed = ledger.last_failed(conn, company.id)
         companies.append({
             "company": company.id,
             "backlog": _backlog(dirs.inbox, settings.marker_mode),
-            "processing": len(list(dirs.processing.iterdir())) if dirs.processing.is_dir() else 0,
+            "processing": (sum(1 for p in dirs.processing.iterdir() if held.is_claim_dir(p))
+                           if dirs.processing.is_dir() else 0),
+            # Likely partial uploads waiting for a newer version (partial_grace_seconds).
+            "maybe_partial": held.read(dirs),
             "in_hand": _in_hand(conn, company.id, settings),
             "held_by": holders.get(company.id),
             "last_hour": ledger.counts_since(conn, company.id, 3600),
@@ -75,7 +81,11 @@ def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]
             "recent": recent,
         })
     files = [{**f, "company": c["company"]} for c in companies for f in c["in_hand"]]
+    misplaced = landing.find_misplaced(settings.landing_root, {c.id for c in set_up})
     return {"landing_root": str(settings.landing_root.absolute()),
+            "state_dir": str(settings.state_dir.absolute()),
+            "database": database,
+            "misplaced": [{"path": str(m.path), "should_be": m.should_be} for m in misplaced],
             "instances": _instances(conn, files), "companies": companies}
 
 
@@ -106,7 +116,11 @@ def _instance_line(i: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"landing root: {report['landing_root']}", ""]
+    lines = [f"landing root: {report['landing_root']}",
+             f"state dir:    {report['state_dir']}"]
+    if report.get("database"):
+        lines.append(f"database:     {report['database']}")
+    lines.append("")
     head = (f"{'company':<16} {'backlog':>7} {'in work':>7} {'done/1h':>8} {'failed/1h':>9}"
             "  last error")
     lines.append(head)
@@ -118,6 +132,11 @@ def render(report: dict[str, Any]) -> str:
                      f"{c['last_hour'].get('done', 0):>8} {c['last_hour'].get('failed', 0):>9}"
                      f"  {err_text}")
     for c in report["companies"]:
+        if c["maybe_partial"]:
+            lines += ["", f"{c['company']}: held as likely partial uploads (written in place, "
+                          "no line break at the end)"]
+            lines += [f"  since {f['since']}  until {f['until']}  {f['file']}  "
+                      f"{_size(f['size'])}" for f in c["maybe_partial"]]
         if c["in_hand"]:
             lines += ["", f"{c['company']}: files in hand"]
             lines += [_in_hand_line(f) for f in c["in_hand"]]
@@ -133,6 +152,10 @@ def render(report: dict[str, Any]) -> str:
                          f"rejected={r['rejected']}{error}{where}")
     if not report["companies"]:
         lines.append("(no companies: add one with `ingestd company add ID`)")
+    if report["misplaced"]:
+        lines += ["", f"misplaced files ({len(report['misplaced'])}): never picked up "
+                      "where they are; move each where it belongs"]
+        lines += [f"  {m['path']}  ->  {m['should_be']}" for m in report["misplaced"]]
     if report["instances"]:
         lines += ["", "instances"]
         lines += [_instance_line(i) for i in report["instances"]]

@@ -1,7 +1,8 @@
 """The running daemon's main thread: one tick a second, each concern a part of its own.
 
-* ``DatabasePing``: is the database reachable (every 5 s), and every set-up company's
-  series at zero;
+* ``DatabasePing``: does the database answer a new client (every 5 s), and every set-up
+  company's series at zero;
+* ``MisplacedReport``: files no inbox holds, logged once and counted (at each rescan);
 * ``Reload``: SIGHUP re-reads the settings (systemd's notify-reload contract);
 * ``BacklogGauges``: the queues' sizes and ages into the gauges;
 * ``StuckReports``: each stuck worker logged once an episode, the gauge every tick;
@@ -14,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import structlog
 
-from ingestd import logs
+from ingestd import landing, logs
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database
 from ingestd.metrics import Metrics
@@ -30,14 +32,19 @@ from ingestd.settings import Settings, load_settings
 log = structlog.get_logger("ingestd.daemon")
 
 DB_PING_SECONDS = 5.0
+# The look at the database every few seconds: a new connection that gets no answer in
+# this long means the database is down.
+CHECK_TIMEOUT = 3
 
 
 @dataclass
 class Health:
-    """What the probes (/healthz, /readyz) and STATUS= report, kept by the supervisor."""
+    """What the probes (/healthz, /readyz) and STATUS= report, kept by the supervisor;
+    and the set-up companies when last listed (to tell a stray folder apart)."""
 
     db_ok: bool = True
     started: bool = False
+    companies: set[str] | None = None
 
 
 class DatabasePing:
@@ -48,22 +55,53 @@ class DatabasePing:
     def tick(self, now: float) -> None:
         if now - self._last <= DB_PING_SECONDS:
             return
-        self.health.db_ok = self.db.reachable()
+        self.health.db_ok = self._check()
         self._last = now
         self.metrics.set_database_up(self.health.db_ok)
-        if self.health.db_ok:
-            company_series(self.db, self.metrics)
+
+    def _check(self) -> bool:
+        """Whether the database answers a new client, and every set-up company's series
+        at zero (companies added while running too). A fresh connection, as a new client
+        would open: a pooled one may be silently dead (a failover), and the supervisor
+        must not wait on it (the watchdog pings, a stop)."""
+        try:
+            with self.db.connect(connect_timeout=CHECK_TIMEOUT) as conn:
+                companies = list_companies(conn)
+        except psycopg.Error:
+            return False
+        self.health.companies = {c.id for c in companies}
+        for company in companies:
+            self.metrics.init_company(company.id)
+        return True
 
 
-def company_series(db: Database, metrics: Metrics) -> None:
-    """Every set-up company's series at zero (companies added while running too)."""
+def company_series(db: Database, metrics: Metrics, health: Health) -> None:
+    """Every set-up company's series at zero, at the start."""
     try:
         # A short wait: the supervisor must not miss a watchdog ping for a busy pool.
         with db.pool.connection(timeout=1.0) as conn:
-            for company in list_companies(conn):
-                metrics.init_company(company.id)
+            companies = list_companies(conn)
+        health.companies = {c.id for c in companies}
+        for company in companies:
+            metrics.init_company(company.id)
     except psycopg.Error:
         pass  # the reachability check reports it; the next round tries again
+
+
+class MisplacedReport:
+    """Each file no inbox holds: logged once, and counted while it stays."""
+
+    def __init__(self, root: Path, metrics: Metrics, health: Health) -> None:
+        self.root, self.metrics, self.health = root, metrics, health
+        self._log = landing.MisplacedLog()
+
+    def __call__(self) -> None:
+        found = landing.find_misplaced(self.root, self.health.companies)
+        for m in self._log.new(found):
+            log.warning("file.misplaced", company=m.folder, file=m.path.name,
+                        path=str(m.path), should_be=m.should_be,
+                        note="never picked up where it is: move it there")
+        self.metrics.set_misplaced_files(len(found))
 
 
 class Reload:

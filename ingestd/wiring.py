@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -22,20 +23,27 @@ from ingestd.persons.carrier import EventHook, HttpCarrierLookup, make_carrier
 from ingestd.progress import Tracker
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings
-from ingestd.supervisor import Health
+from ingestd.supervisor import Health, MisplacedReport
 from ingestd.watcher import Watcher
 
 log = structlog.get_logger("ingestd.daemon")
 
 
-def outcome_recorder(metrics: Metrics) -> Callable[[str, Outcome, float], None]:
-    """The scheduler's ``on_outcome``: each finished file into the metrics."""
+def outcome_recorder(metrics: Metrics, given_back: Callable[[Path], None],
+                     ) -> Callable[[str, Outcome, float], None]:
+    """The scheduler's ``on_outcome``: each finished file into the metrics; a file given
+    back unsettled to ``given_back``."""
     def record(company: str, outcome: Outcome, seconds: float) -> None:
+        if outcome.status == "unsettled" and outcome.given_back is not None:
+            given_back(outcome.given_back)
         r = outcome.result
         if r is None:
             return  # not finished: busy, gone or changed
         if r.error is not None and r.error.error_class == errors.INVALID_SCHEMA_NAME:
-            return  # a folder that is not a set-up company gets no series
+            # A folder that is not a set-up company: counted under its name, without
+            # the zero series of every format and outcome a company gets.
+            metrics.record_file(company, r.format or "unknown", "failed")
+            return
         metrics.init_company(company)  # set up since the last refresh
         kind: FileOutcome = ("duplicate" if r.duplicate_of is not None
                              else "done" if r.status == "done" else "failed")
@@ -65,22 +73,30 @@ class Parts:
     pruner: threading.Thread | None = None
 
     @classmethod
-    def build(cls, settings: Settings, db: Database, metrics: Metrics) -> Parts:
+    def build(cls, settings: Settings, db: Database, metrics: Metrics,
+              health: Health) -> Parts:
         carrier = make_carrier(settings, on_event=carrier_recorder(metrics))
         if isinstance(carrier, HttpCarrierLookup):
             metrics.watch_carrier_circuit(carrier.circuit_open)
         tracker = Tracker(progress_seconds=settings.progress_seconds,
                           stuck_seconds=settings.stuck_seconds, pool=db.pool)
         pipeline = Pipeline(settings, db, carrier, tracker)
+
+        def given_back(path: Path) -> None:
+            watcher.poke(path)  # given back unsettled, still where it was: look again
+
         scheduler = Scheduler(pipeline.process, pipeline.recover, settings.workers,
-                              on_outcome=outcome_recorder(metrics))
+                              on_outcome=outcome_recorder(metrics, given_back))
+        misplaced = MisplacedReport(settings.landing_root, metrics, health)
 
         def on_rescan() -> None:
             # Leftover claims (a crash, a failed apply) are recovered under the company lock.
             for recovery in landing.leftover_claims(settings.landing_root):
                 scheduler.submit(recovery)
+            misplaced()
 
         watcher = Watcher(settings, scheduler.submit, on_rescan)
+        metrics.watch_maybe_partial(watcher.held_count)
         # A stale peer's claims are recovered at once, not at the next rescan.
         fleet = Fleet(db, settings.lease_seconds, on_expired=lambda companies: watcher.rescan())
         pipeline.fleet = fleet

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,12 @@ CREATE_REQUIRES_DETAIL = "no mdn, vibes_device_id or external_person_id to creat
 
 
 def guarded(cell: str) -> str:
-    """A cell as errors.csv shows it: the formula guard prefixes = + - @ tab CR with '."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+    """A cell as errors.csv shows it: the formula guard prefixes = + - @ tab CR with ',
+    unless the cell is a plain signed number (docs/formats.md, "Spreadsheet safety")."""
+    if cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not re.fullmatch(
+            r"[+-]?[0-9]+(?:[.,][0-9]+)?", cell):
+        return "'" + cell
+    return cell
 
 
 UK_MOBILE = "+447400123456"  # offline: mobile, carrier "Three"

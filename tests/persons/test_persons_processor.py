@@ -81,7 +81,7 @@ def test_invalid_mdn_format_bad_shapes_and_invalid_numbers(env: Env) -> None:
         ["3", INVALID_MDN, INVALID_MDN_MSG, "mdn", f"'12295550003' {NOT_E164}",
          "12295550003", "e3"],
         ["5", INVALID_MDN, INVALID_MDN_MSG, "mdn", "'+11235550005' is not a valid number",
-         "'+11235550005", "e5"],  # the formula guard: a leading + gets a '
+         "+11235550005", "e5"],  # a plain signed number: no formula guard
         ["6", INVALID_MDN, INVALID_MDN_MSG, "mdn",
          "'1235550006' is not a valid number in region US", "1235550006", "e6"],
     ]
@@ -101,7 +101,7 @@ def test_custom_field_not_found(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "mdn", "tier", "ghost"],
         ["2", FIELD_NOT_FOUND, FIELD_NOT_FOUND_MSG, "ghost", "no custom field named ghost",
-         "'" + mdn(2), "gold", "boo"],
+         mdn(2), "gold", "boo"],
     ]
     assert {m: p.custom for m, p in env.by_mdn().items()} == {
         mdn(1): {"tier": "gold"}, mdn(3): {"tier": "silver"}}
@@ -189,11 +189,11 @@ def test_mobile_phone_already_assigned(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn"],
         ["2", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
-         "other", "'" + mdn(1)],
+         "other", mdn(1)],
         ["3", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
-         "new4", "'" + mdn(1)],
+         "new4", mdn(1)],
         ["5", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(3)} belongs to another person",
-         "new6", "'" + mdn(3)],
+         "new6", mdn(3)],
     ]
     assert {e: p.mdn for e, p in env.by_ext().items()} == {
         "owner": mdn(1), "other": mdn(6), "new3": mdn(3), "new5": mdn(5)}
@@ -259,7 +259,7 @@ def test_mdn_change_not_allowed(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn", "tier"],
         ["2", MDN_CHANGE, MDN_CHANGE_MSG, "mdn",
-         f"person {p1.person_id} already has mdn {mdn(1)}", "x1", "'" + mdn(2), "silver"],
+         f"person {p1.person_id} already has mdn {mdn(1)}", "x1", mdn(2), "silver"],
     ]
     assert env.persons() == [
         p1._replace(custom={"tier": "bronze"}),
@@ -312,9 +312,9 @@ def test_unique_violation_external_and_device_ids(env: Env) -> None:
         ["3", UNIQUE, UNIQUE_MSG, "external_person_id", "'e1' belongs to another person",
          "", p2.person_key, "", "e1", ""],
         ["4", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d1' belongs to another person",
-         "", "", "'" + mdn(2), "", "d1"],
+         "", "", mdn(2), "", "d1"],
         ["5", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d3' belongs to another person",
-         "", "", "'" + mdn(5), "", "d3"],
+         "", "", mdn(5), "", "d3"],
     ]
     persons = env.persons()
     assert persons[:2] == [p1, p2._replace(external_person_id="e2b", vibes_device_id="d2b")]
@@ -337,9 +337,9 @@ def test_malformed_row(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "mdn", "external_person_id", "bio"],
         ["2", MALFORMED, "Row has 4 fields; the header has 3", "",
-         "row has 4 fields; the header has 3", "'" + mdn(2), "e2", "x", "extra"],
+         "row has 4 fields; the header has 3", mdn(2), "e2", "x", "extra"],
         ["3", MALFORMED, "Row has 1 fields; the header has 3", "",
-         "row has 1 fields; the header has 3", "'" + mdn(3)],
+         "row has 1 fields; the header has 3", mdn(3)],
         # the csv module returns no values for a record it cannot read
         ["4", MALFORMED, "Row is not valid CSV: ',' expected after '\"'", "",
          "row is not valid CSV: ',' expected after '\"'"],
@@ -360,7 +360,7 @@ def test_permanent_lookup_failure_offline(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn"],
         ["2", PERMANENT, PERMANENT_MSG, "mdn", f"mdn {UK_FIXED} is not a mobile number",
-         "e2", "'" + UK_FIXED],
+         "e2", UK_FIXED],
     ]
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
         "e1": (UK_MOBILE, "Three"), "e3": (mdn(3), None)}
