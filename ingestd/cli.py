@@ -372,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: retention_days)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
+    _setup_commands(add)
+    return p
+
+
+def _setup_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """db, company and fields: the commands that set a landing root and database up."""
     db = add("db", _usage, "database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     add("upgrade", cmd_db_upgrade, "apply pending migrations", dbsub)
@@ -391,7 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--company", required=True)
     fls = add("list", cmd_fields_list, "list a company's custom fields", fisub)
     fls.add_argument("--company", required=True)
-    return p
 
 
 # A one-off command borrows the embedded server (or starts it for a moment): saying so

@@ -75,6 +75,11 @@ class Metrics:
             "ingestd_carrier_lookups", "Carrier lookups, by outcome.", ["outcome"], registry=r)
         self.carrier_retries = Counter(
             "ingestd_carrier_retries", "Carrier lookup attempts that were retries.", registry=r)
+        self._queue_and_health_gauges(r)
+        self._companies: set[str] = set()
+        self._companies_lock = threading.Lock()
+
+    def _queue_and_health_gauges(self, r: CollectorRegistry) -> None:
         self.backlog = Gauge(
             "ingestd_backlog_files", "Ready files waiting to be applied, by company.",
             ["company"], registry=r)
@@ -111,8 +116,6 @@ class Metrics:
             "ingestd_misplaced_files",
             "Files under the landing root that no company's inbox/ holds, so that nothing "
             "will ever apply them (each is logged once as file.misplaced).", registry=r)
-        self._companies: set[str] = set()
-        self._companies_lock = threading.Lock()
 
     def init_company(self, company: str) -> None:
         """Create the company's series at zero, so that the first file's ``increase()``
