@@ -134,7 +134,7 @@ class Applying:
             entry = ledger.complete(conn, file_id, result.to_json(), run.meta,
                                     run.duplicate[0] if run.duplicate else None, final)
             if not dry_run:
-                failpoints.hit(failpoints.BEFORE_COMMIT)
+                failpoints.hit(failpoints.BEFORE_COMMIT, conn)
                 ctx.guard()
             # Last thing before the commit: the bytes hashed and read are still the file's.
             # A writer's open descriptor follows the file into .processing/, so a write
