@@ -90,9 +90,11 @@ class Scheduler:
         with self._cond:
             queue = self._ready.setdefault(work.company, {})
             if slot in queue:
-                if isinstance(work, Drop) and work.settled is not None:
-                    # judged ready again: a newer version (re-uploaded while queued) is
-                    # what the claim must find, in its own place in drop order
+                queued = queue[slot][0]
+                if (isinstance(work, Drop) and isinstance(queued, Drop)
+                        and work.settled is not None and work.settled != queued.settled):
+                    # judged ready again as a newer version (re-uploaded while queued):
+                    # that is what the claim must find, in its own place in drop order
                     queue[slot] = (work, key)
                 return False
             queue[slot] = (work, key)
