@@ -103,9 +103,14 @@ def inbox_company(path: Path, root: Path) -> str | None:
     return company.name
 
 
+def drop_company(path: Path) -> str:
+    """The company of a drop at ``path``, a file in a company's inbox."""
+    return path.parent.parent.name
+
+
 def drop(path: Path, mtime_ns: int, settled: Settled | None = None) -> Drop:
     """The drop at ``path``, a file in a company's inbox (``settled``: as judged ready)."""
-    return Drop(path.parent.parent.name, path, mtime_ns, settled)
+    return Drop(drop_company(path), path, mtime_ns, settled)
 
 
 def recover(company: str) -> Recover:

@@ -351,7 +351,7 @@ class Watcher:
                 if not cand.open_logged and (now - cand.stable_since
                                              > self.settings.write_timeout_seconds):
                     cand.open_logged = True  # a stuck client: the operator should know
-                    log.warning("file.writer_open", company=path.parent.parent.name,
+                    log.warning("file.writer_open", company=landing.drop_company(path),
                                 file=path.name, stable_s=round(now - cand.stable_since, 1))
                 at = now + max(self.settings.settle_seconds, 1.0)
                 cand.due = at
@@ -395,7 +395,7 @@ class Watcher:
             return None
         if cand.held_until is None:
             cand.held_until, cand.held_at = now + grace, time.time()
-            log.warning("file.maybe_partial", company=path.parent.parent.name,
+            log.warning("file.maybe_partial", company=landing.drop_company(path),
                         file=path.name, size=cand.key[0], arrival=cand.arrival,
                         grace_s=grace,
                         reason="written in place and its last record has no line break: "
@@ -409,7 +409,7 @@ class Watcher:
         now = time.monotonic()
         for path, cand in self._candidates.items():
             if cand.held_until is not None and cand.held_until > now:
-                by_company.setdefault(path.parent.parent.name, []).append({
+                by_company.setdefault(landing.drop_company(path), []).append({
                     "file": landing.display_name(path.name), "size": cand.key[0],
                     "since": held.iso(cand.held_at),
                     "until": held.iso(cand.held_at + self.settings.partial_grace_seconds),
