@@ -101,6 +101,9 @@ class Scheduler:
             self._cond.notify()
             return True
 
+    def backlog(self) -> dict[str, int]:  # per company, how many files wait
+        return {company: len(ages) for company, ages in self.waiting().items()}
+
     def waiting(self) -> dict[str, list[int]]:
         """Per company, the mtime_ns of each file waiting (0: put back after a busy
         company, of no known age); recoveries are not files."""
