@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
@@ -30,6 +31,9 @@ from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings, load_settings
 from ingestd.watcher import Watcher
+
+if TYPE_CHECKING:
+    from ingestd.http.server import HttpServer
 
 log = structlog.get_logger("ingestd.daemon")
 
@@ -97,8 +101,12 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
+            # HTTP: a request in hand may hold its Idempotency-Key's connection, the
+            # company lock's and the one its answer streams from.
+            http = 3 * settings.http_max_concurrency if settings.http_address else 0
             db = Database(settings, start=False,
-                          pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
+                          pool_size=max(settings.pool_max_size,
+                                        2 * settings.workers + 2 + http))
             connected = self._connect(db)
         except EmbeddedError as exc:
             # Not retried: a fault of this machine (permissions, binaries, data directory)
@@ -144,6 +152,7 @@ class Daemon:
                                     "observer": watcher.alive(), "workers": scheduler.alive()},
                     ready=lambda: self.started and self.db_ok and watcher.alive(),
                 )
+            http_server = self._start_http(settings, db, pipeline)
             self.started = True
             self.notifier.ready()
             log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
@@ -155,7 +164,10 @@ class Daemon:
             log.info("daemon.stopping", in_hand=scheduler.in_hand)
             self.notifier.stopping()
             watcher.stop()
-            finished = scheduler.stop(settings.stop_timeout)
+            stop_by = time.monotonic() + settings.stop_timeout
+            if http_server is not None:
+                http_server.stop(settings.stop_timeout)
+            finished = scheduler.stop(max(0.0, stop_by - time.monotonic()))
             self.tracker.stop()
             fleet.stop()
             if not finished:
@@ -169,6 +181,17 @@ class Daemon:
             db.close()
         log.info("daemon.stopped")
         return 0
+
+    def _start_http(self, settings: Settings, db: Database,
+                    pipeline: Pipeline) -> HttpServer | None:
+        if not settings.http_address:
+            return None
+        from ingestd.http.intake import Intake
+        from ingestd.http.server import HttpServer
+
+        server = HttpServer(Intake(settings, db, pipeline, on_outcome=self._on_outcome))
+        server.start()
+        return server
 
     def _connect(self, db: Database) -> bool:
         """Start and migrate the database, waiting with backoff while it is unreachable.

@@ -59,7 +59,7 @@ class Claim:
     def headers_path(self) -> Path | None:
         if landing.name_problem(self.name) is not None:
             return None  # such a name cannot have a companion (nor be applied)
-        p = self.path.with_name(self.name + landing.HEADERS_SUFFIX)
+        p = self.path.with_name(self.path.name + landing.HEADERS_SUFFIX)
         return p if os.path.lexists(p) else None  # a symlink too: it must be failed
 
 
@@ -180,7 +180,38 @@ class Pipeline:
             return Outcome("gone")
         return self._apply_and_finish(conn, claim)
 
-    def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None) -> Claim | None:
+    def process_spooled(self, spool: Path, name: str, claim_id: str) -> Outcome:
+        """An HTTP request's body (``landing.spool_path``): claimed as ``claim_id`` and
+        applied like a drop, under the company lock, after the company's leftover claims.
+
+        A client that retries after a crash brings the same claim id: if an earlier
+        attempt's body was claimed, recovery applies it first, and then this spool is
+        dropped and that outcome returned, so the body is applied once. "busy": another
+        worker or instance holds the company; try again."""
+        dirs = CompanyDirs(spool.parent.parent)
+        with self.company_lock(dirs.company) as conn:
+            if conn is None:
+                return Outcome("busy")
+            self._recover_locked(conn, dirs)
+            entry = ledger.by_claim(conn, claim_id)
+            conn.commit()
+            if entry is None:
+                claim = self.claim(dirs, spool, name, claim_id=claim_id)
+                if claim is not None:
+                    return self._apply_and_finish(conn, claim)
+                entry = ledger.by_claim(conn, claim_id)
+                conn.commit()
+            for p in [spool, *landing.companions(spool.parent, spool.name)]:
+                p.unlink(missing_ok=True)
+            if entry is None:
+                return Outcome("gone")
+            final = Path(entry.final_path) if entry.final_path else None
+            return Outcome("done" if entry.status == "done" else "failed", final,
+                           FileResult.from_json(entry.result))
+        return Outcome("fenced")  # type: ignore[unreachable]
+
+    def claim(self, dirs: CompanyDirs, path: Path, name: str | None = None,
+              claim_id: str | None = None) -> Claim | None:
         """Atomic rename into .processing/<claim>/; None if someone else took it first."""
         try:
             dirs.ensure()
@@ -190,7 +221,7 @@ class Pipeline:
                 f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
                 "done/ and failed/ for the ingestd user (README: Install as a service)"
             ) from exc
-        claim = Claim(dirs, landing.new_claim_id(), name or path.name)
+        claim = Claim(dirs, claim_id or landing.new_claim_id(), name or path.name)
         fleet.guard(claim.name)
         claim.dir.mkdir(mode=0o700)
         # The .headers companion goes first: it must travel with its CSV.
@@ -292,7 +323,8 @@ class Pipeline:
                                    headers_path=claim.headers_path, results=results,
                                    settings=self.settings,
                                    carrier=self.carrier if dry_run else self._cached_carrier,
-                                   warnings=warnings, progress=progress.current())
+                                   warnings=warnings, progress=progress.current(),
+                                   whole_request=landing.request_of(claim.claim_id) is not None)
                 try:
                     with conn.transaction():  # savepoint: a file error undoes every row
                         if not dry_run:
@@ -381,6 +413,7 @@ class Pipeline:
             warnings=warnings,
             error=error,
             duplicate_of=duplicate[1] if duplicate else None,
+            request_id=landing.request_of(claim.claim_id),
         )
 
     # -- finish: sidecars, then the move ------------------------------------------------
@@ -539,9 +572,11 @@ class Pipeline:
 
     # -- check on demand ---------------------------------------------------------------
 
-    def check(self, path: Path, company_id: str) -> FileResult:
-        """Validate against the database in a transaction that is always rolled back."""
-        claim = Claim(CompanyDirs(self.root / company_id), landing.new_claim_id(), path.name,
-                      source=path)
+    def check(self, path: Path, company_id: str, *, request_id: str | None = None,
+              name: str | None = None) -> FileResult:
+        """Validate against the database in a transaction that is always rolled back.
+        ``request_id``: the HTTP request whose body this is (its rules apply)."""
+        claim = Claim(CompanyDirs(self.root / company_id), landing.new_claim_id(request_id),
+                      name or path.name, source=path)
         with self.db.pool.connection() as conn:
             return self.apply(conn, claim, dry_run=True)

@@ -102,6 +102,13 @@ class Metrics:
             "ingestd_carrier_circuit_open",
             "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
             registry=r)
+        self.http_requests = Counter(
+            "ingestd_http_requests", "HTTP requests answered, by route and status.",
+            ["route", "status"], registry=r)
+        self.http_duration = Histogram(
+            "ingestd_http_request_duration_seconds",
+            "Time from a request's headers to the end of its answer, by route.",
+            ["route"], buckets=_DURATION_BUCKETS, registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 
@@ -181,6 +188,12 @@ class Metrics:
         self.carrier_retries.inc()
 
 
+    def record_http(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (``route``: the path template, not the path)."""
+        self.http_requests.labels(route=route, status=str(status)).inc()
+        self.http_duration.labels(route=route).observe(seconds)
+
+
 DEFAULT = Metrics()
 """The process's metrics, used by the module-level functions and served by default."""
 
@@ -245,6 +258,11 @@ def record_carrier(outcome: str) -> None:
 def record_carrier_retry() -> None:
     """``DEFAULT.record_carrier_retry``."""
     DEFAULT.record_carrier_retry()
+
+
+def record_http(route: str, status: int, seconds: float) -> None:
+    """``DEFAULT.record_http``."""
+    DEFAULT.record_http(route, status, seconds)
 
 
 # -- HTTP server --------------------------------------------------------------------

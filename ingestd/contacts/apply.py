@@ -67,7 +67,8 @@ class ContactsProcessor:
         with open_contacts(ctx.path, ctx.settings.max_line_bytes) as reader:
             ctx.columns = list(reader.columns)
             store = Store(ctx.conn, ctx.company.schema)
-            resolver = _Resolver(ctx.results, unmodified_since, reader.names)
+            resolver = _Resolver(ctx.results, unmodified_since, reader.names,
+                                 whole_request=ctx.whole_request)
             batches = _batches(reader.sections(), ctx.settings.chunk_size)
             with DatabaseThread("contacts-db") as db:
                 ctx.results.send_with(db.send)
@@ -153,9 +154,10 @@ class _Resolver:
     """Decides each section's fate in file order and records its rows' outcomes."""
 
     def __init__(self, results: RowResults, unmodified_since: datetime | None,
-                 names: list[str]) -> None:
+                 names: list[str], *, whole_request: bool = False) -> None:
         self._results = results
         self._unmodified_since = unmodified_since
+        self._whole_request = whole_request
         # The immutable columns the header has: a section leaves them as stored when these
         # read alike (one C-level comparison); only then is each column compared, to name
         # the first that differs.
@@ -189,7 +191,16 @@ class _Resolver:
         self._results.reject(first.record, error, first.fields, rows=len(section.rows))
 
     def _update(self, contact: Contact, section: Section) -> RowError | None:
-        error = self._precondition(contact) or self._immutable_error(contact, section)
+        precondition = self._precondition(contact)
+        if precondition is not None and self._whole_request:
+            # Over HTTP the whole request is answered 428/412 and nothing of it applied.
+            raise FileError(precondition.error_class, (
+                f"{precondition.message}: record {section.first.record} updates the contact "
+                f"{section.code!r}, which existed before this request"
+                + ("" if self._unmodified_since is None else
+                   f" and was modified after {self._unmodified_since.isoformat()}")
+                + "."))
+        error = precondition or self._immutable_error(contact, section)
         if error is not None:
             return error
         for name in CONTACT_UPDATABLE:
