@@ -219,7 +219,7 @@ class Pipeline:
             # The company folder is root-owned (SFTP chroot): an admin makes these.
             raise RuntimeError(
                 f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
-                "done/ and failed/ for the ingestd user (README: Install as a service)"
+                "done/ and failed/ for the ingestd user (docs/operations.md: SFTP accounts)"
             ) from exc
         claim = Claim(dirs, claim_id or landing.new_claim_id(), name or path.name)
         fleet.guard(claim.name)
