@@ -82,3 +82,90 @@ def test_curl_posts_the_sas_example_and_gets_the_drops_sidecars(
     assert rejected == sidecar(twin.done, "sas.csv", ".rejected.csv")
     result = __import__("json").loads((done / f"{name}.result.json").read_text())
     assert result["source"] == "http" and result["request_id"] == request_id
+
+
+# --- statuses ----------------------------------------------------------------------------
+
+VIP = b"VIP.9ea6417c-25d5-4dd7-9377-69881d6563ef"
+
+
+def vip_update(response_value: str) -> bytes:
+    """The example's accepted contact again, with a new responseValue: an update."""
+    header, *rows = SAS_EXAMPLE.read_bytes().split(b"\n")
+    [vip] = [r for r in rows if VIP in r]
+    cells = vip.split(b",")
+    cells[-3] = response_value.encode()  # responseValue, responseType, responseChannel
+    return header + b"\n" + b",".join(cells) + b"\n"
+
+
+def stored_response_value(db_url: str) -> object:
+    return query(db_url, "SELECT t.response_value FROM acme.contacts c JOIN"
+                         " acme.contact_treatments t ON t.contact_id = c.id")[0][0]
+
+
+def test_update_without_if_unmodified_since_is_428_and_applies_nothing(
+        api: Api, db_url: str) -> None:
+    assert api.post_contacts(SAS_EXAMPLE.read_bytes()).status == 200
+    answer = api.post_contacts(vip_update("bought"))
+    assert answer.status == 428, answer.body
+    assert answer.headers["content-type"] == "application/vnd.sas.error+json"
+    error = answer.json()
+    assert set(error) == {"errorCode", "message", "details", "httpStatusCode", "version"}
+    assert error["httpStatusCode"] == 428
+    assert error["message"].startswith("Precondition Required")
+    assert stored_response_value(db_url) is None  # nothing of the request applied
+
+
+def test_update_of_a_contact_modified_after_if_unmodified_since_is_412(
+        api: Api, db_url: str) -> None:
+    assert api.post_contacts(SAS_EXAMPLE.read_bytes()).status == 200
+    answer = api.post_contacts(vip_update("bought"), headers={
+        "If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"})
+    assert answer.status == 412, answer.body
+    assert answer.json()["message"].startswith("Precondition Failed")
+    assert stored_response_value(db_url) is None
+    # With a time after the contact's last change, the update goes in.
+    answer = api.post_contacts(vip_update("bought"), headers={
+        "If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    assert answer.status == 200, answer.body
+    accepted = answer.parts()[0][2]
+    assert accepted.startswith(b"1,") and VIP in accepted
+    assert stored_response_value(db_url) == "bought"
+
+
+def test_an_error_for_a_client_that_accepts_only_multipart_is_406(api: Api) -> None:
+    assert api.post_contacts(SAS_EXAMPLE.read_bytes()).status == 200
+    answer = api.post_contacts(vip_update("bought"), accept="multipart/mixed")
+    assert answer.status == 406, answer.body
+    assert "428 Precondition Required" in answer.json()["details"][0]
+    # And a client that does not accept the multipart answer at all.
+    answer = api.post_contacts(SAS_EXAMPLE.read_bytes(),
+                               accept="application/vnd.sas.error+json")
+    assert answer.status == 406, answer.body
+
+
+@pytest.mark.parametrize("body", [b"", b"hello world\n", b"\xff\xfe\x00bad\n"])
+def test_a_body_that_is_not_csv_with_a_header_row_is_400(
+        api: Api, db_url: str, body: bytes) -> None:
+    answer = api.post_contacts(body)
+    assert answer.status == 400, answer.body
+    assert answer.json()["httpStatusCode"] == 400
+    assert query(db_url, "SELECT count(*) FROM ingestd.files") == [(0,)]
+    assert not any(api.dirs.processing.iterdir())  # the spooled body is gone
+
+
+def test_over_the_body_limit_is_413_declared_or_streamed(
+        start_daemon: StartDaemon, db_url: str, landing: Path, env: dict[str, str]) -> None:
+    api = start_api(start_daemon, db_url, landing, env, INGESTD_HTTP_BODY_LIMIT="2048")
+    big = SAS_EXAMPLE.read_bytes() * 2
+    assert len(big) > 2048
+    assert api.post_contacts(big).status == 413  # Content-Length says so
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=60)
+    conn.request("POST", "/companies/acme/contacts",
+                 body=iter([big[:1500], big[1500:]]), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {api.token}", "Accept": ACCEPT_BOTH})
+    response = conn.getresponse()
+    assert response.status == 413  # counted as it arrives
+    assert query(db_url, "SELECT count(*) FROM ingestd.files") == [(0,)]
+    assert not any(api.dirs.processing.iterdir())

@@ -25,7 +25,7 @@ def _cell(kind: Kind, column: sql.Composable) -> sql.Composable:
         # Milliseconds as the API writes them; microseconds only when stored (so the
         # value reads back equal).
         return sql.SQL(
-            "CASE WHEN extract(microseconds FROM {c})::bigint % 1000 = 0"
+            "CASE WHEN extract(microseconds FROM {c})::bigint %% 1000 = 0"
             " THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
             " ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
         ).format(c=column)
