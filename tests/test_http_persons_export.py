@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import NOTE_FIELD, StartDaemon, query, run_cli, setup_company
-from http_helpers import SAS_EXAMPLE, Api, start_api
+from http_helpers import SAS_EXAMPLE, Api
 
-PERSONS = ("mdn,external_person_id,note\n"
-           "2295551234,crm-1,hello\n"
-           "12,crm-2,bad mdn\n").encode()
+PERSONS = (b"mdn,external_person_id,note\n"
+           b"2295551234,crm-1,hello\n"
+           b"12,crm-2,bad mdn\n")
 
 
 @pytest.fixture
