@@ -80,6 +80,7 @@ def test_the_stored_answer_by_request_id(api: Api) -> None:
     assert stored.status == 200
     assert [p[2] for p in stored.parts()] == [p[2] for p in answer.parts()]
     assert api.request("GET", "/companies/acme/requests/nosuch").status == 404
+    assert api.request("GET", "/companies/acme/requests/%00%F3%AE").status == 404
     # A 400's answer is stored too.
     bad = api.post_contacts(b"not csv\n")
     assert bad.status == 400

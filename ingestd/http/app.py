@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from ingestd.results import FileResult
 log = structlog.get_logger("ingestd.http")
 
 NOT_FOUND = "No resource exists at the requested path."
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")  # intake.new_request_id's
 
 # The contacts answer's status for a body that failed as a whole, by error class; any
 # other such failure is a 200 whose Global-Issue part says why (nothing was applied).
@@ -154,6 +156,8 @@ class Api:
                 request.state.request_id = row.id
                 return await self._receive(request, row, accepts, precondition, True)
             key = request.headers.get("idempotency-key")
+            if key is not None and not 0 < len(key) <= 200:
+                raise Problem(400, "An Idempotency-Key is 1 to 200 characters long.")
             try:
                 begun = await to_thread.run_sync(self.intake.begin, company, route, key)
             except KeyInHand:
@@ -331,6 +335,8 @@ class Api:
         try:
             token = await self.caller(request, ("read", "contacts", "persons"))
             request_id = request.path_params["request_id"]
+            if not REQUEST_ID.fullmatch(request_id):
+                raise Problem(404, NOT_FOUND)
             request.state.request_id = request_id
             row = await to_thread.run_sync(self.intake.find, token.company, request_id)
             if row is None:
