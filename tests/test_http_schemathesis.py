@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from daemon_helpers import StartDaemon
-from hypothesis import HealthCheck, given, settings
 from http_helpers import Api, start_api
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 
 @schemathesis.serializer("text/csv")
