@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -19,10 +21,10 @@ from typing import TYPE_CHECKING
 import psycopg
 import structlog
 
-from ingestd import errors, logs, metrics, retention
+from ingestd import errors, landing, logs, metrics, retention
 from ingestd.db.companies import list_companies
-from ingestd.db.database import Database, DatabaseUnavailable
-from ingestd.db.embedded import EmbeddedError
+from ingestd.db.database import Database
+from ingestd.errors import DatabaseUnavailable, EmbeddedError
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
@@ -61,6 +63,7 @@ class Daemon:
         self.started = False
         self.tracker: Tracker | None = None
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
+        self.stop_asked_at = 0.0  # monotonic time of the first stop signal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -74,6 +77,8 @@ class Daemon:
                         b" and are recovered at the next start\n")
             os._exit(130)
         else:
+            if not self.stop_event.is_set():
+                self.stop_asked_at = time.monotonic()
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
@@ -126,14 +131,13 @@ class Daemon:
             self.tracker = Tracker(progress_seconds=settings.progress_seconds,
                                    stuck_seconds=settings.stuck_seconds, pool=db.pool)
             pipeline = Pipeline(settings, db, carrier, self.tracker)
-            scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
+            scheduler = Scheduler(pipeline.process, pipeline.recover, settings.workers,
                                   on_outcome=self._on_outcome)
 
             def on_rescan() -> None:
                 # Leftover claims (a crash, a failed apply) are recovered under the company lock.
-                for dirs in pipeline.company_dirs():
-                    if dirs.processing.is_dir() and any(dirs.processing.iterdir()):
-                        scheduler.submit_recovery(dirs)
+                for recovery in landing.leftover_claims(settings.landing_root):
+                    scheduler.submit(recovery)
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
             # A stale peer's claims are recovered at once, not at the next rescan.
@@ -161,22 +165,38 @@ class Daemon:
             pruner = (retention.start_pruner(settings, db, self.stop_event)
                       if settings.retention_days else None)
             self._supervise(db, watcher, scheduler)
+            # Everything below within stop_timeout of the signal, even with the database
+            # silent (a cut): each step that talks to it may wait db_dead_after_seconds.
+            deadline = (self.stop_asked_at or time.monotonic()) + settings.stop_timeout
             log.info("daemon.stopping", in_hand=scheduler.in_hand)
             self.notifier.stopping()
             watcher.stop()
-            stop_by = time.monotonic() + settings.stop_timeout
-            if http_server is not None:
-                http_server.stop(settings.stop_timeout)
-            finished = scheduler.stop(max(0.0, stop_by - time.monotonic()))
-            self.tracker.stop()
-            fleet.stop()
-            if not finished:
+            if http_server is not None:  # requests in hand are answered first
+                http_server.stop(max(0.0, deadline - time.monotonic()))
+            finished = scheduler.stop(max(0.0, deadline - time.monotonic()))
+            tracker = self.tracker
+
+            def wind_down() -> None:
+                tracker.stop()
+                fleet.stop()
+                if server is not None:
+                    server.stop()
+                if pruner is not None:
+                    pruner.join(max(0.0, deadline - time.monotonic()))
+                db.close()
+
+            wound_down = _within(deadline - time.monotonic(), wind_down)
+            if not (finished and wound_down):
                 log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
                             note="unfinished files roll back and are recovered at next start")
-            if server is not None:
-                server.stop()
-            if pruner is not None:
-                pruner.join(settings.stop_timeout)
+            if not wound_down or not scheduler.stopped():
+                # A thread still waits on the database (at most db_dead_after_seconds more);
+                # the interpreter would join it at exit. Nothing is lost by not waiting:
+                # open transactions roll back, claims are recovered at the next start.
+                log.info("daemon.stopped")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         finally:
             db.close()
         log.info("daemon.stopped")
@@ -312,7 +332,7 @@ class Daemon:
     def _apply_reload(self) -> None:
         try:
             fresh = load_settings()
-        except Exception as exc:
+        except Exception as exc:  # a bad reload keeps the running settings, never stops us
             log.error("daemon.reload_failed", error=str(exc))
             return
         # Logged before the switch, so a reload to warning still confirms itself.
@@ -321,6 +341,20 @@ class Daemon:
         log.info("daemon.reloaded", log_level=fresh.log_level)
         self.settings.log_level = fresh.log_level
         logs.configure(fresh.log_level, self.settings.log_format)
+
+
+def _within(seconds: float, steps: Callable[[], None]) -> bool:
+    """Run ``steps`` on a thread of its own; whether they ended within ``seconds``."""
+    def guarded() -> None:
+        try:
+            steps()
+        except Exception:
+            log.exception("daemon.stop_failed")
+
+    thread = threading.Thread(target=guarded, name="ingestd-stop", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    return not thread.is_alive()
 
 
 def run(settings: Settings) -> int:

@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ingestd.errors import SettingsError as SettingsError  # where the CLI has always found it
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGESTD_", extra="forbid")
@@ -39,6 +41,9 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(8, ge=1)
     db_retry_initial: float = Field(0.5, gt=0)
     db_retry_max: float = Field(30.0, gt=0)
+    # A connection that answers nothing for this long is dead (keepalives, TCP user
+    # timeout, waits for a pooled connection): see ingestd/db/liveness.py.
+    db_dead_after_seconds: float = Field(15.0, ge=2, le=3600)
 
     # Watching
     settle_seconds: float = Field(2.0, ge=0)
@@ -110,10 +115,6 @@ class Settings(BaseSettings):
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
-
-
-class SettingsError(Exception):
-    """One line naming the bad key, for the operator."""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ingestd.db import migrations
+from ingestd.db import leases, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
+from ingestd.db.liveness import Sessions, connection_params
+from ingestd.errors import DatabaseUnavailable
 from ingestd.settings import Settings
 
-# A start-up attempt against an unroutable host must not outlast a SIGTERM by minutes
-# (libpq's own default is no timeout; psycopg's is 130 s).
-CONNECT_TIMEOUT = 10
-
-
-class DatabaseUnavailable(Exception):
-    """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
+log = structlog.get_logger("ingestd.db")
 
 
 def describe(url: str) -> str:
@@ -63,15 +61,53 @@ class Database:
             self.embedded = EmbeddedPostgres(settings.state_dir)
             self.url = self.embedded.url
         self._server_started = False
+        # Every connection opened here is named after this process and fails once the
+        # server is silent for db_dead_after_seconds (ingestd/db/liveness.py).
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.sessions = Sessions(self.instance_id)
+        self.params = connection_params(settings.db_dead_after_seconds)
         size = pool_size or settings.pool_max_size
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.url, min_size=min(settings.pool_min_size, size), max_size=size,
-            open=False, name="ingestd", timeout=60,
+            open=False, name="ingestd", timeout=settings.db_dead_after_seconds,
+            kwargs=self._connect_kwargs, configure=self._configure,
+            # A connection the server dropped (a restart) is found out here, not by the
+            # file that would get it next.
+            check=ConnectionPool.check_connection,
         )
         self._pool_opened = False
         self._pool_lock = threading.Lock()
         if start:
             self._start_server()
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {**self.params, "application_name": self.sessions.reserve()}
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        self.sessions.opened(conn)
+        # Connected again: a session of ours the server kept from before must not hold
+        # a company (or a row) against us.
+        self.end_dead_sessions(conn)
+        conn.commit()
+
+    def end_dead_sessions(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """End this process's server sessions whose connections broke here (the server
+        kept them: a partition) on ``conn``; their pids."""
+        ended = leases.end_own_sessions(
+            conn, self.sessions.prefix,
+            self.sessions.live(connecting_for=2.0 * self.params["connect_timeout"] + 10))
+        if ended:
+            log.warning("db.own_sessions_ended", pids=ended, instance=self.instance_id,
+                        reason="connections of ours that broke, kept by the server: their"
+                               " transactions roll back and their locks go")
+        return ended
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A dedicated connection outside the pool (migrations, heartbeat, CLI one-offs),
+        named and watched like the pool's."""
+        conn = psycopg.connect(self.url, **{**self._connect_kwargs(), **kwargs})
+        self.sessions.opened(conn)
+        return conn
 
     @property
     def target(self) -> str:
@@ -105,23 +141,20 @@ class Database:
         """
         self._start_server()
         try:
-            with psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT) as conn:
+            with self.connect() as conn:
                 applied = migrations.upgrade(conn)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(unavailable_reason(exc, self.url)) from exc
         self._open_pool()
         return applied
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """A dedicated connection outside the pool (migrations, CLI one-offs)."""
-        return psycopg.connect(self.url)
-
     def upgrade(self) -> list[str]:
         with self.connect() as conn:
             return migrations.upgrade(conn)
 
     def reachable(self) -> bool:
-        return ping(self.url)
+        return ping(self.url, timeout=min(3, self.params["connect_timeout"]),
+                    params=self.params)
 
     def close(self) -> None:
         self._pool.close()

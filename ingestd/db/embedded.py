@@ -25,32 +25,26 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
+
+from ingestd.errors import EmbeddedError
 
 log = structlog.get_logger(__name__)
 
 PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 
-def ping(url: str, timeout: int = 3) -> bool:
-    """True when a server answers at ``url``."""
+def ping(url: str, timeout: int = 3, params: dict[str, Any] | None = None) -> bool:
+    """True when a server answers at ``url``. ``params``: libpq keepalive settings."""
     try:
-        with psycopg.connect(url, connect_timeout=timeout) as conn:
+        with psycopg.connect(url, **{**(params or {}), "connect_timeout": timeout}) as conn:
             conn.execute("SELECT 1")
         return True
     except psycopg.Error:
         return False
-
-
-class EmbeddedError(RuntimeError):
-    """The embedded server cannot be started. ``str()`` is one line naming the cause;
-    ``log_file`` is where the server (or initdb) said more, when it got that far."""
-
-    def __init__(self, message: str, log_file: Path | None = None) -> None:
-        super().__init__(message + (f" (log: {log_file})" if log_file else ""))
-        self.log_file = log_file
 
 
 def _last_words(text: str) -> str:
