@@ -169,3 +169,18 @@ def test_over_the_body_limit_is_413_declared_or_streamed(
     assert response.status == 413  # counted as it arrives
     assert query(db_url, "SELECT count(*) FROM ingestd.files") == [(0,)]
     assert not any(api.dirs.processing.iterdir())
+
+
+def test_an_error_that_prevents_any_csv_processing_is_the_global_issue_part(
+        api: Api, db_url: str) -> None:
+    """The header is fine, a later line is not UTF-8: nothing of the CSV is applied, and
+    the answer's Global-Issue part says why, as the drop's global.csv does."""
+    body = SAS_EXAMPLE.read_bytes() + b"2018-05-13T15:02:40.719Z,bad\xff\n"
+    answer = api.post_contacts(body)
+    assert answer.status == 200, answer.body
+    accepted, rejected, global_issue = (payload for _, _, payload in answer.parts())
+    assert accepted == rejected == b""
+    assert global_issue.startswith(b"*,The file is not UTF-8 text")
+    name = f"http-{answer.headers['ingestd-request-id']}.csv"
+    assert global_issue == (api.dirs.failed / f"{name}.global.csv").read_bytes()
+    assert query(db_url, "SELECT count(*) FROM acme.contacts") == [(0,)]
