@@ -63,6 +63,8 @@ class Daemon:
         self.started = False
         self.tracker: Tracker | None = None
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
+        self._companies: set[str] | None = None  # set-up companies, when last listed
+        self._misplaced = landing.MisplacedLog()
         self.stop_asked_at = 0.0  # monotonic time of the first stop signal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -86,7 +88,10 @@ class Daemon:
         if r is None:
             return  # not finished: busy, gone or changed
         if r.error is not None and r.error.error_class == errors.INVALID_SCHEMA_NAME:
-            return  # a folder that is not a set-up company gets no series
+            # A folder that is not a set-up company: counted under its name, without
+            # the zero series of every format and outcome a company gets.
+            metrics.record_file(company, r.format or "unknown", "failed")
+            return
         metrics.init_company(company)  # set up since the last refresh
         kind: metrics.Outcome = ("duplicate" if r.duplicate_of is not None
                                  else "done" if r.status == "done" else "failed")
@@ -109,7 +114,7 @@ class Daemon:
             # HTTP: a request in hand may hold its Idempotency-Key's connection, the
             # company lock's and the one its answer streams from.
             http = 3 * settings.http_max_concurrency if settings.http_address else 0
-            db = Database(settings, start=False,
+            db = Database(settings, start=False, create=True, daemon=True,
                           pool_size=max(settings.pool_max_size,
                                         2 * settings.workers + 2 + http))
             connected = self._connect(db)
@@ -138,6 +143,7 @@ class Daemon:
                 # Leftover claims (a crash, a failed apply) are recovered under the company lock.
                 for recovery in landing.leftover_claims(settings.landing_root):
                     scheduler.submit(recovery)
+                self._report_misplaced()
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
             # A stale peer's claims are recovered at once, not at the next rescan.
@@ -160,6 +166,7 @@ class Daemon:
             self.started = True
             self.notifier.ready()
             log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
+                     state_dir=str(settings.state_dir.absolute()), database=db.target,
                      workers=settings.workers, embedded_db=db.embedded is not None,
                      observer="polling" if settings.polling_observer else "native")
             pruner = (retention.start_pruner(settings, db, self.stop_event)
@@ -300,6 +307,15 @@ class Daemon:
                                  "progress)" for h in stuck) + "; " + text
             self.notifier.status(text)
 
+    def _report_misplaced(self) -> None:
+        """Each file no inbox holds: logged once, and counted while it stays."""
+        found = landing.find_misplaced(self.settings.landing_root, self._companies)
+        for m in self._misplaced.new(found):
+            log.warning("file.misplaced", company=m.folder, file=m.path.name,
+                        path=str(m.path), should_be=m.should_be,
+                        note="never picked up where it is: move it there")
+        metrics.set_misplaced_files(len(found))
+
     def _report_stuck(self, stuck: list[Handle]) -> None:
         """Log each stuck episode once; the gauge follows every tick."""
         metrics.set_workers_stuck(len(stuck))
@@ -309,14 +325,15 @@ class Daemon:
                           idle_s=round(h.idle_s(), 1))
         self._stuck_logged = {h.claim_id for h in stuck}
 
-    @staticmethod
-    def _company_metrics(db: Database) -> None:
+    def _company_metrics(self, db: Database) -> None:
         """Every set-up company's series at zero (companies added while running too)."""
         try:
             # A short wait: the supervisor must not miss a watchdog ping for a busy pool.
             with db.pool.connection(timeout=1.0) as conn:
-                for company in list_companies(conn):
-                    metrics.init_company(company.id)
+                companies = list_companies(conn)
+            self._companies = {c.id for c in companies}
+            for company in companies:
+                metrics.init_company(company.id)
         except psycopg.Error:
             pass  # the reachability check reports it; the next round tries again
 

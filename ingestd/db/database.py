@@ -11,13 +11,57 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from ingestd.db import leases, migrations
+from ingestd.db import identity, leases, migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
 from ingestd.db.liveness import Sessions, connection_params
-from ingestd.errors import DatabaseUnavailable
+from ingestd.errors import DatabaseRefused, DatabaseUnavailable
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.db")
+
+
+# What waiting can fix. SQLSTATEs where the server sent one: connection exceptions
+# (08), insufficient resources (53: too many connections), operator intervention (57P:
+# shutting down, starting up, in recovery). A failed connection attempt carries no
+# SQLSTATE in psycopg (libpq reports it as text only), so its message decides: these
+# are libpq's and the server's words for a server that is not there *yet*. Everything
+# else (3D000 unknown database, 28000/28P01 role and password, SSL set-up) is final.
+_TRANSIENT_SQLSTATES = ("08", "53", "57P")
+_TRANSIENT_MESSAGES = (
+    "connection refused", "timeout expired", "timed out", "no such file or directory",
+    "the database system is starting up", "the database system is shutting down",
+    "the database system is in recovery mode", "not yet accepting connections",
+    "the database system is not accepting connections",  # a standby, not yet promoted
+    "too many clients", "too many connections", "remaining connection slots are reserved",
+    "server closed the connection unexpectedly", "connection reset by peer",
+    "no route to host", "network is unreachable", "temporary failure in name resolution",
+    # An unknown host name: a DNS answer that can change (a failover points the name
+    # elsewhere; a container's name appears when it starts), so it is waited for.
+    "failed to resolve host", "could not translate host name",
+    "terminating connection due to administrator command", "eof detected",
+    "ssl connection has been closed unexpectedly",
+)
+
+
+def waiting_helps(exc: BaseException) -> bool:
+    """True when ``exc`` (a failed connection or query) may go away by itself."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return str(state).startswith(_TRANSIENT_SQLSTATES)
+    text = str(exc).lower()
+    return any(m in text for m in _TRANSIENT_MESSAGES)
+
+
+def refusal(exc: BaseException, settings: Settings) -> DatabaseRefused:
+    """A final connection error as one line naming the cause and the setting to fix."""
+    reason = unavailable_reason(exc, settings.database_url)
+    if "FATAL:" in reason:  # the server's own words, without libpq's socket preamble
+        reason = reason.rsplit("FATAL:", 1)[1].strip()
+    where = (f"INGESTD_DATABASE_URL ({describe(settings.database_url)})"
+             if settings.database_url
+             else f"the embedded database in state dir {settings.state_dir.absolute()}")
+    return DatabaseRefused(f"database refused: {reason}; waiting will not fix this: "
+                           f"check {where}")
 
 
 def describe(url: str) -> str:
@@ -48,18 +92,24 @@ class Database:
     """Owns the embedded server (if any) and the pool. Use as a context manager.
 
     ``start=True`` starts the embedded server at once (the CLI); the daemon passes
-    False and calls ``start()`` until the database is there.
+    False and calls ``start()`` until the database is there. ``create``: an embedded
+    server may be made where there is none (only ``run`` and ``db upgrade``);
+    ``daemon``: this process is the daemon, the one owner of the embedded server.
     """
 
     def __init__(self, settings: Settings, *, pool_size: int | None = None,
-                 start: bool = True) -> None:
+                 start: bool = True, create: bool = False, daemon: bool = False) -> None:
         self.settings = settings
         self.embedded: EmbeddedPostgres | None = None
         if settings.database_url:
             self.url = settings.database_url
         else:
-            self.embedded = EmbeddedPostgres(settings.state_dir)
+            self.embedded = EmbeddedPostgres(settings.state_dir, create=create)
             self.url = self.embedded.url
+            if create and not self.embedded.exists():
+                identity.refuse_new_database(settings.landing_root, settings.state_dir)
+            if daemon:
+                self.embedded.hold_for_daemon()
         self._server_started = False
         # Every connection opened here is named after this process and fails once the
         # server is silent for db_dead_after_seconds (ingestd/db/liveness.py).
@@ -134,19 +184,35 @@ class Database:
         self._server_started = True
 
     def start(self) -> list[str]:
-        """Start the embedded server (if any), apply pending migrations, open the pool.
+        """The daemon's start: start the embedded server (if any), check the landing root
+        belongs to this database, apply pending migrations, open the pool.
 
-        Raises ``DatabaseUnavailable`` while the server cannot be reached, and
+        Raises ``DatabaseUnavailable`` while the server cannot be reached,
+        ``DatabaseRefused`` when it will never accept us as configured, and
         ``EmbeddedError`` when the embedded server cannot be started.
         """
         self._start_server()
         try:
             with self.connect() as conn:
+                # Before any migration: a landing root's wrong database stays untouched.
+                self._bind_landing_root(conn)
                 applied = migrations.upgrade(conn)
         except psycopg.OperationalError as exc:
+            if not waiting_helps(exc):
+                raise refusal(exc, self.settings) from exc
             raise DatabaseUnavailable(unavailable_reason(exc, self.url)) from exc
         self._open_pool()
         return applied
+
+    def _bind_landing_root(self, conn: psycopg.Connection[Any]) -> None:
+        """The daemon's check that the landing root is this database's (binding it if it
+        is nobody's yet); ``WrongDatabase`` if not."""
+        try:
+            identity.bind(conn, self.settings.landing_root, create=True)
+        except identity.Unbindable as exc:
+            log.warning("landing.unbound", reason=str(exc),
+                        note="instances on another database would not be refused; create "
+                             "the file empty, writable for the daemon")
 
     def upgrade(self) -> list[str]:
         with self.connect() as conn:
