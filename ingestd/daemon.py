@@ -44,6 +44,10 @@ log = structlog.get_logger("ingestd.daemon")
 # timeout plus migrations) before the next message.
 START_GRACE_SECONDS = 120.0
 
+# The supervisor's look at the database every few seconds: a new connection that gets no
+# answer in this long means the database is down.
+CHECK_TIMEOUT = 3
+
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Seconds before retry ``attempt + 1``: doubling from ``initial``, capped at
@@ -276,11 +280,9 @@ class Daemon:
         while not self.stop_event.wait(tick):
             now = time.monotonic()
             if now - last_db_check > 5.0:
-                self.db_ok = db.reachable()
+                self.db_ok = self._check_database(db)
                 last_db_check = now
                 metrics.set_database_up(self.db_ok)
-                if self.db_ok:
-                    self._company_metrics(db)
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self._reload()
@@ -324,6 +326,21 @@ class Daemon:
                 log.error("worker.stuck", company=h.company, file=h.file, claim=h.claim_id,
                           idle_s=round(h.idle_s(), 1))
         self._stuck_logged = {h.claim_id for h in stuck}
+
+    def _check_database(self, db: Database) -> bool:
+        """Whether the database answers a new client, and every set-up company's series
+        at zero (companies added while running too). A fresh connection, as a new client
+        would open: a pooled one may be silently dead (a failover), and the supervisor
+        must not wait on it (the watchdog pings, a stop)."""
+        try:
+            with db.connect(connect_timeout=CHECK_TIMEOUT) as conn:
+                companies = list_companies(conn)
+        except psycopg.Error:
+            return False
+        self._companies = {c.id for c in companies}
+        for company in companies:
+            metrics.init_company(company.id)
+        return True
 
     def _company_metrics(self, db: Database) -> None:
         """Every set-up company's series at zero (companies added while running too)."""

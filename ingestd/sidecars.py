@@ -8,7 +8,12 @@ every file, after the format's, by the lifecycle.
 The CSV sidecars are opened by people, often in a spreadsheet, and echo the partner's
 cells: a cell such as ``=HYPERLINK(...)`` would run as a formula there (CSV injection).
 With ``guard`` on, every cell that a spreadsheet would read as a formula gets a leading
-``'`` (OWASP's advice). ``NAME.retry.persons`` is data to drop again and stays exact.
+``'`` (OWASP's advice), except a plain signed number (``+12295551234``, ``-0.25``): a
+spreadsheet reads that as a number, not a formula, and a partner who fixes a row in
+``errors.csv`` and sends it again must send what they sent the first time. These files
+begin with a UTF-8 byte-order mark exactly when the upload did (``Finished.bom``): the
+partner's tool wrote one, so it expects one, and Excel needs it to read UTF-8.
+``NAME.retry.persons`` is data to drop again and stays exact.
 """
 
 from __future__ import annotations
@@ -47,10 +52,20 @@ class Finished:
     meta: dict[str, Any]  # what the applier recorded (ApplyContext.columns and .extra)
     guard: bool  # settings.sidecar_formula_guard
 
+    @property
+    def bom(self) -> bool:
+        """The upload began with a UTF-8 byte-order mark (so the CSV sidecars do too)."""
+        return bool(self.meta.get("bom"))
+
+
+# A plain signed number: what a spreadsheet takes for a number, never for a formula.
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:[.,][0-9]+)?")
+
 
 def neutralise(cell: Any) -> Any:
     """``cell`` with a leading ``'`` when a spreadsheet would run it as a formula."""
-    if isinstance(cell, str) and cell[:1] in _FORMULA_START:
+    if (isinstance(cell, str) and cell[:1] in _FORMULA_START
+            and _PLAIN_NUMBER.fullmatch(cell) is None):
         return "'" + cell
     return cell
 
@@ -107,10 +122,11 @@ def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[Any]],
-             guard: bool) -> Path:
-    """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``."""
+             guard: bool, *, bom: bool = False) -> Path:
+    """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``,
+    a byte-order mark first if ``bom``."""
     def fill(fh: TextIO) -> None:
-        fh.writelines(csv_text(header, rows, guard))
+        fh.writelines(csv_text(header, rows, guard, bom=bom))
     return write_atomic(path, fill)
 
 
@@ -118,11 +134,13 @@ def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[A
 CSV_CHUNK_CHARS = 1 << 16
 
 
-def csv_text(header: Sequence[str] | None, rows: Iterable[Sequence[Any]],
-             guard: bool) -> Iterator[str]:
+def csv_text(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], guard: bool, *,
+             bom: bool = False) -> Iterator[str]:
     """A CSV sidecar's text in chunks of about ``CSV_CHUNK_CHARS``: the one encoding of
     the sidecars, whether they go to a file or into an HTTP answer (bounded memory)."""
     out = io.StringIO()
+    if bom:
+        out.write("\ufeff")
     # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
     w = csv.writer(out, lineterminator="\r\n")
     lines = rows if header is None else itertools.chain([header], rows)

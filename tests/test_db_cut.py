@@ -153,6 +153,7 @@ def test_black_holed_connections_file_in_hand_and_next_file_done_once(
                      and is_finished(acme, "small.persons"),
                      BAR_SECONDS - (time.monotonic() - cut_at),
                      what="both files in done/ within 60 s of the cut", context=d.tail)
+            print(f"{mode}: both files done {time.monotonic() - cut_at:.1f} s after the cut")
             assert d.alive(), d.tail()
             # The daemon's own sessions from before the cut are gone (ended by it in the
             # partition, by the server otherwise): they hold nothing.

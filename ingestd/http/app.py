@@ -295,8 +295,8 @@ class Api:
                 raise Problem(status, result.error.message, headers=headers)
             return self._multipart(headers, lambda conn: zip(
                 ("Accepted-CSV", "Rejected-CSV", "Global-Issue"), (CSV, CSV, CSV),
-                contacts_sidecars.parts(conn, entry.id, result, self.settings
-                                        .sidecar_formula_guard), strict=True))
+                contacts_sidecars.parts(conn, entry.id, result, entry.meta,
+                                        self.settings.sidecar_formula_guard), strict=True))
         stored = entry.result
         if entry.final_path and Path(entry.final_path).name != entry.name:
             stored = {**stored, "stored_as": Path(entry.final_path).name}

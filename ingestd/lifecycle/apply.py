@@ -49,6 +49,19 @@ def sha256_of(path: Path, companion: Path | None = None,
     return h.hexdigest()
 
 
+def starts_with_bom(path: Path) -> bool:
+    """The file begins with a UTF-8 byte-order mark: its CSV sidecars will too, since the
+    partner's tool wrote one and expects one (Excel reads UTF-8 only with it)."""
+    try:
+        with partner_files.open_partner_file(path) as fh:
+            return fh.read(len(_BOM)) == _BOM
+    except OSError:
+        return False  # unreadable: the file fails, and says why, elsewhere
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
 def _stat_key(path: Path) -> tuple[int, int]:
     st = os.lstat(path)
     return st.st_size, st.st_mtime_ns
@@ -102,6 +115,8 @@ class Applying:
             if (run.error is None and run.duplicate is None and company is not None
                     and run.fmt is not None):
                 self._apply_rows(ctx, run, company, run.fmt, file_id, dry_run)
+            if run.sha and starts_with_bom(claim.path):  # sha: a plain file we could read
+                run.meta["bom"] = True
             result = _result(claim, run)
             # The final name is chosen and recorded in the apply's own commit, before
             # anything is written, so a crash re-finishes under the same name (under the
@@ -223,6 +238,7 @@ def _result(claim: Claim, run: _Run) -> FileResult:
         accepted=results.accepted,
         rejected=results.rejected,
         rejected_by_class=dict(results.rejected_by_class),
+        rejected_sections=results.rejected_sections,
         started_at=run.started.isoformat(),
         finished_at=datetime.now(UTC).isoformat(),
         duration_s=round(time.monotonic() - run.t0, 3),

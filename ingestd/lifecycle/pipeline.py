@@ -132,14 +132,17 @@ class Pipeline:
         with self._in_hand(ctx.claim) as handle:
             ctx = replace(ctx, progress=handle)
             try:
-                _, entry = self.applying.apply(ctx)
+                applied, entry = self.applying.apply(ctx)
             except FileChangedError:
                 claiming.unclaim(ctx)
                 log.warning("file.changed", company=ctx.claim.company, file=ctx.claim.name,
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            return finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+            outcome = finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+            if outcome.result is not None:  # rebuilt from the ledger: add what it keeps not
+                outcome.result.sample_errors = applied.sample_errors
+            return outcome
 
     def _finish(self, ctx: FileContext) -> Outcome:
         return finish(ctx, self.settings.sidecar_formula_guard, self.tracker)

@@ -1,8 +1,10 @@
 """Mobile numbers (``mdn``): strict syntax, validity by ``phonenumbers``, E.164 out.
 
 Accepted forms (docs/formats.md section 1): ``+`` then digits (E.164), or exactly ten
-digits read in the company's region. Nothing else: no spaces, dashes, dots,
-brackets, and no ``1``-prefixed eleven-digit forms.
+digits, a national number of the company's region (ten digits that begin with the
+region's international dialling prefix are rejected, never read as a foreign number).
+Nothing else: no spaces, dashes, dots, brackets, and no ``1``-prefixed eleven-digit
+forms. The caller trims the cell's surrounding whitespace first.
 
 Validity, type and E.164 form are phonenumbers' verdicts, computed by
 ``ingestd.persons.mdn_fast`` from phonenumbers' own metadata (one compiled expression per
@@ -20,7 +22,7 @@ from functools import lru_cache
 from phonenumbers import PhoneNumberType
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError, quoted
-from ingestd.persons.mdn_fast import MAX_E164_DIGITS, classify
+from ingestd.persons.mdn_fast import MAX_E164_DIGITS, classify, international_prefix
 
 # docs/formats.md's message cell for this class is empty; its description is the text
 # partners know, so that is the message.
@@ -48,6 +50,11 @@ def explain_invalid_mdn(raw: str, region: str = "US") -> str:
         return f"{quoted(raw)} is not E.164 (+ and digits) or 10 digits"
     if plus:
         return f"{quoted(raw)} is not a valid number"
+    idd = international_prefix(digits, region.upper())
+    if idd is not None:
+        return (f"{quoted(raw)} begins with {idd}, the international dialling prefix of "
+                f"region {region.upper()}: ten digits are a national number; write a foreign "
+                "number as E.164 (+ and digits)")
     return f"{quoted(raw)} is not a valid number in region {region.upper()}"
 
 

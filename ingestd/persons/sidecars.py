@@ -1,5 +1,6 @@
-"""The Person Import's sidecars: ``NAME.errors.csv`` always (when applied), and
-``NAME.retry.persons`` when rows failed the carrier lookup transiently."""
+"""The Person Import's sidecars: ``NAME.errors.csv`` when rows were rejected, and
+``NAME.retry.persons`` when rows failed the carrier lookup transiently. A sidecar is
+written only when it has something to say; ``result.json`` always is (by the lifecycle)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def write(done: Finished) -> None:
     if not done.result.applied:
         return  # nothing was applied: result.json alone says why
     columns = done.meta.get("columns", [])
-    # A query only where rows were stored: a clean small file needs no round trip.
-    rejected = ledger.rejected_rows(done.conn, done.file_id) if done.result.rejected else ()
-    errors_csv(done.directory, done.name, columns, rejected, guard=done.guard)
+    if done.result.rejected:
+        errors_csv(done.directory, done.name, columns,
+                   ledger.rejected_rows(done.conn, done.file_id), guard=done.guard,
+                   bom=done.bom)
     if done.result.rejected_by_class.get(TRANSIENT_LOOKUP_FAILURE):
         retry_file(done.directory, done.name, columns, done.meta.get("delimiter", ","),
                    done.meta.get("multi_select_delimiter", "|"),
@@ -34,22 +36,25 @@ def write(done: Finished) -> None:
 
 def parts(conn: psycopg.Connection[Any], file_id: int, result: FileResult,
           meta: dict[str, Any], guard: bool) -> tuple[Iterator[str], Iterator[str]]:
-    """The text ``write`` writes as errors.csv and the retry file, in chunks read lazily
-    from the committed row results; empty where the drop gets no such file."""
+    """The text ``write`` writes as NAME.errors.csv and NAME.retry.persons, in chunks
+    read lazily from the committed row results; empty where the drop gets no such file."""
     if not result.applied:
         return iter(()), iter(())
     columns = meta.get("columns", [])
-    rejected = ledger.rejected_rows(conn, file_id) if result.rejected else ()
-    errors = csv_text(_ERRORS_HEADER + list(columns), _error_lines(rejected), guard)
-    if not result.rejected_by_class.get(TRANSIENT_LOOKUP_FAILURE):
-        return errors, iter(())
-    retry = iter_persons(columns, (r.fields for r in ledger.rejected_rows(
-        conn, file_id, TRANSIENT_LOOKUP_FAILURE)), meta.get("delimiter", ","),
-        meta.get("multi_select_delimiter", "|"))
+    errors: Iterator[str] = iter(())
+    if result.rejected:
+        errors = csv_text([*ERRORS_HEADER, *columns],
+                          _error_lines(ledger.rejected_rows(conn, file_id)), guard,
+                          bom=bool(meta.get("bom")))
+    retry: Iterator[str] = iter(())
+    if result.rejected_by_class.get(TRANSIENT_LOOKUP_FAILURE):
+        retry = iter_persons(columns, (r.fields for r in ledger.rejected_rows(
+            conn, file_id, TRANSIENT_LOOKUP_FAILURE)), meta.get("delimiter", ","),
+            meta.get("multi_select_delimiter", "|"))
     return errors, retry
 
 
-_ERRORS_HEADER = ["record", "error_class", "error_message", "error_field", "error_detail"]
+ERRORS_HEADER = ["record", "error_class", "error_message", "error_field", "error_detail"]
 
 
 def _error_lines(rejected: Iterable[RejectedRow]) -> Iterator[Sequence[Any]]:
@@ -58,11 +63,12 @@ def _error_lines(rejected: Iterable[RejectedRow]) -> Iterator[Sequence[Any]]:
 
 
 def errors_csv(directory: Path, name: str, columns: Sequence[str],
-               rejected: Iterable[RejectedRow], *, guard: bool = True) -> Path:
+               rejected: Iterable[RejectedRow], *, guard: bool = True,
+               bom: bool = False) -> Path:
     """NAME.errors.csv: record, error_class, error_message, error_field, error_detail,
     then the row's fields."""
-    return csv_file(directory / (name + ERRORS_CSV), [*_ERRORS_HEADER, *columns],
-                    _error_lines(rejected), guard)
+    return csv_file(directory / (name + ERRORS_CSV), [*ERRORS_HEADER, *columns],
+                    _error_lines(rejected), guard, bom=bom)
 
 
 def retry_file(directory: Path, name: str, columns: Sequence[str], delimiter: str,
