@@ -106,6 +106,11 @@ class FileChangedError(IngestdError):
     """The file changed while it was being read: roll back and try again later."""
 
 
+class NotSettled(IngestdError):
+    """At its claim, the file is no longer the one judged ready, or a writer has it open:
+    not claimed; it settles again in the inbox."""
+
+
 class LandingError(IngestdError):
     """A company's folders cannot be created or used by ingestd (an admin must act)."""
 

@@ -239,25 +239,26 @@ def _process_state(pid: int) -> str:
 
 def test_file_changed_while_being_applied_is_rolled_back_and_applied_once_later(
         start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
-    """A writer that still holds the file open (its close lost: taken after the write
-    timeout) appends while the daemon applies it: the apply is rolled back, the file goes
-    back to the inbox and is applied once, whole, when it has settled again."""
+    """A write that reaches the file after its claim (an uploader's open descriptor
+    follows the rename into .processing/) while the daemon applies it: the apply is
+    rolled back, the file goes back to the inbox and is applied once, whole, when it has
+    settled again. (A file with a writer still open is never claimed at all: the read
+    lease check, tests/test_sftp_uploads.py.)"""
     acme = setup_company(db_url, landing, "acme")
     n = 60000
     body = "external_person_id\n" + "".join(f"p{i}\n" for i in range(n))
     # The daemon stops itself (SIGSTOP) once, inside the apply before reading a row, so
     # the append surely lands while the file is being applied.
-    d = start_daemon(INGESTD_WRITE_TIMEOUT_SECONDS="1", INGESTD_FAILPOINT="hang_in_apply:stop")
+    d = start_daemon(INGESTD_FAILPOINT="hang_in_apply:stop")
     assert d.proc is not None
     pid = d.proc.pid
-    with open(acme.inbox / "grow.persons", "w") as fh:
-        fh.write(body)
-        fh.flush()
-        d.wait_event("file.claimed", company="acme", file="grow.persons")
-        wait_for(lambda: _process_state(pid) == "T", 60, what="the daemon stopped in apply",
-                 context=d.tail)
-        fh.write("late\n")  # through the open descriptor: the claimed file grows
-        fh.flush()
+    (acme.inbox / "grow.persons").write_text(body)
+    d.wait_event("file.claimed", company="acme", file="grow.persons")
+    wait_for(lambda: _process_state(pid) == "T", 60, what="the daemon stopped in apply",
+             context=d.tail)
+    [claimed] = acme.processing.glob("*/grow.persons")
+    with open(claimed, "a") as fh:  # as the uploader's descriptor would: the file grows
+        fh.write("late\n")
     d.proc.send_signal(signal.SIGCONT)
     d.wait_event("file.done", company="acme", file="grow.persons", timeout=60)
     stop_cleanly(d)

@@ -85,7 +85,8 @@ class Sessions:
 
     def opened(self, conn: psycopg.Connection[Any]) -> None:
         """``conn`` is connected: live until it is closed or broken."""
-        name = conn.info.parameter_status("application_name")
+        # As this client asked for it (the server's report may be missing or rewritten).
+        name = conn.info.get_parameters().get("application_name")
         if name is None:
             return
         with self._lock:

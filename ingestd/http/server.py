@@ -22,9 +22,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ingestd import metrics
 from ingestd.http.app import build_app
 from ingestd.http.intake import Intake
+from ingestd.metrics import Metrics
 from ingestd.settings import parse_host_port
 
 log = structlog.get_logger("ingestd.http")
@@ -34,8 +34,9 @@ class Observed:
     """ASGI middleware: one ``http.request`` line and the metrics per request. It logs
     no header at all, so a bearer token never reaches a log line."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +68,7 @@ class Observed:
             seconds = time.monotonic() - t0
             route = _route_of(self.app, scope)
             state = scope.get("state", {})
-            metrics.record_http(route, status, seconds)
+            self.metrics.record_http(route, status, seconds)
             log.info("http.request", method=scope["method"], route=route,
                      path=scope["path"], company=state.get("company"),
                      request_id=state.get("request_id"), status=status,
@@ -117,12 +118,12 @@ def _protocol(header_timeout: float) -> type[H11Protocol]:
 
 
 class HttpServer:
-    def __init__(self, intake: Intake, app: ASGIApp | None = None) -> None:
+    def __init__(self, intake: Intake, metrics: Metrics, app: ASGIApp | None = None) -> None:
         settings = intake.settings
         self.intake = intake
         host, port = parse_host_port(settings.http_address or "")
         config = uvicorn.Config(
-            Observed(app if app is not None else build_app(intake)),
+            Observed(app if app is not None else build_app(intake), metrics),
             host=host, port=port, lifespan="off", log_config=None, access_log=False,
             http=_protocol(settings.http_header_timeout),
             timeout_keep_alive=max(1, math.ceil(settings.http_header_timeout)),

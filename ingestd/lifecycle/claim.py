@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import landing
+from ingestd import landing, readiness
 from ingestd.db import locks
 from ingestd.db.database import Database
-from ingestd.errors import LandingError
+from ingestd.errors import LandingError, NotSettled
 from ingestd.fleet import Fleet, Lease
 from ingestd.landing import CompanyDirs
 from ingestd.lifecycle.context import Claim, FileContext, Held
@@ -27,9 +27,10 @@ log = structlog.get_logger("ingestd.lifecycle")
 
 
 @contextmanager
-def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held | None]:
+def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs, *,
+         wait: bool = False) -> Iterator[Held | None]:
     """Hold the company's session advisory lock (and lease), or yield None if someone
-    else has it.
+    else has it; ``wait``: wait for the lock instead (``ingestd ingest``).
 
     Several instances may share a landing root: whoever holds the lock is the only
     one claiming, applying or recovering that company's files, which keeps drop order.
@@ -37,10 +38,12 @@ def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held 
     key = locks.company(dirs.company)
     with db.pool.connection() as conn:
         conn.autocommit = True
+        if wait:
+            locks.lock(conn, key)
         # Not free: perhaps held by a session of ours whose connection broke and that the
         # server kept (a partition); ended, it frees the lock.
-        if not locks.try_lock(conn, key) and not (db.end_dead_sessions(conn)
-                                                  and locks.try_lock(conn, key)):
+        elif not locks.try_lock(conn, key) and not (db.end_dead_sessions(conn)
+                                                    and locks.try_lock(conn, key)):
             yield None
             return
         try:
@@ -71,10 +74,17 @@ def _lease(fleet: Fleet | None, conn: psycopg.Connection[Any],
 
 
 def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
+          settled: readiness.Settled | None = None,
           claim_id: str | None = None) -> Claim | None:
     """Atomic rename into .processing/<claim>/; None if someone else took it first.
     ``name``: the name to keep, when ``path`` is a staged copy; ``claim_id``: the
-    claim's name when it is decided already (an HTTP request's)."""
+    claim's name when it is decided already (an HTTP request's).
+
+    ``settled``: the file as the watcher judged it ready. It may have waited in the
+    queue behind a long file while the partner began a new upload under the same name
+    (``put`` writes in place), so it is looked at again here: NotSettled if it changed
+    since, or if a writer has it open (a read lease, held over the rename, so a writer
+    opening it in that instant is seen too)."""
     dirs = held.dirs
     try:
         dirs.ensure()
@@ -84,8 +94,25 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
             f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
             "done/ and failed/ for the ingestd user (docs/operations.md: SFTP accounts)"
         ) from exc
-    taken = Claim(dirs, claim_id or landing.new_claim_id(), name or path.name)
+    taken = Claim(dirs, claim_id or landing.new_claim_id(), name or path.name, settled=settled)
     held.guard(taken.name)
+    if settled is not None and (reason := readiness.unsettled_reason(path, settled)):
+        raise NotSettled(reason)
+    try:
+        with readiness.read_lease(path) as lease:
+            if not _rename_in(taken, path, marker_mode):
+                return None
+            if lease.broken():
+                unclaim(FileContext(held, taken))
+                raise NotSettled("a writer opened it while it was being claimed")
+    except readiness.WriterOpen:
+        raise NotSettled("a writer still has it open") from None
+    log.info("file.claimed", company=dirs.company, file=taken.name, claim=taken.claim_id)
+    return taken
+
+
+def _rename_in(taken: Claim, path: Path, marker_mode: bool) -> bool:
+    """The file and its companions into the claim folder; False if the file is gone."""
     taken.dir.mkdir(mode=0o700)
     # The .headers companion goes first: it must travel with its CSV.
     for comp in landing.companions(path.parent, path.name, marker_mode):
@@ -99,9 +126,8 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
         for comp in taken.dir.iterdir():  # give companions back
             os.rename(comp, path.parent / (path.name + comp.name[len(taken.name):]))
         taken.dir.rmdir()
-        return None
-    log.info("file.claimed", company=dirs.company, file=taken.name, claim=taken.claim_id)
-    return taken
+        return False
+    return True
 
 
 def unclaim(ctx: FileContext) -> None:
