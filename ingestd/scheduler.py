@@ -101,26 +101,12 @@ class Scheduler:
             self._cond.notify()
             return True
 
-    def backlog(self) -> dict[str, int]:
+    def waiting(self) -> dict[str, list[int]]:
+        """Per company, the mtime_ns of each file waiting (0: put back after a busy
+        company, of no known age); recoveries are not files."""
         with self._cond:
-            return {c: sum(1 for slot in q if slot is not None) for c, q in self._ready.items()}
-
-    def oldest_ready_mtime_ns(self) -> int | None:
-        with self._cond:
-            keys = [k[0] for q in self._ready.values() for slot, (_, k) in q.items()
-                    if slot is not None]
-        return min(keys) if keys else None
-
-    def oldest_ready_by_company(self) -> dict[str, int]:
-        """Per company with files waiting: the oldest one's mtime_ns (files put back
-        after a busy company, queued with 0, have no known age and are left out)."""
-        with self._cond:
-            found: dict[str, int] = {}
-            for c, q in self._ready.items():
-                keys = [k[0] for slot, (_, k) in q.items() if slot is not None and k[0] > 0]
-                if keys:
-                    found[c] = min(keys)
-            return found
+            return {c: [k[0] for slot, (_, k) in q.items() if slot is not None]
+                    for c, q in self._ready.items()}
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping
