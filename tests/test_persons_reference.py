@@ -247,6 +247,10 @@ class Recorded(RowResults):
         super().accept(record, fields, ref, keep=keep)
         self.outcomes.append((record, "", "", "", ""))
 
+    def accept_many(self, records: Any) -> None:
+        super().accept_many(records)
+        self.outcomes.extend((record, "", "", "", "") for record in records)
+
     def reject(self, record: int, error: RowError, fields: Any, *, rows: int = 1) -> None:
         super().reject(record, error, fields, rows=rows)
         self.outcomes.append((record, *_fields(error)))
@@ -259,7 +263,9 @@ def fast_apply(conn: Conn, company: str, path: Path, config: Settings,
                        name=path.name, headers_path=None, results=results, settings=config,
                        carrier=carrier)
     PersonsProcessor().apply(ctx)
-    return results.outcomes
+    # Rows decided in bulk are counted after the chunk's others: compare in record order.
+    assert sorted({o[0] for o in results.outcomes}) == [o[0] for o in sorted(results.outcomes)]
+    return sorted(results.outcomes)
 
 
 # --- files -------------------------------------------------------------------------------------

@@ -317,6 +317,11 @@ class RowResults:
             if len(self._pending) >= self._limit:
                 self.flush()
 
+    def accept_many(self, records: Sequence[int]) -> None:
+        """Count accepted records whose fields nobody needs again (rows decided in bulk)."""
+        self.rows += len(records)
+        self.accepted += len(records)
+
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
         self.rows += rows

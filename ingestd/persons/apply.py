@@ -14,19 +14,24 @@ Python work at the same time (psycopg releases the GIL while it waits).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingestd import errors
 from ingestd.apply_context import ApplyContext
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
-from ingestd.persons.carrier import CarrierResult
+from ingestd.persons.carrier import CarrierResult, OfflineCarrierLookup
 from ingestd.persons.custom_fields import FieldDefinition, convert, explain
 from ingestd.persons.field_store import list_fields
+from ingestd.persons.kernels import ID_COLUMNS, Bulk, Kernels
 from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
 from ingestd.persons.reader import (
     IDENTIFYING,
@@ -81,6 +86,19 @@ class _Row:
     custom_error: RowError | None = None
 
 
+_ROW_ATTR = {"external_person_id": "ext", "mdn": "mdn", "vibes_device_id": "device"}
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A chunk's records after the checks that need no database: rows decided in bulk
+    (``bulk``) and rows decided one at a time (``slow``, by position, in file order)."""
+
+    records: list[Record]
+    slow: list[tuple[int, _Row]]
+    bulk: Bulk
+
+
 class _Picture:
     """The chunk's picture of the company's persons, by every unique id."""
 
@@ -130,6 +148,71 @@ class Rules:
 
         # Where each id column is, so a row reads its ids without a lookup by name.
         self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
+        self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
+        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
+        self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
+                        and self.kernels.mdn_kernel.country_code == 1 else None)
+
+    def check(self, records: list[Record]) -> _Chunk:
+        """A chunk's checks that need no database: its kernels first; the rows they do not
+        pass, and rows that share an id value with another row of the chunk, row by row."""
+        bulk = self.kernels.check(records)
+        in_bulk = set(bulk.index.to_pylist())
+        slow = [(i, self.prepare(r)) for i, r in enumerate(records) if i not in in_bulk]
+        chunk = _Chunk(records, slow, bulk)
+        if len(bulk):
+            shared = None
+            for name in ID_COLUMNS:
+                col = bulk.values(name)
+                counts = pc.value_counts(col)
+                repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+                others = {v for _, r in slow if r.error is None
+                          and (v := getattr(r, _ROW_ATTR[name]))}
+                names = pa.concat_arrays([repeated, pa.array(list(others), type=col.type)])
+                hit = pc.is_in(getattr(bulk, name), value_set=names)
+                shared = hit if shared is None else pc.or_(shared, hit)
+            assert shared is not None
+            self.demote(chunk, shared)
+        return chunk
+
+    def demote(self, chunk: _Chunk, mask: pa.Array) -> None:
+        """Take the bulk rows of ``mask`` out of the bulk, to be resolved row by row."""
+        which = chunk.bulk.index.filter(mask).to_pylist()
+        if not which:
+            return
+        chunk.slow.extend((i, self.prepare(chunk.records[i])) for i in which)
+        chunk.slow.sort(key=lambda pair: pair[0])
+        chunk.bulk = chunk.bulk.keep(pc.invert(mask))
+
+    def chunk_ids(self, chunk: _Chunk, start: int = 0) -> Ids:
+        """Every id the chunk's rows from ``start`` name (``ids``), the bulk's included."""
+        ids = self.ids([r for i, r in chunk.slow if i >= start])
+        if start == 0:
+            ids.external_ids.update(chunk.bulk.values("external_person_id").to_pylist())
+            ids.mdns.update(chunk.bulk.values("mdn").to_pylist())
+            ids.device_ids.update(chunk.bulk.values("vibes_device_id").to_pylist())
+        return ids
+
+    def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
+        """Rows of the bulk that name a stored person go row by row (the anti-join)."""
+        if not len(chunk.bulk) or not stored:
+            return
+        taken = None
+        for name in ID_COLUMNS:
+            values = [v for p in stored if (v := getattr(p, name))]
+            hit = pc.is_in(getattr(chunk.bulk, name), value_set=pa.array(
+                values, type=chunk.bulk.mdn.type))
+            taken = hit if taken is None else pc.or_(taken, hit)
+        assert taken is not None
+        self.demote(chunk, taken)
+
+    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
+        if looked.error is None:
+            return None
+        # The shared cache keeps only class and message, so a cached result has no
+        # detail; only permanent results are cached.
+        return _at(looked.error, "mdn", looked.detail or (
+            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
 
     def prepare(self, record: Record) -> _Row:
         """Checks that need no database: shape, id syntax, mdn format, custom values."""
@@ -259,11 +342,9 @@ class Rules:
             looked = lookups.get(new_mdn)
             if looked is None:  # not expected: every candidate was looked up
                 looked = lookup_carriers(self.ctx, {new_mdn})[new_mdn]
-            if looked.error is not None:
-                # The shared cache keeps only class and message, so a cached result has no
-                # detail; only permanent results are cached.
-                return _at(looked.error, "mdn", looked.detail or (
-                    f"mdn {new_mdn} is not a mobile on a valid carrier (an earlier lookup)"))
+            error = self.carrier_error(new_mdn, looked)
+            if error is not None:
+                return error
             carrier = looked.carrier
         if person is None:
             # Real id and key are assigned when the chunk is written.
@@ -321,62 +402,105 @@ class PersonsProcessor:
         records of the next chunk (no database needed) or resolves the current one, so
         PostgreSQL and Python work at the same time.
         """
-        rows = [rules.prepare(r) for r in next(chunks, [])]
+        chunk = rules.check(next(chunks, []))
         read_to = position()  # progress counts the bytes of the rows done, not read ahead
-        found = db.lookup(rules.ids(rows)) if rows else None
+        found = db.lookup(rules.chunk_ids(chunk)) if chunk.records else None
         while found is not None:
             try:
-                following = [rules.prepare(r) for r in next(chunks, [])]
+                following = rules.check(next(chunks, []))
                 unreadable: Exception | None = None
             except Exception as e:  # the file fails there, after the rows before it
-                following, unreadable = [], e
+                following, unreadable = rules.check([]), e
             following_read_to = position()
+            stored = found.result()
+            rules.unstored(chunk, stored)
             start = 0
             while True:
-                start = PersonsProcessor._resolve(ctx, rules, db, rows, start, found.result())
-                if start == len(rows):
+                start = PersonsProcessor._resolve(ctx, rules, db, chunk, start, stored)
+                if start == len(chunk.records):
                     break
-                found = db.lookup(rules.ids(rows[start:]))
+                stored = db.lookup(rules.chunk_ids(chunk, start)).result()
             if unreadable is not None:
                 raise unreadable
-            found = db.lookup(rules.ids(following)) if following else None
+            found = db.lookup(rules.chunk_ids(following)) if following.records else None
             ctx.progress.advance(ctx.results.rows, read_to)
-            rows, read_to = following, following_read_to
+            chunk, read_to = following, following_read_to
 
     @staticmethod
-    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, rows: list[_Row],
+    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, chunk: _Chunk,
                  start: int, stored: list[Person]) -> int:
-        """Resolve ``rows[start:]`` against the people their lookup found, and queue the
-        outcome's write.
+        """Resolve the chunk's rows from position ``start`` against the people their lookup
+        found, and queue the outcome's write.
 
         Returns where it stopped: before a row naming a person_id that a person created by
         an earlier row of the same lookup may have (ids are given at write time). The rest
         then goes on after that write, so the row finds that person as it would had each
-        row been applied alone.
+        row been applied alone. Bulk rows create one person each, with ids nobody else in
+        the chunk or the table has: only their mdn's lookup can still reject them.
         """
         results = ctx.results
         picture = _Picture(stored)
-        rest = rows[start:] if start else rows
-        wanted = rules.new_mdns(rest, picture)
+        rest = [(i, r) for i, r in chunk.slow if i >= start] if start else chunk.slow
+        bulk = chunk.bulk
+        if start:
+            bulk = bulk.keep(pc.greater_equal(bulk.index, start))
+        bulk_at = bulk.index.to_pylist()
+        wanted = rules.new_mdns([r for _, r in rest], picture)
+        if rules.offline is None:
+            wanted.update(bulk.values("mdn").to_pylist())
         lookups = lookup_carriers(ctx, wanted) if wanted else {}
         next_id: int | None = None
-        stop = len(rows)
-        for i in range(start, len(rows)):
-            row = rows[i]
-            if row.error is None and row.by == "person_id" and picture.new \
-                    and row.ident not in picture.by_id:
+        stop = len(chunk.records)
+        for i, row in rest:
+            if row.error is None and row.by == "person_id" and row.ident not in picture.by_id \
+                    and (picture.new or bisect.bisect_left(bulk_at, i) > 0):
                 next_id = db.next_id() if next_id is None else next_id
                 if row.ident >= next_id:
                     stop = i
                     break
+            created = len(picture.new)
             error = row.error or rules.resolve(row, picture, lookups)
             if error is None:
+                if len(picture.new) > created:
+                    picture.new[-1].row = i
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
-        if picture.changed or picture.new:
-            db.write(picture.changed, picture.new, picture.handoff)
+        if stop < len(chunk.records) and len(bulk):
+            bulk = bulk.keep(pc.less(bulk.index, stop))
+        bulk = PersonsProcessor._bulk_carriers(rules, chunk, bulk, lookups, results)
+        if picture.changed or picture.new or len(bulk):
+            db.write(picture.changed, picture.new, picture.handoff, bulk)
         return stop
+
+    @staticmethod
+    def _bulk_carriers(rules: Rules, chunk: _Chunk, bulk: Bulk,
+                       lookups: dict[str, CarrierResult], results: Any) -> Bulk:
+        """The bulk rows' outcomes: each creates its person, unless its mdn's lookup fails;
+        returns the creates, each with its carrier."""
+        if not len(bulk):
+            return bulk
+        records = chunk.records
+        mdns = bulk.mdn.to_pylist()
+        if rules.offline is not None:
+            answer = rules.offline.nanp_mobiles(sum(m is not None for m in mdns))
+            carriers: list[str | None] = [answer.carrier] * len(mdns)
+            rejected: list[bool] = [False] * len(mdns)
+        else:
+            carriers, rejected = [], []
+            for at, mdn in zip(bulk.index.to_pylist(), mdns, strict=True):
+                looked = lookups[mdn] if mdn is not None else None
+                error = rules.carrier_error(mdn, looked) if looked and mdn else None
+                if error is not None:
+                    record = records[at]
+                    results.reject(record.number, error, record.values)
+                carriers.append(looked.carrier if looked else None)
+                rejected.append(error is not None)
+        bulk.carrier = pa.array(carriers, type=bulk.mdn.type)
+        if any(rejected):
+            bulk = bulk.keep(pc.invert(pa.array(rejected)))
+        results.accept_many([records[i].number for i in bulk.index.to_pylist()])
+        return bulk
 
 
 class _Database(DatabaseThread):
@@ -392,8 +516,9 @@ class _Database(DatabaseThread):
     def lookup(self, ids: Ids) -> Future[list[Person]]:
         return self.run(self.store.lookup, ids)
 
-    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
-        self.run(self.store.write, changed, new, handoff)
+    def write(self, changed: list[Person], new: list[Person], handoff: bool,
+              bulk: Bulk) -> None:
+        self.run(self.store.write, changed, new, handoff, bulk)
 
     def next_id(self) -> int:
         return self.run(self.store.next_id).result()

@@ -28,8 +28,11 @@ from typing import Any
 
 import orjson
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
+from ingestd import columns
+from ingestd.persons.kernels import Bulk
 from ingestd.uuid7 import uuid7s
 
 _MAX_ID = (1 << 63) - 1
@@ -52,6 +55,7 @@ class Person:
     touched: bool = False  # a row of this chunk accepted it
     ids_changed: bool = False  # an id or the carrier differs from the stored row
     patch: dict[str, Any] = field(default_factory=dict)
+    row: int = -1  # a new person: the position in its chunk of the row that created it
 
 
 @dataclass(slots=True)
@@ -138,15 +142,17 @@ class PersonsStore:
         i = bisect.bisect_right(self.created, (person_id, _MAX_ID)) - 1
         return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
-    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
-        """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``."""
+    def write(self, changed: list[Person], new: list[Person], handoff: bool,
+              bulk: Bulk | None = None) -> None:
+        """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``;
+        ``bulk``: rows that each create a person, as columns."""
         # A row that repeats what is stored changes nothing, so nothing is written for it.
         changed = [p for p in changed if p.ids_changed or p.patch]
         # Updates first: they may free an external or device id that a new person takes.
         if changed:
             self._update(changed, handoff)
-        if new:
-            self._create(new)
+        if new or bulk:
+            self._create(new, bulk)
 
     def _update(self, changed: list[Person], handoff: bool) -> None:
         ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
@@ -165,20 +171,41 @@ class PersonsStore:
                     if p.patch and not p.has_custom:
                         copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
 
-    def _create(self, new: list[Person]) -> None:
-        ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
-        for p, pid, key in zip(new, ids, person_keys(len(new)), strict=True):
-            p.person_id, p.person_key = pid, key
+    def _create(self, new: list[Person], bulk: Bulk | None) -> None:
+        """New people get ids and keys in the order of the rows that created them (as a
+        row-at-a-time import would), whichever way those rows were decided."""
+        n = len(new) + (len(bulk) if bulk else 0)
+        ids = [r[0] for r in self.conn.execute(self._sequence, (n,))]
+        keys = list(person_keys(n))
         for pid in ids:
             if self.created and self.created[-1][1] == pid - 1:
                 self.created[-1] = (self.created[-1][0], pid)
             else:
                 self.created.append((pid, pid))
+        if bulk and new:
+            rows = pa.concat_arrays([bulk.index, pa.array([p.row for p in new], pa.int64())])
+            order = columns.ranks(rows)
+            bulk_order = order.slice(0, len(bulk))
+            new_order = order.slice(len(bulk)).to_pylist()
+        else:
+            bulk_order, new_order = None, list(range(len(new)))
+        for p, rank in zip(new, new_order, strict=True):
+            p.person_id, p.person_key = ids[rank], keys[rank]
         with self.conn.cursor() as cur, cur.copy(self._copy_base) as copy:
             for p in new:
                 copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
                                 p.vibes_device_id, p.carrier,
                                 orjson.dumps(p.patch).decode() if p.patch else "{}"))
+            if bulk:
+                id_col = pa.array(ids, pa.int64())
+                key_col = columns.column(keys)
+                if bulk_order is not None:
+                    id_col, key_col = id_col.take(bulk_order), key_col.take(bulk_order)
+                copy.write(columns.copy_lines([
+                    id_col.cast(columns.STRING), key_col,
+                    columns.copy_text(bulk.external_person_id), columns.copy_text(bulk.mdn),
+                    columns.copy_text(bulk.vibes_device_id), columns.copy_text(bulk.carrier),
+                    columns.copy_text(bulk.custom)]))
 
 
 def person_keys(n: int) -> Iterator[str]:
