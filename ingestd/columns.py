@@ -90,10 +90,33 @@ def one_of(col: pa.Array, options: Sequence[str]) -> pa.Array:
 
 
 def all_true(masks: Sequence[pa.Array], length: int) -> pa.Array:
-    ok = pa.array([True] * length, type=pa.bool_())
-    for mask in masks:
+    if not masks:
+        return pa.repeat(pa.scalar(True), length) if length else pa.array([], pa.bool_())
+    ok = masks[0]
+    for mask in masks[1:]:
         ok = pc.and_(ok, mask)
     return ok
+
+
+def any_true(masks: Sequence[pa.Array], length: int) -> pa.Array:
+    if not masks:
+        return pa.repeat(pa.scalar(False), length) if length else pa.array([], pa.bool_())
+    hit = masks[0]
+    for mask in masks[1:]:
+        hit = pc.or_(hit, mask)
+    return hit
+
+
+def json_array(col: pa.Array) -> str | None:
+    """The non-null values of a column without control characters as one JSON array
+    text, or None when it has none."""
+    values = json_string(col.drop_null())
+    if len(values) == 0:
+        return None
+    joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, len(values)],
+                                                                     pa.int64()), values),
+                            pa.scalar(",", STRING))
+    return "[" + str(joined[0].as_py()) + "]"
 
 
 def json_string(col: pa.Array) -> pa.Array:

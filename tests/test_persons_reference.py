@@ -257,7 +257,7 @@ class Recorded(RowResults):
     def accept_many(self, records: Any) -> None:
         super().accept_many(records)
         self.in_bulk += len(records)
-        self.outcomes.extend((record, "", "", "", "") for record in records)
+        self.outcomes.extend((record, "", "", "", "") for record in records.to_pylist())
 
     def reject(self, record: int, error: RowError, fields: Any, *, rows: int = 1) -> None:
         super().reject(record, error, fields, rows=rows)

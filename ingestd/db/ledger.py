@@ -4,7 +4,7 @@ ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -317,8 +317,9 @@ class RowResults:
             if len(self._pending) >= self._limit:
                 self.flush()
 
-    def accept_many(self, records: Sequence[int]) -> None:
-        """Count accepted records whose fields nobody needs again (rows decided in bulk)."""
+    def accept_many(self, records: Sized) -> None:
+        """Count accepted records whose fields nobody needs again (rows decided in bulk;
+        ``records``: their numbers, a column of them)."""
         self.rows += len(records)
         self.accepted += len(records)
 

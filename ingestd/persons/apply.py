@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingestd import errors
+from ingestd import columns, errors
 from ingestd.apply_context import ApplyContext
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
@@ -156,9 +156,8 @@ class Rules:
     def check(self, records: list[Record]) -> _Chunk:
         """A chunk's checks that need no database: its kernels first; the rows they do not
         pass, and rows that share an id value with another row of the chunk, row by row."""
-        bulk = self.kernels.check(records)
-        in_bulk = set(bulk.index.to_pylist())
-        slow = [(i, self.prepare(r)) for i, r in enumerate(records) if i not in in_bulk]
+        bulk, others = self.kernels.check(records)
+        slow = [(i, self.prepare(records[i])) for i in others]
         chunk = _Chunk(records, slow, bulk)
         if len(bulk):
             shared = None
@@ -166,9 +165,9 @@ class Rules:
                 col = bulk.values(name)
                 counts = pc.value_counts(col)
                 repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-                others = {v for _, r in slow if r.error is None
-                          and (v := getattr(r, _ROW_ATTR[name]))}
-                names = pa.concat_arrays([repeated, pa.array(list(others), type=col.type)])
+                named = {v for _, r in slow if r.error is None
+                         and (v := getattr(r, _ROW_ATTR[name]))}
+                names = pa.concat_arrays([repeated, pa.array(list(named), type=col.type)])
                 hit = pc.is_in(getattr(bulk, name), value_set=names)
                 shared = hit if shared is None else pc.or_(shared, hit)
             assert shared is not None
@@ -188,9 +187,11 @@ class Rules:
         """Every id the chunk's rows from ``start`` name (``ids``), the bulk's included."""
         ids = self.ids([r for i, r in chunk.slow if i >= start])
         if start == 0:
-            ids.external_ids.update(chunk.bulk.values("external_person_id").to_pylist())
-            ids.mdns.update(chunk.bulk.values("mdn").to_pylist())
-            ids.device_ids.update(chunk.bulk.values("vibes_device_id").to_pylist())
+            for name, column in (("external_person_id", "external_person_id"),
+                                 ("mdn", "mdn"), ("vibes_device_id", "vibes_device_id")):
+                text = columns.json_array(getattr(chunk.bulk, name))
+                if text is not None:
+                    ids.json[column] = text
         return ids
 
     def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
@@ -481,14 +482,12 @@ class PersonsProcessor:
         if not len(bulk):
             return bulk
         records = chunk.records
-        mdns = bulk.mdn.to_pylist()
         if rules.offline is not None:
-            answer = rules.offline.nanp_mobiles(sum(m is not None for m in mdns))
-            carriers: list[str | None] = [answer.carrier] * len(mdns)
-            rejected: list[bool] = [False] * len(mdns)
+            rules.offline.nanp_mobiles(len(bulk) - bulk.mdn.null_count)
+            # Its carrier stays null: phonenumbers names none for NANP numbers.
         else:
             carriers, rejected = [], []
-            for at, mdn in zip(bulk.index.to_pylist(), mdns, strict=True):
+            for at, mdn in zip(bulk.index.to_pylist(), bulk.mdn.to_pylist(), strict=True):
                 looked = lookups[mdn] if mdn is not None else None
                 error = rules.carrier_error(mdn, looked) if looked and mdn else None
                 if error is not None:
@@ -496,10 +495,11 @@ class PersonsProcessor:
                     results.reject(record.number, error, record.values)
                 carriers.append(looked.carrier if looked else None)
                 rejected.append(error is not None)
-        bulk.carrier = pa.array(carriers, type=bulk.mdn.type)
-        if any(rejected):
-            bulk = bulk.keep(pc.invert(pa.array(rejected)))
-        results.accept_many([records[i].number for i in bulk.index.to_pylist()])
+            bulk.carrier = pa.array(carriers, type=bulk.mdn.type)
+            if any(rejected):
+                bulk = bulk.keep(pc.invert(pa.array(rejected)))
+        # Records are numbered one after another within a chunk.
+        results.accept_many(pc.add(bulk.index, records[0].number))
         return bulk
 
 

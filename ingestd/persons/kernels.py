@@ -76,24 +76,39 @@ class MdnKernel:
         found = (deciding_alternatives(self.country_code, _NATIONAL_DIGITS)
                  if self.country_code is not None else None)
         self._general = f"^(?:{found[0]})$" if found else None
-        self._alternatives = [([f"^(?:{p})$" for p in patterns], number_type)
-                              for patterns, number_type in (found[1] if found else [])]
+        # Only whether the first alternative that matches is a mobile type matters, so
+        # neighbouring alternatives of one pattern on the same side are one expression.
+        self._steps: list[tuple[list[str], bool]] = []
+        for patterns, number_type in (found[1] if found else []):
+            mobile = number_type in _MOBILE
+            if self._steps and len(patterns) == 1 and len(self._steps[-1][0]) == 1 \
+                    and self._steps[-1][1] == mobile:
+                self._steps[-1][0][0] += f"|{patterns[0]}"
+            else:
+                self._steps.append(([*patterns], mobile))
+        self._steps = [([f"^(?:{p})$" for p in patterns], mobile)
+                       for patterns, mobile in self._steps]
 
     def __call__(self, col: pa.Array) -> tuple[pa.Array, pa.Array]:
         """(mobile cells, E.164 of each cell where mobile)."""
         if self._general is None:
-            return pa.array([False] * len(col)), pa.nulls(len(col), STRING)
+            return pa.repeat(pa.scalar(False), len(col)), pa.nulls(len(col), STRING)
         prefix = f"+{self.country_code}"
         plus = columns.matches(col, f"^\\+{self.country_code}[0-9]{{{_NATIONAL_DIGITS}}}$")
         ten = columns.matches(col, f"^[0-9]{{{_NATIONAL_DIGITS}}}$")
         national = pc.if_else(plus, pc.utf8_slice_codeunits(col, len(prefix)), col)
-        number_type = pa.nulls(len(col), pa.int64())
-        for patterns, kind in reversed(self._alternatives):
-            hit = columns.all_true([columns.matches(national, p) for p in patterns], len(col))
-            number_type = pc.if_else(hit, pa.scalar(kind, pa.int64()), number_type)
         mobile = pc.and_(pc.or_(plus, ten), columns.matches(national, self._general))
-        mobile = pc.and_(mobile, pc.fill_null(pc.is_in(number_type, value_set=pa.array(
-            list(_MOBILE), type=pa.int64())), False))
+        taken: pa.Array | None = None  # an earlier alternative matched
+        found: pa.Array | None = None
+        for patterns, is_mobile in self._steps:
+            hit = columns.all_true([columns.matches(national, p) for p in patterns], len(col))
+            if is_mobile:
+                first = hit if taken is None else pc.and_(hit, pc.invert(taken))
+                found = first if found is None else pc.or_(found, first)
+            taken = hit if taken is None else pc.or_(taken, hit)
+        if found is None:
+            return pa.repeat(pa.scalar(False), len(col)), pa.nulls(len(col), STRING)
+        mobile = pc.and_(mobile, found)
         e164 = columns.concat(prefix, national)
         return mobile, pc.if_else(mobile, e164, pa.scalar(None, STRING))
 
@@ -157,12 +172,17 @@ class Kernels:
             key = orjson.dumps(name).decode() + ":"
             self.custom.append((i, key, value_kernel(defn, multi_delim) if defn else None))
 
-    def check(self, records: Sequence[Record]) -> Bulk:
+    def check(self, records: Sequence[Record]) -> tuple[Bulk, list[int]]:
         """The rows of ``records`` that are decided in bulk (creates, unless an id of theirs
-        turns out to be taken; see ``PersonsProcessor``)."""
+        turns out to be taken; see ``PersonsProcessor``), and the positions of the others."""
         good = [i for i, r in enumerate(records) if r.error is None]
-        if not good:
-            return _NONE
+        bulk = self._check(records, good) if good else _NONE
+        if len(bulk) == len(records):
+            return bulk, []
+        passed = set(bulk.index.to_pylist())
+        return bulk, [i for i in range(len(records)) if i not in passed]
+
+    def _check(self, records: Sequence[Record], good: list[int]) -> Bulk:
         cells = [columns.column(c) for c in zip(*[records[i].values for i in good],
                                                 strict=True)]
         n = len(good)
@@ -188,10 +208,7 @@ class Kernels:
             found["mdn"] = e164
         if not named:
             return _NONE
-        any_named = named[0]
-        for more in named[1:]:
-            any_named = pc.or_(any_named, more)
-        masks.append(any_named)
+        masks.append(columns.any_true(named, n))
         pieces: list[pa.Array] = []
         for at, key, kernel in self.custom:
             col = cells[at]

@@ -33,7 +33,7 @@ from psycopg import sql
 
 from ingestd import columns
 from ingestd.persons.kernels import Bulk
-from ingestd.uuid7 import uuid7s
+from ingestd.uuid7 import uuid7_block, uuid7s
 
 _MAX_ID = (1 << 63) - 1
 _BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
@@ -67,6 +67,8 @@ class Ids:
     external_ids: set[str] = field(default_factory=set)
     mdns: set[str] = field(default_factory=set)
     device_ids: set[str] = field(default_factory=set)
+    # More of them as one JSON array text per column (made in C from a column of values).
+    json: dict[str, str] = field(default_factory=dict)
 
 
 class PersonsStore:
@@ -121,11 +123,15 @@ class PersonsStore:
                                      ("external_person_id", "", ids.external_ids),
                                      ("mdn", "", ids.mdns),
                                      ("vibes_device_id", "", ids.device_ids)):
-            if values:
+            more = ids.json.get(column)
+            if values or more:
                 parts.append(self._select + sql.SQL(
                     "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)){cast})").format(
                         c=sql.Identifier(column), cast=sql.SQL(cast)))
-                params.append(orjson.dumps(list(values)).decode())
+                text = orjson.dumps(list(values)).decode()
+                if more:
+                    text = more if not values else f"{text[:-1]},{more[1:]}"
+                params.append(text)
         if not parts:
             return []
         rows = self.conn.execute(sql.SQL(" UNION ").join(parts), params)
@@ -176,7 +182,7 @@ class PersonsStore:
         row-at-a-time import would), whichever way those rows were decided."""
         n = len(new) + (len(bulk) if bulk else 0)
         ids = [r[0] for r in self.conn.execute(self._sequence, (n,))]
-        keys = list(person_keys(n))
+        keys = uuid7_block(n)
         for pid in ids:
             if self.created and self.created[-1][1] == pid - 1:
                 self.created[-1] = (self.created[-1][0], pid)
