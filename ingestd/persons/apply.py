@@ -15,7 +15,7 @@ Python work at the same time (psycopg releases the GIL while it waits).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from ingestd import columns, errors
 from ingestd.apply_context import ApplyContext
+from ingestd.batch_loop import run_batches
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
@@ -390,42 +391,12 @@ class PersonsProcessor:
             rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
                           list_fields(ctx.conn, ctx.company.id), store.created_here)
             with _Database(store) as db:
-                self._chunks(ctx, rules, db, reader.chunks(ctx.settings.chunk_size),
-                             lambda: fh.tell())
-
-    @staticmethod
-    def _chunks(ctx: ApplyContext, rules: Rules, db: _Database,
-                chunks: Iterator[list[Record]], position: Callable[[], int]) -> None:
-        """Each chunk: lookup, resolve, write, with the next chunk checked meanwhile.
-
-        The database thread runs lookup N, write N, lookup N+1, write N+1, … in that order,
-        so each lookup sees every earlier write; while it works, this thread checks the
-        records of the next chunk (no database needed) or resolves the current one, so
-        PostgreSQL and Python work at the same time.
-        """
-        chunk = rules.check(next(chunks, []))
-        read_to = position()  # progress counts the bytes of the rows done, not read ahead
-        found = db.lookup(rules.chunk_ids(chunk)) if chunk.records else None
-        while found is not None:
-            try:
-                following = rules.check(next(chunks, []))
-                unreadable: Exception | None = None
-            except Exception as e:  # the file fails there, after the rows before it
-                following, unreadable = rules.check([]), e
-            following_read_to = position()
-            stored = found.result()
-            rules.unstored(chunk, stored)
-            start = 0
-            while True:
-                start = PersonsProcessor._resolve(ctx, rules, db, chunk, start, stored)
-                if start == len(chunk.records):
-                    break
-                stored = db.lookup(rules.chunk_ids(chunk, start)).result()
-            if unreadable is not None:
-                raise unreadable
-            found = db.lookup(rules.chunk_ids(following)) if following.records else None
-            ctx.progress.advance(ctx.results.rows, read_to)
-            chunk, read_to = following, following_read_to
+                ctx.results.send_with(db.send)
+                try:
+                    run_batches(ctx, _Steps(ctx, rules, db),
+                                reader.chunks(ctx.settings.chunk_size), lambda: fh.tell())
+                finally:
+                    ctx.results.send_with(None)
 
     @staticmethod
     def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, chunk: _Chunk,
@@ -503,11 +474,32 @@ class PersonsProcessor:
         return bulk
 
 
+class _Steps:
+    """A Person Import's steps in the batch loop (``ingestd.batch_loop``)."""
+
+    def __init__(self, ctx: ApplyContext, rules: Rules, db: _Database) -> None:
+        self.ctx, self.rules, self.db = ctx, rules, db
+
+    def check(self, records: list[Record]) -> _Chunk:
+        return self.rules.check(records)
+
+    def look_up(self, chunk: _Chunk) -> Future[list[Person]]:
+        return self.db.lookup(self.rules.chunk_ids(chunk))
+
+    def resolve(self, chunk: _Chunk, stored: list[Person]) -> None:
+        self.rules.unstored(chunk, stored)
+        start = 0
+        while True:
+            start = PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, start,
+                                              stored)
+            if start == len(chunk.records):
+                return
+            stored = self.db.lookup(self.rules.chunk_ids(chunk, start)).result()
+
+
 class _Database(DatabaseThread):
-    """The file's connection, used by one thread of its own, in the order asked. Row
-    results are stored by this thread meanwhile (``RowResults`` flushes on the same
-    connection); psycopg serialises the two threads' statements on the connection's lock,
-    and their order does not matter."""
+    """The file's connection, used by one thread of its own, in the order asked (row
+    results' batches too, through ``RowResults.send_with``)."""
 
     def __init__(self, store: PersonsStore) -> None:
         super().__init__("persons-db")
