@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
+from ingestd.errors import IngestdError
+
 if TYPE_CHECKING:
     from _csv import Reader
 
@@ -35,7 +37,7 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
-class NotUtf8(Exception):
+class NotUtf8(IngestdError):
     """Bytes that are not UTF-8: ``byte`` on physical ``line``, at 1-based ``column``."""
 
     def __init__(self, byte: int, line: int, column: int) -> None:
@@ -45,7 +47,7 @@ class NotUtf8(Exception):
         self.column = column
 
 
-class LineTooLong(Exception):
+class LineTooLong(IngestdError):
     """A line read on its own (a header line) is longer than the limit."""
 
     def __init__(self, line: int, limit: int) -> None:
@@ -69,7 +71,7 @@ class Unparsable:
     line: int
 
 
-class _Overflow(Exception):
+class _Overflow(IngestdError):
     """Raised by the line feed, through ``csv.reader``, when a record outgrows the limit."""
 
     def __init__(self, piece: bytes, quoted: bool) -> None:

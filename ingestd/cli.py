@@ -23,8 +23,8 @@ from psycopg_pool import PoolTimeout
 
 from ingestd import landing, logs
 from ingestd.db.companies import CompanyError, validate_company_id
-from ingestd.db.database import Database, DatabaseUnavailable, unavailable_reason
-from ingestd.db.embedded import EmbeddedError
+from ingestd.db.database import Database, unavailable_reason
+from ingestd.errors import DatabaseUnavailable, EmbeddedError, IngestdError
 from ingestd.results import FileResult
 from ingestd.settings import Settings, SettingsError, check_for_run, check_region, load_settings
 
@@ -122,7 +122,7 @@ def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-class _UsageError(Exception):
+class _UsageError(IngestdError):
     """A bad argument: printed as one line, exit 2."""
 
 
@@ -177,7 +177,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
             with view:
                 while True:
-                    outcome = pipeline.process(source, name=path.name)
+                    outcome = pipeline.process(landing.drop(source, 0), name=path.name)
                     if outcome.status != "busy":
                         break
                     time.sleep(0.5)  # a daemon is working on this company; wait our turn

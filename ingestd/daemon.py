@@ -18,10 +18,10 @@ from types import FrameType
 import psycopg
 import structlog
 
-from ingestd import errors, logs, metrics, retention
+from ingestd import errors, landing, logs, metrics, retention
 from ingestd.db.companies import list_companies
-from ingestd.db.database import Database, DatabaseUnavailable
-from ingestd.db.embedded import EmbeddedError
+from ingestd.db.database import Database
+from ingestd.errors import DatabaseUnavailable, EmbeddedError
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
@@ -118,14 +118,13 @@ class Daemon:
             self.tracker = Tracker(progress_seconds=settings.progress_seconds,
                                    stuck_seconds=settings.stuck_seconds, pool=db.pool)
             pipeline = Pipeline(settings, db, carrier, self.tracker)
-            scheduler = Scheduler(pipeline.process, pipeline.recover_company, settings.workers,
+            scheduler = Scheduler(pipeline.process, pipeline.recover, settings.workers,
                                   on_outcome=self._on_outcome)
 
             def on_rescan() -> None:
                 # Leftover claims (a crash, a failed apply) are recovered under the company lock.
-                for dirs in pipeline.company_dirs():
-                    if dirs.processing.is_dir() and any(dirs.processing.iterdir()):
-                        scheduler.submit_recovery(dirs)
+                for recovery in landing.leftover_claims(settings.landing_root):
+                    scheduler.submit(recovery)
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
             # A stale peer's claims are recovered at once, not at the next rescan.
@@ -289,7 +288,7 @@ class Daemon:
     def _apply_reload(self) -> None:
         try:
             fresh = load_settings()
-        except Exception as exc:
+        except Exception as exc:  # a bad reload keeps the running settings, never stops us
             log.error("daemon.reload_failed", error=str(exc))
             return
         # Logged before the switch, so a reload to warning still confirms itself.

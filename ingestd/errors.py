@@ -1,14 +1,30 @@
-"""Error classes shared by the format wings (readers, appliers) and the lifecycle.
+"""Error classes: the partner contract's strings, and ingestd's one exception tree.
 
 Row errors are values (``RowError``), never exceptions: one bad row must not
 disturb its neighbours. A file-level problem is a ``FileError`` exception: it
 aborts the file's transaction and sends the file to ``failed/``.
 The class strings are part of the partner contract (docs/formats.md): never rename.
+
+Every exception ingestd raises on purpose derives from ``IngestdError``::
+
+    IngestdError
+    ├── FileError            the whole file fails (error_class, message)
+    ├── FileChangedError     changed while read: rolled back, back to the inbox
+    ├── LandingError         a company's folders cannot be made or used
+    ├── Fenced               the company's lease was lost: write nothing more
+    ├── RecoveryError
+    │   ├── RecoveryFailed   a leftover claim could not be finished (logged)
+    │   └── NoLedgerRow      a claim to finish has no ledger row
+    ├── DatabaseError
+    │   ├── DatabaseUnavailable   the server cannot be reached (yet)
+    │   └── EmbeddedError         the embedded server cannot be started
+    └── SettingsError        one line naming the bad key
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # Person Import (docs/formats.md section 1)
 INVALID_MDN_FORMAT = "MobilePhoneErrors::InvalidMDNFormat"
@@ -64,7 +80,13 @@ def quoted(value: str, limit: int = 60) -> str:
     return f"'{value if len(value) <= limit else value[:limit] + '…'}'"
 
 
-class FileError(Exception):
+class IngestdError(Exception):
+    """The root of every exception ingestd raises on purpose."""
+
+
+# -- files ---------------------------------------------------------------------------------
+
+class FileError(IngestdError):
     """A problem with the whole file: nothing of it is applied."""
 
     def __init__(self, error_class: str, message: str) -> None:
@@ -73,8 +95,63 @@ class FileError(Exception):
         self.message = message
 
 
-class FileChangedError(Exception):
+class FileChangedError(IngestdError):
     """The file changed while it was being read: roll back and try again later."""
+
+
+class LandingError(IngestdError):
+    """A company's folders cannot be created or used by ingestd (an admin must act)."""
+
+
+# -- fencing -------------------------------------------------------------------------------
+
+class Fenced(IngestdError):
+    """The company's lease is no longer this worker's: nothing more may be written."""
+
+
+# -- recovery ------------------------------------------------------------------------------
+
+class RecoveryError(IngestdError):
+    """A claim left in .processing/ could not be finished."""
+
+
+class RecoveryFailed(RecoveryError):
+    """A leftover claim could not be finished. Already logged (``file.error``, naming
+    the file); the claim stays in .processing/ and is retried."""
+
+    def __init__(self, company: str, claim_id: str) -> None:
+        super().__init__(f"{company}: recovery of claim {claim_id} failed")
+        self.company = company
+        self.claim_id = claim_id
+
+
+class NoLedgerRow(RecoveryError):
+    """A claim to be finished has no ledger row (it was never applied)."""
+
+
+# -- the database --------------------------------------------------------------------------
+
+class DatabaseError(IngestdError):
+    """The database cannot be used."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
+
+
+class EmbeddedError(DatabaseError):
+    """The embedded server cannot be started. ``str()`` is one line naming the cause;
+    ``log_file`` is where the server (or initdb) said more, when it got that far."""
+
+    def __init__(self, message: str, log_file: Path | None = None) -> None:
+        super().__init__(message + (f" (log: {log_file})" if log_file else ""))
+        self.log_file = log_file
+
+
+# -- settings ------------------------------------------------------------------------------
+
+class SettingsError(IngestdError):
+    """One line naming the bad key, for the operator."""
 
 
 # Messages of the Person Import row errors, as in docs/formats.md's table.

@@ -13,7 +13,8 @@ are then recovered by whoever takes the company next.
 
 Fencing: before the commit of a file's transaction (in that transaction, the lease row
 locked FOR SHARE) and before every move or write in the landing folders, ``guard``
-checks that the lease is still this one. A worker that wakes after losing it finds its
+checks that the lease is still this one. The lease is handed down in the file's
+context (``lifecycle.context``), never looked up. A worker that wakes after losing it finds its
 session ended or its epoch gone, logs ``instance.fenced`` and touches nothing more; its
 instance registers again under a new id and carries on.
 """
@@ -26,7 +27,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +37,9 @@ from psycopg.pq import TransactionStatus
 from ingestd import __version__
 from ingestd.db import leases
 from ingestd.db.database import Database
+from ingestd.errors import Fenced
 
 log = structlog.get_logger("ingestd.fleet")
-
-
-class Fenced(Exception):
-    """The company's lease is no longer this worker's: nothing more may be written."""
 
 
 @dataclass
@@ -54,26 +51,13 @@ class Lease:
     file: str | None = None  # the last file guarded, for the log
 
 
-_current: ContextVar[Lease | None] = ContextVar("ingestd_lease", default=None)
-
-
-def working_on(file: str) -> None:
-    """Name the file the current lease is busy with, for ``instance.fenced``."""
-    lease = _current.get()
-    if lease is not None:
-        lease.file = file
-
-
-def guard(file: str) -> None:
-    """Before a commit, move or write for ``file``: raise ``Fenced`` unless the current
-    lease still holds. No lease bound (``ingestd ingest``, ``check``): nothing to check.
+def guard(lease: Lease, file: str) -> None:
+    """Before a commit, move or write for ``file``: raise ``Fenced`` unless ``lease``
+    still holds.
 
     Within a transaction the lease row stays locked FOR SHARE until it ends, so the
     check holds up to the commit; a peer expiring us ends the session first."""
-    lease = _current.get()
-    if lease is None:
-        return
-    working_on(file)
+    lease.file = file
     conn = lease.conn
     if conn.info.transaction_status != TransactionStatus.IDLE:
         # In the file's transaction: the row lock lasts until its commit. No savepoint:
@@ -184,10 +168,9 @@ class Fleet:
 
     # -- holding a company -------------------------------------------------------------
 
-    def lost(self, lease: Lease | None = None) -> bool:
-        """Whether ``lease`` (default: the one bound to this worker) is known to be gone."""
-        lease = lease or _current.get()
-        return lease is not None and self.owns(lease) is False
+    def lost(self, lease: Lease) -> bool:
+        """Whether ``lease`` is known to be gone."""
+        return self.owns(lease) is False
 
     def owns(self, lease: Lease) -> bool | None:
         """Whether ``lease`` still holds, asked on a fresh session; None if unknown."""
@@ -198,20 +181,19 @@ class Fleet:
             return None
 
     @contextmanager
-    def holding(self, conn: psycopg.Connection[Any], company: str) -> Iterator[bool]:
-        """Take the company's lease on ``conn`` (autocommit); yield whether we got it.
+    def holding(self, conn: psycopg.Connection[Any], company: str) -> Iterator[Lease | None]:
+        """Take the company's lease on ``conn`` (autocommit); yield it, or None.
 
         A worker fenced inside ends here: ``instance.fenced`` is logged and the body's
         exception swallowed (the caller sees a normal exit)."""
         instance_id = self.instance_id
         epoch = leases.acquire(conn, company, instance_id)
         if epoch is None:
-            yield False
+            yield None
             return
         lease = Lease(company, instance_id, epoch, conn)
-        token = _current.set(lease)
         try:
-            yield True
+            yield lease
         except Fenced:
             self._fenced(lease)
         except Exception:
@@ -222,7 +204,6 @@ class Fleet:
                 raise
             self._fenced(lease)
         finally:
-            _current.reset(token)
             if not conn.closed and not conn.broken:
                 conn.rollback()
                 leases.release(conn, company, instance_id, epoch)
@@ -234,13 +215,3 @@ class Fleet:
                     epoch=lease.epoch, instance=lease.instance_id,
                     reason="lease lost while away: nothing more written for this file")
 
-
-@contextmanager
-def holding(fleet: Fleet | None, conn: psycopg.Connection[Any],
-            company: str) -> Iterator[bool]:
-    """``fleet.holding``; without a fleet (the CLI) the advisory lock alone decides."""
-    if fleet is None:
-        yield True
-        return
-    with fleet.holding(conn, company) as held:
-        yield held

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestd.work import Drop, Recover
+
 INBOX = "inbox"
 PROCESSING = ".processing"
 DONE = "done"
@@ -87,6 +89,40 @@ def company_of(inbox_path: Path, landing_root: Path) -> str | None:
         return None
     parts = rel.parts
     return parts[0] if len(parts) == 3 and parts[1] == INBOX else None
+
+
+def inbox_company(path: Path, root: Path) -> str | None:
+    """The company whose inbox directly holds ``path`` (both absolute, ``root`` the
+    landing root), or None: elsewhere, or in a hidden folder, which is no company."""
+    inbox = path.parent
+    company = inbox.parent
+    if inbox.name != INBOX or company.parent != root or company.name.startswith("."):
+        return None
+    return company.name
+
+
+def drop(path: Path, mtime_ns: int) -> Drop:
+    """The drop at ``path``, a file in a company's inbox."""
+    return Drop(path.parent.parent.name, path, mtime_ns)
+
+
+def recover(company: str) -> Recover:
+    return Recover(company)
+
+
+def drop_dirs(work: Drop) -> CompanyDirs:
+    """The folders of the company whose inbox holds the drop."""
+    return CompanyDirs(work.path.parent.parent)
+
+
+def company_dirs_of(root: Path, company: str) -> CompanyDirs:
+    return CompanyDirs(root / company)
+
+
+def leftover_claims(root: Path) -> list[Recover]:
+    """A recovery for every company with something left in .processing/."""
+    return [recover(dirs.company) for dirs in company_dirs(root)
+            if dirs.processing.is_dir() and any(dirs.processing.iterdir())]
 
 
 def is_regular(path: Path) -> bool:

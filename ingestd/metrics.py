@@ -323,6 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
             return {"health_callback": False}
 
     def _call_ready(self) -> bool:
+        # Likewise: a readiness check that raises means "not ready", never a 500.
         try:
             return bool(self.server.ready())
         except Exception as exc:

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,23 +96,6 @@ class _NoProgress(Handle):
 
 NO_PROGRESS: Handle = _NoProgress()
 
-# The handle of the file the current thread works on, so code that serves every file
-# (the carrier lookup, with its own threads that copy the context) can report waits.
-_current: ContextVar[Handle] = ContextVar("ingestd_progress_handle", default=NO_PROGRESS)
-
-
-def current() -> Handle:
-    return _current.get()
-
-
-@contextmanager
-def bound(handle: Handle) -> Iterator[Handle]:
-    token = _current.set(handle)
-    try:
-        yield handle
-    finally:
-        _current.reset(token)
-
 
 Listener = Callable[[str, Handle], None]  # ("begin" | "end", handle)
 
@@ -177,11 +159,10 @@ class Tracker:
     @contextmanager
     def tracking(self, company: str, file: str, claim_id: str,
                  bytes_total: int) -> Iterator[Handle]:
-        """``begin`` … ``end``, with the handle bound to this thread's context."""
+        """``begin`` … ``end``; the handle is handed down in the file's context."""
         handle = self.begin(company, file, claim_id, bytes_total)
         try:
-            with bound(handle):
-                yield handle
+            yield handle
         finally:
             self.end(handle)
 
@@ -202,7 +183,7 @@ class Tracker:
         for listener in self._listeners:
             try:
                 listener(event, handle)
-            except Exception:
+            except Exception:  # a watcher's bug (the progress bar) must not fail the file
                 log.exception("progress.listener_failed")
 
     # -- reporting -----------------------------------------------------------------
@@ -231,7 +212,7 @@ class Tracker:
         while not self._stop.wait(self.progress_seconds):
             try:
                 self.report()
-            except Exception:
+            except Exception:  # the reporter thread must outlive any one bad round
                 log.exception("progress.report_failed")
 
     def report(self) -> None:

@@ -19,13 +19,14 @@ import structlog
 
 from ingestd import landing
 from ingestd.db import ledger, locks
+from ingestd.errors import IngestdError
 from ingestd.lifecycle import sha256_of
 from ingestd.settings import Settings
 
 log = structlog.get_logger("ingestd.requeue")
 
 
-class RequeueError(Exception):
+class RequeueError(IngestdError):
     """Why this path cannot be requeued: one line, naming the path."""
 
 

@@ -2,7 +2,7 @@
 
 Its own module because everyone reads it: the lifecycle builds it, the ledger
 stores it, each format's sidecar writers, the daemon's metrics and the CLI read it.
-The key order of ``to_json`` is the partner contract (README "Results files").
+The key order of ``to_json`` is the partner contract (docs/formats.md "Sidecars").
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ from typing import Protocol
 
 import structlog
 
-from ingestd.landing import PROCESSING, CompanyDirs
-from ingestd.lifecycle import Outcome, RecoveryFailed
+from ingestd import landing
+from ingestd.errors import RecoveryFailed
+from ingestd.lifecycle import Outcome
+from ingestd.work import Drop, Recover, Work
 
 log = structlog.get_logger("ingestd.scheduler")
 
@@ -26,10 +28,12 @@ log = structlog.get_logger("ingestd.scheduler")
 class Process(Protocol):
     """``Pipeline.process``: ``then`` gets each outcome and answers the next file."""
 
-    def __call__(self, path: Path, *,
-                 then: Callable[[Path, Outcome], Path | None]) -> Outcome: ...
+    def __call__(self, drop: Drop, *,
+                 then: Callable[[Drop, Outcome], Drop | None]) -> Outcome: ...
 
-RECOVER = PROCESSING  # queue entry name meaning "recover this company's claims first"
+
+Key = tuple[int, str]  # (mtime_ns, name): a company's queue is taken in this order
+_RECOVER_FIRST: Key = (-1, "")  # a recovery sorts before any real file
 
 # How long a worker keeps a company (its lock and lease) for the company's next ready
 # files before letting go, so that peers and recoveries get their turn.
@@ -41,20 +45,21 @@ class _Held:
     """A worker's turn with one company: the file in hand, since when, since when held."""
 
     company: str
-    path: Path
+    drop: Drop
     t0: float = field(default_factory=time.monotonic)
     since: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
     def __init__(self, process: Process,
-                 recover: Callable[[CompanyDirs], None], workers: int,
+                 recover: Callable[[Recover], None], workers: int,
                  on_outcome: Callable[[str, Outcome, float], None] | None = None) -> None:
         self._process = process
         self._recover = recover
         self._on_outcome = on_outcome
         self._cond = threading.Condition()
-        self._ready: dict[str, dict[Path, tuple[int, str]]] = {}  # company -> path -> key
+        # company -> what is queued (a drop's path, or None: its recovery) -> (work, key)
+        self._ready: dict[str, dict[Path | None, tuple[Work, Key]]] = {}
         self._busy: set[str] = set()
         self._not_before: dict[str, float] = {}  # company -> monotonic time (back-off)
         self._stopping = False
@@ -67,28 +72,31 @@ class Scheduler:
         for t in self._threads:
             t.start()
 
-    def submit(self, path: Path, mtime_ns: int) -> bool:
-        """Queue a ready file; False if it was already queued."""
-        company = path.parent.name if path.name == RECOVER else path.parent.parent.name
+    def submit(self, work: Work) -> bool:
+        """Queue a ready file, or a recovery (which comes before the company's files);
+        False if it was already queued."""
+        if isinstance(work, Drop):
+            return self._put(work, (work.mtime_ns, work.name))
+        return self._put(work, _RECOVER_FIRST)
+
+    def _put(self, work: Work, key: Key) -> bool:
+        slot = work.path if isinstance(work, Drop) else None
         with self._cond:
-            queue = self._ready.setdefault(company, {})
-            if path in queue:
+            queue = self._ready.setdefault(work.company, {})
+            if slot in queue:
                 return False
-            queue[path] = (mtime_ns, path.name)
+            queue[slot] = (work, key)
             self._cond.notify()
             return True
 
-    def submit_recovery(self, dirs: CompanyDirs) -> None:
-        """Ask for the company's leftover claims to be finished before its next file."""
-        self.submit(dirs.processing, -1)  # sorts before any real file
-
     def backlog(self) -> dict[str, int]:
         with self._cond:
-            return {c: sum(1 for p in q if p.name != RECOVER) for c, q in self._ready.items()}
+            return {c: sum(1 for slot in q if slot is not None) for c, q in self._ready.items()}
 
     def oldest_ready_mtime_ns(self) -> int | None:
         with self._cond:
-            keys = [k[0] for q in self._ready.values() for p, k in q.items() if p.name != RECOVER]
+            keys = [k[0] for q in self._ready.values() for slot, (_, k) in q.items()
+                    if slot is not None]
         return min(keys) if keys else None
 
     def oldest_ready_by_company(self) -> dict[str, int]:
@@ -97,7 +105,7 @@ class Scheduler:
         with self._cond:
             found: dict[str, int] = {}
             for c, q in self._ready.items():
-                keys = [k[0] for p, k in q.items() if p.name != RECOVER and k[0] > 0]
+                keys = [k[0] for slot, (_, k) in q.items() if slot is not None and k[0] > 0]
                 if keys:
                     found[c] = min(keys)
             return found
@@ -117,7 +125,12 @@ class Scheduler:
 
     # -- workers ------------------------------------------------------------------
 
-    def _next(self) -> tuple[str, Path] | None:
+    def _take(self, queue: dict[Path | None, tuple[Work, Key]]) -> Work:
+        """The queue's first work, removed from it (the caller holds the lock)."""
+        slot = min(queue, key=lambda s: queue[s][1])
+        return queue.pop(slot)[0]
+
+    def _next(self) -> tuple[str, Work] | None:
         """Wait for a company with work that nobody is working on; None when stopping."""
         with self._cond:
             while True:
@@ -132,20 +145,19 @@ class Scheduler:
                     if nb > now:
                         wake = nb if wake is None else min(wake, nb)
                         continue
-                    path = min(queue, key=queue.__getitem__)
-                    del queue[path]
+                    work = self._take(queue)
                     self._busy.add(company)
                     self.in_hand += 1
-                    return company, path
+                    return company, work
                 self._cond.wait(None if wake is None else max(0.01, wake - now))
 
-    def _then(self, held: _Held, done: Path, outcome: Outcome) -> Path | None:
+    def _then(self, held: _Held, done: Drop, outcome: Outcome) -> Drop | None:
         """``done`` finished (or was given back) under its company's lock: count it,
         then keep the lock for the company's next file, if one is ready."""
         self._finished(held.company, outcome, time.monotonic() - held.t0)
         following = self._next_of(held.company, held.since)
         if following is not None:
-            held.path, held.t0 = following, time.monotonic()
+            held.drop, held.t0 = following, time.monotonic()
         return following
 
     def _finished(self, company: str, outcome: Outcome, seconds: float) -> None:
@@ -162,48 +174,52 @@ class Scheduler:
                 self._not_before[company] = time.monotonic() + backoff
             self._cond.notify_all()
 
-    def _next_of(self, company: str, since: float) -> Path | None:
+    def _next_of(self, company: str, since: float) -> Drop | None:
         """The company's next ready file for the worker that still holds it, or None to
         let go: when stopping, when a recovery comes first, after ``HOLD_SECONDS``."""
         with self._cond:
             queue = self._ready.get(company)
             if self._stopping or not queue or time.monotonic() - since > HOLD_SECONDS:
                 return None
-            path = min(queue, key=queue.__getitem__)
-            if path.name == RECOVER:
-                return None
-            del queue[path]
-            return path
+            if None in queue:
+                return None  # a recovery waits: let go, so that it comes first
+            work = self._take(queue)
+            return work if isinstance(work, Drop) else None
 
     def _work(self) -> None:
         while (item := self._next()) is not None:
-            company, path = item
+            company, work = item
+            held: _Held | None = None
             backoff = 0.0
-            held = _Held(company, path)
             try:
-                if path.name == RECOVER:
-                    self._recover(CompanyDirs(path.parent))
-                    continue
-                outcome = self._process(path, then=functools.partial(self._then, held))
-                path = held.path  # the last file taken under the lock
-                if outcome.status == "busy":
-                    # another instance holds the company: try again shortly
-                    self.submit(path, 0)
-                    backoff = 1.0
-                if outcome.status in ("busy", "fenced"):
-                    self._finished(company, outcome, time.monotonic() - held.t0)
+                if isinstance(work, Recover):
+                    self._recover(work)
+                else:
+                    held = _Held(company, work)
+                    backoff = self._drops(held)
+            # The worker thread must survive anything, or its companies wait for ever:
+            # the database may be down, the disk full, or a bug bit. The file is either
+            # still in the inbox (retried by the next rescan) or claimed (recovered next).
             except Exception as exc:
-                path = held.path
-                # The database may be down, or the disk full. The file is either still in
-                # the inbox (retried by the next rescan) or claimed (recovered next time).
                 if isinstance(exc, RecoveryFailed):
                     pass  # logged by the recovery, naming the claimed file
-                elif path.name == RECOVER:
+                elif held is None:
                     log.exception("recovery.error", company=company)
                 else:
-                    log.exception("file.error", company=company, file=path.name)
-                dirs = CompanyDirs(path.parent if path.name == RECOVER else path.parent.parent)
-                self.submit_recovery(dirs)
+                    log.exception("file.error", company=company, file=held.drop.name)
+                self.submit(landing.recover(company))
                 backoff = 5.0
             finally:
                 self._done(company, backoff)
+
+    def _drops(self, held: _Held) -> float:
+        """The company's files from ``held.drop`` on, under one lock; the back-off after."""
+        outcome = self._process(held.drop, then=functools.partial(self._then, held))
+        backoff = 0.0
+        if outcome.status == "busy":
+            # another instance holds the company: try again shortly, first in its queue
+            self._put(held.drop, (0, held.drop.name))
+            backoff = 1.0
+        if outcome.status in ("busy", "fenced"):
+            self._finished(held.company, outcome, time.monotonic() - held.t0)
+        return backoff

@@ -25,6 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ingestd.errors import SettingsError as SettingsError  # where the CLI has always found it
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGESTD_", extra="forbid")
@@ -103,10 +105,6 @@ class Settings(BaseSettings):
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
-
-
-class SettingsError(Exception):
-    """One line naming the bad key, for the operator."""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -50,6 +50,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ingestd import landing
 from ingestd.settings import Settings
+from ingestd.work import Drop
 
 log = structlog.get_logger("ingestd.watcher")
 
@@ -129,11 +130,11 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, settings: Settings, on_ready: Callable[[Path, int], bool],
+    def __init__(self, settings: Settings, on_ready: Callable[[Drop], bool],
                  on_rescan: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.root = settings.landing_root.absolute()
-        self.on_ready = on_ready  # (path, mtime_ns) -> newly queued?
+        self.on_ready = on_ready  # newly queued?
         self.on_rescan = on_rescan
         self._pending: dict[Path, tuple[str | None, bool]] = {}  # path -> state, local
         self._lock = threading.Lock()
@@ -180,10 +181,8 @@ class Watcher:
     def poke(self, path: Path, state: str | None = None, *, event: bool = False) -> None:
         """Something happened at ``path`` (called from watchdog's thread); ``state`` is
         WRITING or CLOSED when the event says so; ``event``: inotify said it."""
-        if path.parent.name != landing.INBOX or path.parent.parent.parent != self.root:
-            return
-        if path.parent.parent.name.startswith("."):
-            return  # a hidden folder is no company; the scans skip it too
+        if landing.inbox_company(path, self.root) is None:
+            return  # not a drop (a hidden folder is no company; the scans skip it too)
         name = path.name
         local = event and not self.settings.polling_observer
         if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
@@ -231,6 +230,8 @@ class Watcher:
                 for path, (state, local) in pending.items():
                     self._observe(path, seen, state, local)
                 due = self._check_settled()
+            # The loop must survive anything (a folder that vanished mid-scan, a bug):
+            # if it stops, no file is ever taken again; the next round looks afresh.
             except Exception:
                 log.exception("watcher.error")
             wake = min(next_scan, due if due is not None else next_scan,
@@ -302,7 +303,7 @@ class Watcher:
                     next_due = at if next_due is None else min(next_due, at)
                 continue
             if cand.writing:
-                log.warning("file.assumed_closed", company=path.parent.parent.name,
+                log.warning("file.assumed_closed", company=landing.inbox_company(path, self.root),
                             file=path.name, stable_s=round(now - cand.stable_since, 1))
             del self._candidates[path]
             ready.append((st.st_mtime_ns, path.name, path))
@@ -313,5 +314,6 @@ class Watcher:
         return next_due
 
     def _emit(self, path: Path, mtime_ns: int) -> None:
-        if self.on_ready(path, mtime_ns):  # False: already queued, seen again by a rescan
-            log.info("file.ready", company=path.parent.parent.name, file=path.name)
+        drop = landing.drop(path, mtime_ns)
+        if self.on_ready(drop):  # False: already queued, seen again by a rescan
+            log.info("file.ready", company=drop.company, file=drop.name)

@@ -232,7 +232,7 @@ def test_company_series_start_at_zero_and_stray_folders_get_none(
 
 def test_one_metrics_port_in_the_readme_and_the_config_examples() -> None:
     ports = {}
-    for rel in ("README.md", "config/ingestd.example.toml", "config/ingestd.env.example"):
+    for rel in ("docs/operations.md", "config/ingestd.example.toml", "config/ingestd.env.example"):
         text = (ROOT / rel).read_text()
         # METRICS_ADDRESS=host:port, metrics_address = "host:port", curl and scrape targets
         found = set(re.findall(r"metrics_address\s*=\s*\"?[\w.]*:(\d+)", text, re.I))

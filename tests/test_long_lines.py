@@ -23,6 +23,7 @@ from daemon_helpers import Daemon, base_env, drop, query, result_json, run_cli, 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from ingestd import landing
 from ingestd.bounded_csv import OVERSIZE, BoundedCsv, NotUtf8, Oversize, Unparsable
 from ingestd.contacts.reader import COLUMNS, ContactsReader, Section
 from ingestd.db.database import Database
@@ -334,7 +335,7 @@ class Landing:
         if headers is not None:
             drop(self.dirs, name + ".headers", headers)
         pipeline = Pipeline(self.settings, self.db, make_carrier(self.settings))
-        outcome = pipeline.process(drop(self.dirs, name, content))
+        outcome = pipeline.process(landing.drop(drop(self.dirs, name, content), 0))
         return outcome.status
 
     def result(self, name: str, where: str) -> dict[str, Any]:

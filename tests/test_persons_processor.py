@@ -26,7 +26,7 @@ import pytest
 from carrier_server import CarrierServer, serving
 from structlog.testing import capture_logs
 
-from ingestd import errors
+from ingestd import errors, landing
 from ingestd.db.companies import Company, add_company
 from ingestd.db.database import Database
 from ingestd.errors import RowError
@@ -154,7 +154,8 @@ class Env:
 
     def process(self, name: str, content: str | bytes, pipeline: Pipeline | None = None,
                 **overrides: Any) -> Outcome:
-        outcome = (pipeline or self.pipeline(**overrides)).process(self.drop(name, content))
+        dropped = landing.drop(self.drop(name, content), 0)
+        outcome = (pipeline or self.pipeline(**overrides)).process(dropped)
         assert outcome.final_path is not None
         assert outcome.final_path.parent == self.company_dir / outcome.status
         return outcome
@@ -594,7 +595,7 @@ def test_ten_digit_numbers_are_read_in_the_companys_region(env: Env) -> None:
         f"g3,{mdn(3)}",  # E.164 is E.164 everywhere
         "g4,2071234567",  # a valid UK number, but a fixed line
     ), encoding="utf-8")
-    outcome = env.pipeline().process(path)
+    outcome = env.pipeline().process(landing.drop(path, 0))
     assert outcome.status == "done"
     with open(env.landing / "brit" / "done" / "gb.persons.errors.csv", encoding="utf-8",
               newline="") as fh:
@@ -940,7 +941,7 @@ def test_retry_file_round_trip_after_the_service_recovers(
     (env.company_dir / "inbox").mkdir(exist_ok=True)
     dropped = env.company_dir / "inbox" / retry_name
     shutil.copyfile(retry, dropped)
-    outcome = env.pipeline(**http_settings(server)).process(dropped)
+    outcome = env.pipeline(**http_settings(server)).process(landing.drop(dropped, 0))
     # done/ already holds the first file's sidecar of that name: the drop is stored beside it.
     assert_done(env, retry_name, outcome, 2, {}, stored="tabs.persons.retry~2.persons")
     assert server.calls - calls_before == Counter({mdn(2): 1, mdn(4): 1})
@@ -1055,7 +1056,7 @@ def test_the_cache_is_written_outside_the_files_transaction(
     pipeline = env.pipeline(chunk_size=1, **http_settings(server))
     # Chunk 1 looks mdn(1) up; the invalid UTF-8 of line 3 then fails the whole file.
     path = env.drop("fails.persons", f"mdn\n{mdn(1)}\n".encode() + b"\xff\xfe\n")
-    outcome = pipeline.process(path)
+    outcome = pipeline.process(landing.drop(path, 0))
     assert outcome.status == "failed"
     assert env.count("SELECT count(*) FROM acme.persons") == 0
     assert env.count(

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from daemon_helpers import wait_for
 
+from ingestd import landing
 from ingestd import scheduler as scheduler_module
-from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import Outcome
 from ingestd.scheduler import Scheduler
+from ingestd.work import Drop, Recover
 
 TIMEOUT = 30.0
 
@@ -31,29 +32,29 @@ class FakePipeline:
         self._lock = threading.Lock()
         self._count = 0
 
-    def process(self, path: Path, *, then: Callable[[Path, Outcome], Path | None]) -> Outcome:
+    def process(self, drop: Drop, *, then: Callable[[Drop, Outcome], Drop | None]) -> Outcome:
         files: list[str] = []
         with self._lock:
             self.holds.append(files)
         while True:
             self.gate.wait(TIMEOUT)
-            files.append(path.name)
+            files.append(drop.name)
             outcome = Outcome("done")
             with self._lock:
                 self._count += 1
                 if self._count == self.expected:
                     self.finished.set()
-            following = then(path, outcome)
+            following = then(drop, outcome)
             if following is None:
                 return outcome
-            path = following
+            drop = following
 
-    def recover(self, dirs: CompanyDirs) -> None:
+    def recover(self, work: Recover) -> None:
         pass
 
 
-def inbox_file(root: Path, company: str, name: str) -> Path:
-    return root / company / "inbox" / name
+def inbox_file(root: Path, company: str, name: str, mtime_ns: int) -> Drop:
+    return landing.drop(root / company / "inbox" / name, mtime_ns)
 
 
 def started(fake: FakePipeline, root: Path, first: str) -> Scheduler:
@@ -61,7 +62,7 @@ def started(fake: FakePipeline, root: Path, first: str) -> Scheduler:
     fake.gate.clear()
     sched = Scheduler(fake.process, fake.recover, workers=1)
     sched.start()
-    sched.submit(inbox_file(root, "acme", first), 100)
+    sched.submit(inbox_file(root, "acme", first, 100))
     wait_for(lambda: fake.holds, TIMEOUT, what="the first file in hand")
     return sched
 
@@ -73,7 +74,7 @@ def test_a_held_company_gets_its_next_files_in_drop_order_under_one_lock(
     sched = started(fake, tmp_path, names[0])
     # Queued newest first: the order comes from (mtime, name), not from submission.
     for i in reversed(range(1, 6)):
-        sched.submit(inbox_file(tmp_path, "acme", names[i]), 100 + i)
+        sched.submit(inbox_file(tmp_path, "acme", names[i], 100 + i))
     fake.gate.set()
     assert fake.finished.wait(TIMEOUT)
     assert sched.stop(TIMEOUT)
@@ -84,8 +85,8 @@ def test_a_held_company_gets_its_next_files_in_drop_order_under_one_lock(
 def test_a_recovery_queued_meanwhile_comes_first(tmp_path: Path) -> None:
     fake = FakePipeline(expected=2)
     sched = started(fake, tmp_path, "a.persons")
-    sched.submit_recovery(CompanyDirs(tmp_path / "acme"))  # sorts before any file
-    sched.submit(inbox_file(tmp_path, "acme", "b.persons"), 101)
+    sched.submit(landing.recover("acme"))  # sorts before any file
+    sched.submit(inbox_file(tmp_path, "acme", "b.persons", 101))
     fake.gate.set()
     assert fake.finished.wait(TIMEOUT)
     assert sched.stop(TIMEOUT)
@@ -98,7 +99,7 @@ def test_a_company_is_let_go_after_hold_seconds(tmp_path: Path,
     fake = FakePipeline(expected=3)
     sched = started(fake, tmp_path, "a.persons")
     for i, name in enumerate(["b.persons", "c.persons"], 1):
-        sched.submit(inbox_file(tmp_path, "acme", name), 100 + i)
+        sched.submit(inbox_file(tmp_path, "acme", name, 100 + i))
     fake.gate.set()
     assert fake.finished.wait(TIMEOUT)
     assert sched.stop(TIMEOUT)

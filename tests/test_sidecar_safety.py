@@ -27,7 +27,7 @@ from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingestd import errors, sidecars
+from ingestd import errors, landing, sidecars
 from ingestd.contacts import sidecars as contacts_sidecars
 from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db.companies import Company
@@ -93,7 +93,7 @@ class Env:
         inbox = self.landing / "acme" / "inbox"
         inbox.mkdir(parents=True, exist_ok=True)
         (inbox / name).write_bytes(content.encode("utf-8"))
-        outcome = self.pipeline(**overrides).process(inbox / name)
+        outcome = self.pipeline(**overrides).process(landing.drop(inbox / name, 0))
         assert outcome.status == "done", outcome.result
         return outcome
 

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from ingestd.db import locks, migrations
+from ingestd.errors import IngestdError
 
 # Lowercase so the schema name needs no case games; no leading pg_ (reserved by PostgreSQL).
 COMPANY_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -24,7 +25,7 @@ class Company:
     default_region: str = "US"
 
 
-class CompanyError(ValueError):
+class CompanyError(IngestdError, ValueError):
     pass
 
 

@@ -11,15 +11,12 @@ from psycopg_pool import ConnectionPool
 
 from ingestd.db import migrations
 from ingestd.db.embedded import EmbeddedPostgres, ping
+from ingestd.errors import DatabaseUnavailable
 from ingestd.settings import Settings
 
 # A start-up attempt against an unroutable host must not outlast a SIGTERM by minutes
 # (libpq's own default is no timeout; psycopg's is 130 s).
 CONNECT_TIMEOUT = 10
-
-
-class DatabaseUnavailable(Exception):
-    """The server cannot be reached (yet). ``str()`` is the reason: one line, no password."""
 
 
 def describe(url: str) -> str:

@@ -29,6 +29,8 @@ from pathlib import Path
 import psycopg
 import structlog
 
+from ingestd.errors import EmbeddedError
+
 log = structlog.get_logger(__name__)
 
 PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
@@ -42,15 +44,6 @@ def ping(url: str, timeout: int = 3) -> bool:
         return True
     except psycopg.Error:
         return False
-
-
-class EmbeddedError(RuntimeError):
-    """The embedded server cannot be started. ``str()`` is one line naming the cause;
-    ``log_file`` is where the server (or initdb) said more, when it got that far."""
-
-    def __init__(self, message: str, log_file: Path | None = None) -> None:
-        super().__init__(message + (f" (log: {log_file})" if log_file else ""))
-        self.log_file = log_file
 
 
 def _last_words(text: str) -> str:

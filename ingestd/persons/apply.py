@@ -68,7 +68,7 @@ def _person_id_detail(raw: str) -> str:
 
 def lookup_carriers(ctx: ApplyContext, numbers: set[str]) -> dict[str, CarrierResult]:
     """The carrier of each number (the context's lookup caches where it should)."""
-    return ctx.carrier.lookup_many(numbers)
+    return ctx.carrier.lookup_many(numbers, alive=ctx.progress.alive)
 
 
 @dataclass(slots=True)

@@ -49,8 +49,8 @@ Retries (tenacity)
     only to give up afterwards). Each retry logs ``carrier.retry`` (warning) with ``mdn``,
     ``attempt`` (the attempt that just failed, from 1), ``wait`` (seconds) and ``reason``.
     The start of every attempt and of every wait counts as progress of the file being
-    applied (``ingestd.progress``): a retry loop longer than ``stuck_seconds`` whose single
-    steps are shorter is a slow worker, not a stuck one.
+    applied (``alive``, the file's ``ingestd.progress`` handle): a retry loop longer than
+    ``stuck_seconds`` whose single steps are shorter is a slow worker, not a stuck one.
 
 Concurrency and outages -- the choice
     Several companies' workers share one instance. Two bounds work together:
@@ -122,8 +122,12 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from ingestd import progress
-from ingestd.errors import PERMANENT_LOOKUP_FAILURE, TRANSIENT_LOOKUP_FAILURE, RowError
+from ingestd.errors import (
+    PERMANENT_LOOKUP_FAILURE,
+    TRANSIENT_LOOKUP_FAILURE,
+    IngestdError,
+    RowError,
+)
 from ingestd.persons.phones import number_type_is_mobile
 
 if TYPE_CHECKING:
@@ -159,10 +163,19 @@ class CarrierResult:
     detail: str = field(default="", compare=False)
 
 
+Alive = Callable[[], None]  # a bounded wait started or ended: the file is not stuck
+
+
+def nobody_watching() -> None:
+    pass
+
+
 class CarrierLookup(Protocol):
-    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+    def lookup_many(self, numbers: Iterable[str], *,
+                    alive: Alive = nobody_watching) -> dict[str, CarrierResult]:
         """Look up E.164 numbers; transient failures are retried inside, and only
-        become a TransientLookupFailureError result once retries run out."""
+        become a TransientLookupFailureError result once retries run out. ``alive`` is
+        called as each attempt or wait starts (the file's progress handle)."""
         ...
 
 
@@ -171,7 +184,7 @@ def _emit(on_event: EventHook | None, event: str, outcome: str) -> None:
         return
     try:
         on_event(event, outcome)
-    except Exception:
+    except Exception:  # the hook is metrics code: it must never fail a lookup
         structlog.get_logger().exception("carrier.event_hook_failed", hook_event=event,
                                          outcome=outcome)
 
@@ -192,7 +205,8 @@ class OfflineCarrierLookup:
         self.region = region
         self._on_event = on_event
 
-    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+    def lookup_many(self, numbers: Iterable[str], *,
+                    alive: Alive = nobody_watching) -> dict[str, CarrierResult]:
         return {mdn: self._lookup(mdn) for mdn in dict.fromkeys(numbers)}
 
     def nanp_mobiles(self, count: int) -> CarrierResult:
@@ -218,7 +232,7 @@ class OfflineCarrierLookup:
         return _found(pn_carrier.name_for_number(number, "en"))
 
 
-class _Retryable(Exception):
+class _Retryable(IngestdError):
     """A transient failure worth another attempt."""
 
     def __init__(self, reason: str, kind: str) -> None:
@@ -227,11 +241,11 @@ class _Retryable(Exception):
         self.kind = kind  # the low-cardinality name given to on_event
 
 
-class _GiveUp(Exception):
+class _GiveUp(IngestdError):
     """A transient failure that a retry now cannot fix (an unexpected status)."""
 
 
-class _CircuitOpen(Exception):
+class _CircuitOpen(IngestdError):
     """The breaker opened: the number is not sent."""
 
 
@@ -284,26 +298,26 @@ class HttpCarrierLookup:
 
     # -- the port ---------------------------------------------------------------------------
 
-    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+    def lookup_many(self, numbers: Iterable[str], *,
+                    alive: Alive = nobody_watching) -> dict[str, CarrierResult]:
         unique = list(dict.fromkeys(numbers))
         if len(unique) <= 1:
-            return {mdn: self._lookup_one(mdn) for mdn in unique}
-        # Copy the caller's context into each task: the file's progress handle
-        # (ingestd.progress, a ContextVar) must follow the lookups, so that a retry loop
-        # counts as progress of the file being applied.
+            return {mdn: self._lookup_one(mdn, alive) for mdn in unique}
+        # Copy the caller's context into each task: the log context bound by the caller
+        # (structlog contextvars) must follow the lookups into the pool's threads.
         ctx = contextvars.copy_context()
         workers = min(self.concurrency, len(unique))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="carrier") as pool:
-            futures = {mdn: pool.submit(ctx.copy().run, self._lookup_one, mdn)
+            futures = {mdn: pool.submit(ctx.copy().run, self._lookup_one, mdn, alive)
                        for mdn in unique}
             return {mdn: fut.result() for mdn, fut in futures.items()}
 
     # -- one number -------------------------------------------------------------------------
 
-    def _lookup_one(self, mdn: str) -> CarrierResult:
+    def _lookup_one(self, mdn: str, alive: Alive) -> CarrierResult:
         sent = [0]  # requests put on the wire for this number, to name the outcome
         try:
-            result, outcome = self._retrying_lookup(mdn, sent)
+            result, outcome = self._retrying_lookup(mdn, sent, alive)
         except _CircuitOpen:
             # Stopped by a breaker that opened while this number waited for a slot or slept.
             outcome = "transient" if sent[0] else "circuit_open"
@@ -330,7 +344,8 @@ class HttpCarrierLookup:
         _emit(self._on_event, "lookup", outcome)
         return result
 
-    def _retrying_lookup(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
+    def _retrying_lookup(self, mdn: str, sent: list[int],
+                         alive: Alive) -> tuple[CarrierResult, str]:
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),
             wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
@@ -339,13 +354,13 @@ class HttpCarrierLookup:
                   | _StopIfCircuitOpen(self)),
             # Each attempt and each back-off is bounded (timeout, backoff_max): marking their
             # starts as progress keeps a long retry loop from looking like a stuck worker.
-            before=_alive,
-            before_sleep=self._log_retry(mdn),
+            before=lambda _: alive(),
+            before_sleep=self._log_retry(mdn, alive),
             reraise=True,
         )
         return retrying(self._attempt, mdn, sent)
 
-    def _log_retry(self, mdn: str) -> Callable[[RetryCallState], None]:
+    def _log_retry(self, mdn: str, alive: Alive) -> Callable[[RetryCallState], None]:
         def log(retry_state: RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
             reason = exc.reason if isinstance(exc, _Retryable) else repr(exc)
@@ -355,7 +370,7 @@ class HttpCarrierLookup:
             )
             _emit(self._on_event, "retry",
                   exc.kind if isinstance(exc, _Retryable) else "unknown")
-            _alive(retry_state)
+            alive()
         return log
 
     def _attempt(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
@@ -445,10 +460,6 @@ class HttpCarrierLookup:
 def _transient_detail(mdn: str, reason: str, attempts: int) -> str:
     tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
     return f"carrier lookup of {mdn} failed{tries}: {reason}"
-def _alive(retry_state: RetryCallState) -> None:
-    progress.current().alive()
-
-
 def make_carrier(settings: Settings, *, on_event: EventHook | None = None) -> CarrierLookup:
     """The lookup ``settings.carrier_mode`` names; one instance is meant to serve every worker."""
     if settings.carrier_mode == "offline":

@@ -19,7 +19,13 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingestd.errors import TRANSIENT_LOOKUP_FAILURE, RowError
-from ingestd.persons.carrier import CarrierLookup, CarrierResult, OfflineCarrierLookup
+from ingestd.persons.carrier import (
+    Alive,
+    CarrierLookup,
+    CarrierResult,
+    OfflineCarrierLookup,
+    nobody_watching,
+)
 
 
 class CachedCarrierLookup:
@@ -29,7 +35,8 @@ class CachedCarrierLookup:
         self._pool = pool
         self._ttl = ttl
 
-    def lookup_many(self, numbers: Iterable[str]) -> dict[str, CarrierResult]:
+    def lookup_many(self, numbers: Iterable[str], *,
+                    alive: Alive = nobody_watching) -> dict[str, CarrierResult]:
         wanted = sorted(set(numbers))
         if not wanted:
             return {}
@@ -38,7 +45,8 @@ class CachedCarrierLookup:
             missing = [n for n in wanted if n not in found]
             if not missing:
                 return found
-            fresh = self.inner.lookup_many(missing)  # no transaction open on the network
+            # no transaction open on the network
+            fresh = self.inner.lookup_many(missing, alive=alive)
             self._write(conn, fresh)
         found.update(fresh)
         return found

@@ -1,0 +1,119 @@
+"""One ready file's whole life, from the parts: hold → claim → apply → finish.
+
+``Pipeline`` only wires the parts together and keeps the file's in-hand row for the
+time it is in hand; each part gets the file's ``FileContext`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from ingestd import formats, landing, progress
+from ingestd.db.database import Database
+from ingestd.errors import FileChangedError
+from ingestd.fleet import Fleet
+from ingestd.lifecycle import claim as claiming
+from ingestd.lifecycle.apply import Applying
+from ingestd.lifecycle.context import Claim, FileContext, Held, Outcome
+from ingestd.lifecycle.finish import finish
+from ingestd.lifecycle.recovery import Recovery
+from ingestd.progress import Tracker
+from ingestd.results import FileResult
+from ingestd.settings import Settings
+from ingestd.work import Drop, Recover
+
+log = structlog.get_logger("ingestd.lifecycle")
+
+Then = Callable[[Drop, Outcome], Drop | None]
+
+
+class Pipeline:
+    """Claims, applies and finishes files. Thread-safe: each call uses its own connection."""
+
+    def __init__(self, settings: Settings, db: Database, carrier: formats.CarrierLookup,
+                 tracker: Tracker | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.tracker = tracker  # None: nobody watches progress
+        self.root = settings.landing_root
+        self.fleet: Fleet | None = None  # set by `ingestd run`: company leases
+        # `check` looks up uncached: it writes nothing
+        self.applying = Applying(settings, carrier, formats.cached_carrier(
+            carrier, db.pool, settings.carrier_cache_ttl))
+        self.recovery = Recovery(settings.marker_mode, self._apply_and_finish, self._finish,
+                                 tracker)
+
+    def process(self, drop: Drop, name: str | None = None, *,
+                then: Then | None = None) -> Outcome:
+        """Claim, apply and finish one ready file. ``name``: the name to keep, when the
+        drop is a staged copy (``ingestd ingest`` of a file from elsewhere).
+
+        ``then`` is told each file's outcome while the company is still held and
+        answers the company's next file to do under the same lock and lease, or None
+        to let go: a backlog then pays for taking them once, not once a file. The
+        return value is the last file's outcome ("busy" and "fenced" never reach
+        ``then``)."""
+        with claiming.hold(self.db, self.fleet, landing.drop_dirs(drop)) as held:
+            if held is None:
+                return Outcome("busy")
+            while True:
+                outcome = self._process_held(held, drop, name)
+                following = then(drop, outcome) if then is not None else None
+                if following is None:
+                    return outcome
+                drop, name = following, None
+        # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
+        return Outcome("fenced")  # type: ignore[unreachable]
+
+    def recover(self, work: Recover) -> None:
+        """Finish or redo the company's leftover claims, if it can be held now."""
+        dirs = landing.company_dirs_of(self.root, work.company)
+        with claiming.hold(self.db, self.fleet, dirs) as held:
+            if held is not None:
+                self.recovery.run(held, self.fleet)
+
+    def check(self, path: Path, company_id: str) -> FileResult:
+        """Validate against the database in a transaction that is always rolled back."""
+        dirs = landing.company_dirs_of(self.root, company_id)
+        taken = Claim(dirs, landing.new_claim_id(), path.name, source=path)
+        with self.db.pool.connection() as conn:
+            return self.applying.apply(FileContext(Held(dirs, conn), taken), dry_run=True)[0]
+
+    def _process_held(self, held: Held, drop: Drop, name: str | None) -> Outcome:
+        self.recovery.run(held, self.fleet)  # a listing: cheap when there is nothing left
+        taken = claiming.claim(held, drop.path, name, self.settings.marker_mode)
+        if taken is None:
+            return Outcome("gone")
+        return self._apply_and_finish(FileContext(held, taken))
+
+    def _apply_and_finish(self, ctx: FileContext) -> Outcome:
+        with self._in_hand(ctx.claim) as handle:
+            ctx = replace(ctx, progress=handle)
+            try:
+                _, entry = self.applying.apply(ctx)
+            except FileChangedError:
+                claiming.unclaim(ctx)
+                log.warning("file.changed", company=ctx.claim.company, file=ctx.claim.name,
+                            reason="file changed while being read; will retry once it settles")
+                return Outcome("changed")
+            handle.alive()  # committed; the sidecars and the move come next
+            return finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+
+    def _finish(self, ctx: FileContext) -> Outcome:
+        return finish(ctx, self.settings.sidecar_formula_guard, self.tracker)
+
+    def _in_hand(self, taken: Claim) -> AbstractContextManager[progress.Handle]:
+        if self.tracker is None:
+            return nullcontext(progress.NO_PROGRESS)
+        try:
+            size = os.lstat(taken.path).st_size
+        except OSError:
+            size = 0
+        return self.tracker.tracking(taken.company, landing.display_name(taken.name),
+                                     taken.claim_id, size)
