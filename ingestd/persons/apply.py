@@ -32,7 +32,7 @@ from ingestd.partner_files import open_partner_file
 from ingestd.persons.carrier import CarrierResult, OfflineCarrierLookup
 from ingestd.persons.custom_fields import FieldDefinition, convert, explain
 from ingestd.persons.field_store import list_fields
-from ingestd.persons.kernels import ID_COLUMNS, Bulk, Kernels
+from ingestd.persons.kernels import ID_COLUMNS, Bulk, Kernels, no_bulk
 from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
 from ingestd.persons.reader import (
     IDENTIFYING,
@@ -87,6 +87,7 @@ class _Row:
     custom_error: RowError | None = None
 
 
+_SKIP_KERNELS = 20
 _ROW_ATTR = {"external_person_id": "ext", "mdn": "mdn", "vibes_device_id": "device"}
 
 
@@ -150,6 +151,7 @@ class Rules:
         # Where each id column is, so a row reads its ids without a lookup by name.
         self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
         self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
+        self.skip_kernels = 0  # chunks to check row by row only
         # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
         self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
                         and self.kernels.mdn_kernel.country_code == 1 else None)
@@ -157,7 +159,11 @@ class Rules:
     def check(self, records: list[Record]) -> _Chunk:
         """A chunk's checks that need no database: its kernels first; the rows they do not
         pass, and rows that share an id value with another row of the chunk, row by row."""
-        bulk, others = self.kernels.check(records)
+        if self.skip_kernels > 0:
+            self.skip_kernels -= 1
+            bulk, others = no_bulk(), list(range(len(records)))
+        else:
+            bulk, others = self.kernels.check(records)
         slow = [(i, self.prepare(records[i])) for i in others]
         chunk = _Chunk(records, slow, bulk)
         if len(bulk):
@@ -206,6 +212,10 @@ class Rules:
                 values, type=chunk.bulk.mdn.type))
             taken = hit if taken is None else pc.or_(taken, hit)
         assert taken is not None
+        if pc.sum(taken).as_py() * 2 > len(chunk.bulk):
+            # Mostly rows about stored people (a file of updates): the kernels' work would
+            # be thrown away, so the next chunks go row by row (and then try again).
+            self.skip_kernels = _SKIP_KERNELS
         self.demote(chunk, taken)
 
     def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
