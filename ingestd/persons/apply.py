@@ -122,6 +122,20 @@ class _Picture:
         for p in stored:
             self.add(p)
 
+    def written(self) -> None:
+        """What the picture changed is stored now: its people are stored ones from here on
+        (their real ids given), and later changes are written anew."""
+        for p in self.changed:
+            p.has_custom = p.has_custom or bool(p.patch)
+        for p in (*self.changed, *self.new):
+            p.new = p.touched = p.ids_changed = False
+            p.patch = {}
+        for p in self.new:
+            self.add(p)
+        self.changed, self.new = [], []
+        self.freed = set()
+        self.handoff = False
+
     def add(self, p: Person) -> None:
         self.by_id[p.person_id] = p
         if p.person_key:
@@ -190,15 +204,13 @@ class Rules:
         chunk.slow.sort(key=lambda pair: pair[0])
         chunk.bulk = chunk.bulk.keep(pc.invert(mask))
 
-    def chunk_ids(self, chunk: _Chunk, start: int = 0) -> Ids:
-        """Every id the chunk's rows from ``start`` name (``ids``), the bulk's included."""
-        ids = self.ids([r for i, r in chunk.slow if i >= start])
-        if start == 0:
-            for name, column in (("external_person_id", "external_person_id"),
-                                 ("mdn", "mdn"), ("vibes_device_id", "vibes_device_id")):
-                text = columns.json_array(getattr(chunk.bulk, name))
-                if text is not None:
-                    ids.json[column] = text
+    def chunk_ids(self, chunk: _Chunk) -> Ids:
+        """Every id the chunk's rows name (``ids``), the bulk's included."""
+        ids = self.ids([r for _, r in chunk.slow])
+        for name in ID_COLUMNS:
+            text = columns.json_array(getattr(chunk.bulk, name))
+            if text is not None:
+                ids.json[name] = text
         return ids
 
     def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
@@ -410,36 +422,46 @@ class PersonsProcessor:
 
     @staticmethod
     def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, chunk: _Chunk,
-                 start: int, stored: list[Person]) -> int:
-        """Resolve the chunk's rows from position ``start`` against the people their lookup
-        found, and queue the outcome's write.
+                 stored: list[Person]) -> None:
+        """Resolve the chunk's rows against the people their lookup found, and queue the
+        outcome's write.
 
-        Returns where it stopped: before a row naming a person_id that a person created by
-        an earlier row of the same lookup may have (ids are given at write time). The rest
-        then goes on after that write, so the row finds that person as it would had each
-        row been applied alone. Bulk rows create one person each, with ids nobody else in
-        the chunk or the table has: only their mdn's lookup can still reject them.
+        A row naming a person_id that a person created by an earlier row of the chunk may
+        have (ids are given at write time) first has what is pending written, so it finds
+        that person as it would had each row been applied alone; then the same picture
+        goes on, with the people just written as stored ones. Bulk rows create one person
+        each, with ids nobody else in the chunk or the table has: only their mdn's lookup
+        can still reject them.
         """
         results = ctx.results
         picture = _Picture(stored)
-        rest = [(i, r) for i, r in chunk.slow if i >= start] if start else chunk.slow
-        bulk = chunk.bulk
-        if start:
-            bulk = bulk.keep(pc.greater_equal(bulk.index, start))
-        bulk_at = bulk.index.to_pylist()
-        wanted = rules.new_mdns([r for _, r in rest], picture)
+        bulk_at = chunk.bulk.index.to_pylist()
+        wanted = rules.new_mdns([r for _, r in chunk.slow], picture)
         if rules.offline is None:
-            wanted.update(bulk.values("mdn").to_pylist())
+            wanted.update(chunk.bulk.values("mdn").to_pylist())
         lookups = lookup_carriers(ctx, wanted) if wanted else {}
         next_id: int | None = None
-        stop = len(chunk.records)
-        for i, row in rest:
-            if row.error is None and row.by == "person_id" and row.ident not in picture.by_id \
-                    and (picture.new or bisect.bisect_left(bulk_at, i) > 0):
-                next_id = db.next_id() if next_id is None else next_id
-                if row.ident >= next_id:
-                    stop = i
-                    break
+        written = 0  # rows before this position have been written
+        absent: set[int] = set()  # person_ids decided as no pending create's
+        for i, row in chunk.slow:
+            if row.error is None and row.by == "person_id" and row.ident not in picture.by_id:
+                pending = len(picture.new) + (
+                    bisect.bisect_left(bulk_at, i) - bisect.bisect_left(bulk_at, written))
+                if pending:
+                    next_id = db.next_id() if next_id is None else next_id
+                    # The pending creates get the next ids of the sequence, as nobody else
+                    # takes any while the company is held (the write checks it did not).
+                    if next_id <= row.ident < next_id + pending:
+                        PersonsProcessor._write(rules, chunk, db, picture, written, i,
+                                                lookups, results, absent).result()
+                        picture.written()
+                        written, next_id, absent = i, None, set()
+                    else:
+                        absent.add(row.ident)
+                if row.ident not in picture.by_id and rules.created_here(row.ident):
+                    # A person a bulk row of this chunk created: not in the picture.
+                    for p in db.lookup(Ids(person_ids={row.ident})).result():
+                        picture.add(p)
             created = len(picture.new)
             error = row.error or rules.resolve(row, picture, lookups)
             if error is None:
@@ -448,12 +470,21 @@ class PersonsProcessor:
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
-        if stop < len(chunk.records) and len(bulk):
-            bulk = bulk.keep(pc.less(bulk.index, stop))
+        PersonsProcessor._write(rules, chunk, db, picture, written, len(chunk.records),
+                                lookups, results, absent)
+
+    @staticmethod
+    def _write(rules: Rules, chunk: _Chunk, db: _Database, picture: _Picture, start: int,
+               stop: int, lookups: dict[str, CarrierResult], results: Any,
+               absent: set[int]) -> Future[None]:
+        """Queue the write of the picture's changes and of the bulk rows from position
+        ``start`` to ``stop``; no new person may get an id of ``absent``."""
+        bulk = chunk.bulk
+        if start or stop < len(chunk.records):
+            bulk = bulk.keep(pc.and_(pc.greater_equal(bulk.index, start),
+                                     pc.less(bulk.index, stop)))
         bulk = PersonsProcessor._bulk_carriers(rules, chunk, bulk, lookups, results)
-        if picture.changed or picture.new or len(bulk):
-            db.write(picture.changed, picture.new, picture.handoff, bulk)
-        return stop
+        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent)
 
     @staticmethod
     def _bulk_carriers(rules: Rules, chunk: _Chunk, bulk: Bulk,
@@ -498,13 +529,7 @@ class _Steps:
 
     def resolve(self, chunk: _Chunk, stored: list[Person]) -> None:
         self.rules.unstored(chunk, stored)
-        start = 0
-        while True:
-            start = PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, start,
-                                              stored)
-            if start == len(chunk.records):
-                return
-            stored = self.db.lookup(self.rules.chunk_ids(chunk, start)).result()
+        PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, stored)
 
 
 class _Database(DatabaseThread):
@@ -519,8 +544,8 @@ class _Database(DatabaseThread):
         return self.run(self.store.lookup, ids)
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk) -> None:
-        self.run(self.store.write, changed, new, handoff, bulk)
+              bulk: Bulk, absent: set[int]) -> Future[None]:
+        return self.run(self.store.write, changed, new, handoff, bulk, absent)
 
     def next_id(self) -> int:
         return self.run(self.store.next_id).result()

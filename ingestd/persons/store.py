@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,16 +149,17 @@ class PersonsStore:
         return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk | None = None) -> None:
+              bulk: Bulk | None = None, absent: Collection[int] = ()) -> None:
         """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``;
-        ``bulk``: rows that each create a person, as columns."""
+        ``bulk``: rows that each create a person, as columns; ``absent``: person_ids that
+        rows were told nobody has (no new person may get one)."""
         # A row that repeats what is stored changes nothing, so nothing is written for it.
         changed = [p for p in changed if p.ids_changed or p.patch]
         # Updates first: they may free an external or device id that a new person takes.
         if changed:
             self._update(changed, handoff)
         if new or bulk:
-            self._create(new, bulk)
+            self._create(new, bulk, absent)
 
     def _update(self, changed: list[Person], handoff: bool) -> None:
         ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
@@ -177,11 +178,16 @@ class PersonsStore:
                     if p.patch and not p.has_custom:
                         copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
 
-    def _create(self, new: list[Person], bulk: Bulk | None) -> None:
+    def _create(self, new: list[Person], bulk: Bulk | None, absent: Collection[int]) -> None:
         """New people get ids and keys in the order of the rows that created them (as a
         row-at-a-time import would), whichever way those rows were decided."""
         n = len(new) + (len(bulk) if bulk else 0)
         ids = [r[0] for r in self.conn.execute(self._sequence, (n,))]
+        if absent and (ids[0] <= max(absent) and min(absent) <= ids[-1]) \
+                and not set(ids).isdisjoint(absent):
+            # Only if something else took ids from the sequence meanwhile (a writer beside
+            # ingestd): a row was decided against an id this file now creates.
+            raise SequenceTaken(sorted(set(ids) & set(absent))[0])
         keys = uuid7_block(n)
         for pid in ids:
             if self.created and self.created[-1][1] == pid - 1:
@@ -212,6 +218,14 @@ class PersonsStore:
                     columns.copy_text(bulk.external_person_id), columns.copy_text(bulk.mdn),
                     columns.copy_text(bulk.vibes_device_id), columns.copy_text(bulk.carrier),
                     columns.copy_text(bulk.custom)]))
+
+
+class SequenceTaken(Exception):
+    """The person_id sequence moved under a file (another writer created people)."""
+
+    def __init__(self, person_id: int) -> None:
+        super().__init__(f"person_id {person_id} was decided as unknown, then created by"
+                         " this file: something beside ingestd takes person_ids meanwhile")
 
 
 def person_keys(n: int) -> Iterator[str]:
