@@ -22,11 +22,19 @@ import structlog
 from psycopg_pool import PoolTimeout
 
 from ingestd import landing, logs
+from ingestd.db import identity
 from ingestd.db.companies import CompanyError, validate_company_id
-from ingestd.db.database import Database, unavailable_reason
+from ingestd.db.database import Database, refusal, unavailable_reason, waiting_helps
 from ingestd.errors import DatabaseUnavailable, EmbeddedError, IngestdError
 from ingestd.results import FileResult
-from ingestd.settings import Settings, SettingsError, check_for_run, check_region, load_settings
+from ingestd.settings import (
+    Settings,
+    SettingsError,
+    check_for_run,
+    check_landing_root,
+    check_region,
+    load_settings,
+)
 
 log = structlog.get_logger("ingestd.cli")
 
@@ -38,9 +46,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
-def _db(settings: Settings) -> Database:
-    db = Database(settings, pool_size=2)
-    db.upgrade()
+def _db(settings: Settings, *, bind: bool = False, pool_size: int = 2) -> Database:
+    """The database, migrated, after checking the landing root belongs to it (``bind``:
+    and binding a landing root that belongs to none yet)."""
+    db = Database(settings, pool_size=pool_size)
+    try:
+        with db.connect() as conn:  # before migrating: another database stays untouched
+            try:
+                identity.bind(conn, settings.landing_root, create=bind)
+            except identity.Unbindable:
+                pass  # a root only the administrator may write to: the daemon says so
+        db.upgrade()
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -53,7 +72,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    with Database(settings, pool_size=1) as db:
+    with Database(settings, pool_size=1, create=True) as db:
         applied = db.upgrade()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
@@ -67,7 +86,7 @@ def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
             args.region = check_region(args.region)
         except ValueError as exc:
             raise _UsageError(f"--region: {exc}") from None
-    with _db(settings) as db, db.connect() as conn:
+    with _db(settings, bind=True) as db, db.connect() as conn:
         try:
             created = add_company(conn, args.id, args.region or settings.default_region)
         except CompanyError as exc:
@@ -160,8 +179,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     staged: list[Path] = []
     _second_interrupt_exits()
     # the company lock, the carrier cache and the progress rows (ingestd.in_hand)
-    with Database(settings, pool_size=3) as db:
-        db.upgrade()
+    with _db(settings, pool_size=3) as db:
         _require_company(db, company)
         dirs.inbox.mkdir(parents=True, exist_ok=True)
         on_terminal = sys.stderr.isatty()
@@ -273,8 +291,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.persons.carrier import make_carrier
 
     path, company = _target(args, settings)
-    with Database(settings, pool_size=1) as db:
-        db.upgrade()
+    with _db(settings) as db:
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
     _print_result(result, None, dry_run=True)
     return 0 if result.status == "done" and not result.rejected else 1
@@ -283,8 +300,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.status import collect, render
 
+    check_landing_root(settings)
     with _db(settings) as db, db.connect() as conn:
-        report = collect(conn, settings)
+        report = collect(conn, settings, database=db.target)
     if args.json:
         print(json.dumps(report, indent=2, default=_json_default))
     else:
@@ -369,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
     s = add("status", cmd_status, "per company: backlog, files in hand with their progress, "
                                   "recent files and outcomes")
+    s.add_argument("--landing-root", help="override INGESTD_LANDING_ROOT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     rq = add("requeue", cmd_requeue, "put finished files from done/ or failed/ back into "
                                      "their inbox/ (applied again even if known; exit 1 "
@@ -425,10 +444,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn: Handler = args.fn
     try:
         return fn(args, settings)
-    except _UsageError as exc:
+    except (_UsageError, SettingsError) as exc:  # SettingsError: configuration found wrong
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
     except (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable) as exc:
+        if isinstance(exc, psycopg.OperationalError) and not waiting_helps(exc):
+            print(f"ingestd: {refusal(exc, settings)}", file=sys.stderr)
+            return 2
         # Only the daemon waits for the database; a one-off command says so and stops.
         reason = unavailable_reason(exc, settings.database_url)
         print(f"ingestd: database unavailable: {reason}", file=sys.stderr)

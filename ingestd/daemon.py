@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
@@ -57,6 +59,9 @@ class Daemon:
         self.started = False
         self.tracker: Tracker | None = None
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
+        self._companies: set[str] | None = None  # set-up companies, when last listed
+        self._misplaced = landing.MisplacedLog()
+        self.stop_asked_at = 0.0  # monotonic time of the first stop signal
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -70,6 +75,8 @@ class Daemon:
                         b" and are recovered at the next start\n")
             os._exit(130)
         else:
+            if not self.stop_event.is_set():
+                self.stop_asked_at = time.monotonic()
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
@@ -77,7 +84,10 @@ class Daemon:
         if r is None:
             return  # not finished: busy, gone or changed
         if r.error is not None and r.error.error_class == errors.INVALID_SCHEMA_NAME:
-            return  # a folder that is not a set-up company gets no series
+            # A folder that is not a set-up company: counted under its name, without
+            # the zero series of every format and outcome a company gets.
+            metrics.record_file(company, r.format or "unknown", "failed")
+            return
         metrics.init_company(company)  # set up since the last refresh
         kind: metrics.Outcome = ("duplicate" if r.duplicate_of is not None
                                  else "done" if r.status == "done" else "failed")
@@ -97,7 +107,7 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
-            db = Database(settings, start=False,
+            db = Database(settings, start=False, create=True, daemon=True,
                           pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
             connected = self._connect(db)
         except EmbeddedError as exc:
@@ -125,6 +135,7 @@ class Daemon:
                 # Leftover claims (a crash, a failed apply) are recovered under the company lock.
                 for recovery in landing.leftover_claims(settings.landing_root):
                     scheduler.submit(recovery)
+                self._report_misplaced()
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
             # A stale peer's claims are recovered at once, not at the next rescan.
@@ -146,24 +157,42 @@ class Daemon:
             self.started = True
             self.notifier.ready()
             log.info("daemon.started", landing_root=str(settings.landing_root.absolute()),
+                     state_dir=str(settings.state_dir.absolute()), database=db.target,
                      workers=settings.workers, embedded_db=db.embedded is not None,
                      observer="polling" if settings.polling_observer else "native")
             pruner = (retention.start_pruner(settings, db, self.stop_event)
                       if settings.retention_days else None)
             self._supervise(db, watcher, scheduler)
+            # Everything below within stop_timeout of the signal, even with the database
+            # silent (a cut): each step that talks to it may wait db_dead_after_seconds.
+            deadline = (self.stop_asked_at or time.monotonic()) + settings.stop_timeout
             log.info("daemon.stopping", in_hand=scheduler.in_hand)
             self.notifier.stopping()
             watcher.stop()
-            finished = scheduler.stop(settings.stop_timeout)
-            self.tracker.stop()
-            fleet.stop()
-            if not finished:
+            finished = scheduler.stop(max(0.0, deadline - time.monotonic()))
+            tracker = self.tracker
+
+            def wind_down() -> None:
+                tracker.stop()
+                fleet.stop()
+                if server is not None:
+                    server.stop()
+                if pruner is not None:
+                    pruner.join(max(0.0, deadline - time.monotonic()))
+                db.close()
+
+            wound_down = _within(deadline - time.monotonic(), wind_down)
+            if not (finished and wound_down):
                 log.warning("daemon.stop_timeout", seconds=settings.stop_timeout,
                             note="unfinished files roll back and are recovered at next start")
-            if server is not None:
-                server.stop()
-            if pruner is not None:
-                pruner.join(settings.stop_timeout)
+            if not wound_down or not scheduler.stopped():
+                # A thread still waits on the database (at most db_dead_after_seconds more);
+                # the interpreter would join it at exit. Nothing is lost by not waiting:
+                # open transactions roll back, claims are recovered at the next start.
+                log.info("daemon.stopped")
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         finally:
             db.close()
         log.info("daemon.stopped")
@@ -256,6 +285,15 @@ class Daemon:
                                  "progress)" for h in stuck) + "; " + text
             self.notifier.status(text)
 
+    def _report_misplaced(self) -> None:
+        """Each file no inbox holds: logged once, and counted while it stays."""
+        found = landing.find_misplaced(self.settings.landing_root, self._companies)
+        for m in self._misplaced.new(found):
+            log.warning("file.misplaced", company=m.folder, file=m.path.name,
+                        path=str(m.path), should_be=m.should_be,
+                        note="never picked up where it is: move it there")
+        metrics.set_misplaced_files(len(found))
+
     def _report_stuck(self, stuck: list[Handle]) -> None:
         """Log each stuck episode once; the gauge follows every tick."""
         metrics.set_workers_stuck(len(stuck))
@@ -265,14 +303,15 @@ class Daemon:
                           idle_s=round(h.idle_s(), 1))
         self._stuck_logged = {h.claim_id for h in stuck}
 
-    @staticmethod
-    def _company_metrics(db: Database) -> None:
+    def _company_metrics(self, db: Database) -> None:
         """Every set-up company's series at zero (companies added while running too)."""
         try:
             # A short wait: the supervisor must not miss a watchdog ping for a busy pool.
             with db.pool.connection(timeout=1.0) as conn:
-                for company in list_companies(conn):
-                    metrics.init_company(company.id)
+                companies = list_companies(conn)
+            self._companies = {c.id for c in companies}
+            for company in companies:
+                metrics.init_company(company.id)
         except psycopg.Error:
             pass  # the reachability check reports it; the next round tries again
 
@@ -297,6 +336,20 @@ class Daemon:
         log.info("daemon.reloaded", log_level=fresh.log_level)
         self.settings.log_level = fresh.log_level
         logs.configure(fresh.log_level, self.settings.log_format)
+
+
+def _within(seconds: float, steps: Callable[[], None]) -> bool:
+    """Run ``steps`` on a thread of its own; whether they ended within ``seconds``."""
+    def guarded() -> None:
+        try:
+            steps()
+        except Exception:
+            log.exception("daemon.stop_failed")
+
+    thread = threading.Thread(target=guarded, name="ingestd-stop", daemon=True)
+    thread.start()
+    thread.join(max(0.0, seconds))
+    return not thread.is_alive()
 
 
 def run(settings: Settings) -> int:

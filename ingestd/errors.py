@@ -18,7 +18,11 @@ Every exception ingestd raises on purpose derives from ``IngestdError``::
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the server cannot be reached (yet)
     │   └── EmbeddedError         the embedded server cannot be started
-    └── SettingsError        one line naming the bad key
+    └── SettingsError        one line naming the bad key (exit 2); also, found later:
+        ├── DatabaseRefused       the server will never accept us as configured
+        ├── WrongDatabase         the landing root belongs to another database
+        ├── NoEmbeddedDatabase    a command that may not create one found none
+        └── EmbeddedInUse         another daemon runs this state dir's embedded server
 """
 
 from __future__ import annotations
@@ -152,6 +156,26 @@ class EmbeddedError(DatabaseError):
 
 class SettingsError(IngestdError):
     """One line naming the bad key, for the operator."""
+
+
+# Configuration errors found once the database or the state dir is looked at: one line
+# naming the cause, exit 2 (systemd does not restart: RestartPreventExitStatus=2).
+
+class DatabaseRefused(SettingsError):
+    """The server answered, and no wait will change its answer (an unknown database or
+    role, a wrong password, no pg_hba.conf entry)."""
+
+
+class WrongDatabase(SettingsError):
+    """The landing root belongs to another database. ``str()`` is one line naming both."""
+
+
+class NoEmbeddedDatabase(SettingsError):
+    """A command that may not create the embedded database found none."""
+
+
+class EmbeddedInUse(SettingsError):
+    """Another daemon runs on this state directory's embedded database."""
 
 
 # Messages of the Person Import row errors, as in docs/formats.md's table.

@@ -86,7 +86,7 @@ class Fleet:
         self.on_expired = on_expired  # (companies taken from an expired peer)
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.instance_id = self._new_id()
+        self.instance_id = db.instance_id  # as in its connections' application_name
         self._stop = threading.Event()
         self._beat_now = threading.Event()  # a fenced worker: re-register at once
         self._thread: threading.Thread | None = None
@@ -121,8 +121,8 @@ class Fleet:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = psycopg.connect(self.db.url, autocommit=True,
-                                         connect_timeout=max(1, int(self.lease_seconds)))
+            self._conn = self.db.connect(autocommit=True)
+            self.db.end_dead_sessions(self._conn)
         return self._conn
 
     def _register(self, conn: psycopg.Connection[Any], previous: str | None = None) -> None:
@@ -205,9 +205,12 @@ class Fleet:
             self._fenced(lease)
         finally:
             if not conn.closed and not conn.broken:
-                conn.rollback()
-                leases.release(conn, company, instance_id, epoch)
-                conn.commit()
+                try:
+                    conn.rollback()
+                    leases.release(conn, company, instance_id, epoch)
+                    conn.commit()
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    pass  # the session is gone: a lease whose session is gone is free
 
     def _fenced(self, lease: Lease) -> None:
         self._beat_now.set()

@@ -1,7 +1,8 @@
 """The landing folder's layout and naming rules (docs/design.md "Landing layout").
 
 LANDING_ROOT/<company>/inbox/NAME is a drop; .processing/<claim>/NAME while it is
-applied; done/ or failed/ afterwards. Nothing here opens a file's content.
+applied; done/ or failed/ afterwards; any other file is misplaced. Nothing here opens
+a file's content.
 """
 
 from __future__ import annotations
@@ -205,3 +206,79 @@ def unique_name(directory: Path, name: str) -> str:
     while not free(f"{stem}~{n}{ext}"):
         n += 1
     return f"{stem}~{n}{ext}"
+
+
+# -- misplaced files --------------------------------------------------------------------
+# A file the watcher never looks at (anywhere but a company's inbox/) would sit there
+# forever unnoticed; these are found by a scan of the landing root and reported.
+
+OURS = (INBOX, PROCESSING, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class Misplaced:
+    path: Path
+    should_be: str  # where it belongs, in words an operator can act on
+    folder: str | None = None  # the folder of the landing root it is in (None: the root)
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """Regular files below ``directory`` (no symlinks followed), in-flight names left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / n for n in filenames if not is_in_flight(n)]
+    return [p for p in found if is_regular(p)]
+
+
+def find_misplaced(root: Path, companies: set[str] | None = None) -> list[Misplaced]:
+    """Files under the landing root that no inbox holds: in the root itself, in a company
+    folder outside inbox/ (with or without one), in a folder that is no company.
+    ``companies``: the set-up companies, when known, to tell a stray folder apart."""
+    if not root.is_dir():
+        return []
+    root = root.absolute()
+    found: list[Misplaced] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or is_in_flight(entry.name):
+            continue  # our marker, an upload in flight, a hidden folder
+        if is_regular(entry):
+            found.append(Misplaced(entry, f"{root}/COMPANY/{INBOX}/{entry.name} (the landing "
+                                          "root itself is no company's)"))
+            continue
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        stray = companies is not None and entry.name not in companies
+        try:
+            subs = sorted(entry.iterdir())
+        except OSError:
+            continue  # unreadable for us: nothing of it could be applied either way
+        for sub in subs:
+            if sub.name in OURS or is_in_flight(sub.name):
+                continue
+            if is_regular(sub):
+                paths = [sub]
+            elif sub.is_dir() and not sub.is_symlink():
+                paths = _files_under(sub)
+            else:
+                continue
+            for path in paths:
+                target = f"{entry / INBOX / path.name}"
+                if stray:
+                    target = (f"the {INBOX}/ of a set-up company ({entry.name} is none: "
+                              f"`ingestd company add {entry.name}`, then {target})")
+                found.append(Misplaced(path, target, entry.name))
+    return found
+
+
+class MisplacedLog:
+    """Remembers what was reported, so that each misplaced file is reported once (and
+    again only if it goes away and comes back)."""
+
+    def __init__(self) -> None:
+        self._seen: set[Path] = set()
+
+    def new(self, found: list[Misplaced]) -> list[Misplaced]:
+        fresh = [m for m in found if m.path not in self._seen]
+        self._seen = {m.path for m in found}
+        return fresh

@@ -102,6 +102,10 @@ class Metrics:
             "ingestd_carrier_circuit_open",
             "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
             registry=r)
+        self.misplaced_files = Gauge(
+            "ingestd_misplaced_files",
+            "Files under the landing root that no company's inbox/ holds, so that nothing "
+            "will ever apply them (each is logged once as file.misplaced).", registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 
@@ -172,6 +176,9 @@ class Metrics:
     def set_workers_stuck(self, n: int) -> None:
         self.workers_stuck.set(n)
 
+    def set_misplaced_files(self, n: int) -> None:
+        self.misplaced_files.set(n)
+
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
         self.carrier_lookups.labels(outcome=outcome).inc()
@@ -235,6 +242,11 @@ def watch_carrier_circuit(is_open: Callable[[], bool]) -> None:
 def set_workers_stuck(n: int) -> None:
     """``DEFAULT.set_workers_stuck``: busy workers with no progress for stuck_seconds."""
     DEFAULT.set_workers_stuck(n)
+
+
+def set_misplaced_files(n: int) -> None:
+    """``DEFAULT.set_misplaced_files``: files the landing root holds outside any inbox/."""
+    DEFAULT.set_misplaced_files(n)
 
 
 def record_carrier(outcome: str) -> None:

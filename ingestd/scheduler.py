@@ -8,6 +8,7 @@ with the oldest (mtime, name). Row contents are none of its business.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Protocol
 import structlog
 
 from ingestd import landing
+from ingestd.db.liveness import is_connection_error
 from ingestd.errors import RecoveryFailed
 from ingestd.lifecycle import Outcome
 from ingestd.work import Drop, Recover, Work
@@ -34,6 +36,9 @@ class Process(Protocol):
 
 Key = tuple[int, str]  # (mtime_ns, name): a company's queue is taken in this order
 _RECOVER_FIRST: Key = (-1, "")  # a recovery sorts before any real file
+
+# After the database failed a company's file: its turn comes again after this long.
+RETRY_SECONDS = 5.0
 
 # How long a worker keeps a company (its lock and lease) for the company's next ready
 # files before letting go, so that peers and recoveries get their turn.
@@ -62,6 +67,7 @@ class Scheduler:
         self._ready: dict[str, dict[Path | None, tuple[Work, Key]]] = {}
         self._busy: set[str] = set()
         self._not_before: dict[str, float] = {}  # company -> monotonic time (back-off)
+        self._retrying: dict[str, str] = {}  # company -> the file the database failed
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"ingestd-worker-{i}",
                                           daemon=True) for i in range(workers)]
@@ -112,6 +118,10 @@ class Scheduler:
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping
+
+    def stopped(self) -> bool:
+        """Every worker has ended (none left waiting on anything)."""
+        return not any(t.is_alive() for t in self._threads)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking files; wait up to ``timeout`` for files in hand. True if all finished."""
@@ -186,11 +196,29 @@ class Scheduler:
             work = self._take(queue)
             return work if isinstance(work, Drop) else None
 
+    def _put_back(self, drop: Drop) -> None:
+        """A file the database failed goes back to the head of its company's queue (its
+        own place: nothing dropped after it overtakes it), if it is still in the inbox as
+        it was queued. Claimed, it is its company's recovery that comes first."""
+        try:
+            mtime_ns = os.lstat(drop.path).st_mtime_ns
+        except OSError:
+            return
+        if mtime_ns == drop.mtime_ns:  # else written again: queued once it settles
+            self._put(drop, (drop.mtime_ns, drop.name))
+
+    def _announce_retry(self, company: str) -> None:
+        with self._cond:
+            file = self._retrying.pop(company, None)
+        if file is not None:
+            log.info("file.retry", company=company, file=file)
+
     def _work(self) -> None:
         while (item := self._next()) is not None:
             company, work = item
             held: _Held | None = None
             backoff = 0.0
+            self._announce_retry(company)
             try:
                 if isinstance(work, Recover):
                     self._recover(work)
@@ -203,12 +231,21 @@ class Scheduler:
             except Exception as exc:
                 if isinstance(exc, RecoveryFailed):
                     pass  # logged by the recovery, naming the claimed file
+                elif is_connection_error(exc):
+                    # Rolled back on the server; the file is tried again, first in line.
+                    file = None if held is None else held.drop.name
+                    log.warning("db.connection_lost", company=company, file=file,
+                                error=_one_line(exc), retry_in_s=RETRY_SECONDS)
+                    if held is not None:
+                        self._put_back(held.drop)
+                        with self._cond:
+                            self._retrying[company] = held.drop.name
                 elif held is None:
                     log.exception("recovery.error", company=company)
                 else:
                     log.exception("file.error", company=company, file=held.drop.name)
                 self.submit(landing.recover(company))
-                backoff = 5.0
+                backoff = RETRY_SECONDS
             finally:
                 self._done(company, backoff)
 
@@ -223,3 +260,8 @@ class Scheduler:
         if outcome.status in ("busy", "fenced"):
             self._finished(held.company, outcome, time.monotonic() - held.t0)
         return backoff
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

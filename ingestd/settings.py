@@ -17,6 +17,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import phonenumbers
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     pool_max_size: int = Field(8, ge=1)
     db_retry_initial: float = Field(0.5, gt=0)
     db_retry_max: float = Field(30.0, gt=0)
+    # A connection that answers nothing for this long is dead (keepalives, TCP user
+    # timeout, waits for a pooled connection): see ingestd/db/liveness.py.
+    db_dead_after_seconds: float = Field(15.0, ge=2, le=3600)
 
     # Watching
     settle_seconds: float = Field(2.0, ge=0)
@@ -206,6 +211,14 @@ def _check_settings(s: Settings, config: str | None) -> None:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SettingsError(f"invalid setting carrier_url ({_where('carrier_url', config)}):"
                                 f" {s.carrier_url!r} is not an http:// or https:// URL")
+    if s.database_url:
+        try:
+            conninfo_to_dict(s.database_url)
+        except psycopg.Error as exc:
+            raise SettingsError(
+                f"invalid setting database_url ({_where('database_url', config)}): not a "
+                f"PostgreSQL URL or conninfo string ({str(exc).strip()}); for example "
+                "postgresql://USER:PASSWORD@HOST:5432/DBNAME") from None
     if s.carrier_mode == "http" and not s.carrier_url:
         raise SettingsError(f"carrier_mode = \"http\" needs carrier_url "
                             f"({_where('carrier_url', config)}), the lookup service's URL")
@@ -231,12 +244,19 @@ def parse_host_port(address: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_s)
 
 
-def check_for_run(s: Settings) -> None:
-    """What only ``ingestd run`` needs, checked before the database or the watcher start."""
+def check_landing_root(s: Settings) -> None:
+    """The landing root must be there: a daemon or a report on an empty, mistyped or
+    relative-to-the-wrong-folder path would watch or count nothing, silently."""
     root = s.landing_root
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
-        raise SettingsError(f"landing_root {root} {what}; create it or fix INGESTD_LANDING_ROOT")
+        raise SettingsError(f"landing_root {root.absolute()} {what}; create it or fix "
+                            "INGESTD_LANDING_ROOT")
+
+
+def check_for_run(s: Settings) -> None:
+    """What only ``ingestd run`` needs, checked before the database or the watcher start."""
+    check_landing_root(s)
     if s.metrics_address is not None:
         host, port = parse_host_port(s.metrics_address)
         try:

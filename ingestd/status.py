@@ -50,10 +50,13 @@ def _instances(conn: psycopg.Connection[Any],
     return out
 
 
-def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
+def collect(conn: psycopg.Connection[Any], settings: Settings,
+            database: str | None = None) -> dict[str, Any]:
+    """The report; ``database``: where it came from, as shown to the operator."""
     companies: list[dict[str, Any]] = []
     holders = leases.holders(conn)
-    for company in list_companies(conn):
+    set_up = list_companies(conn)
+    for company in set_up:
         dirs = landing.CompanyDirs(settings.landing_root / company.id)
         recent = ledger.recent(conn, company.id, 5)
         failed = ledger.last_failed(conn, company.id)
@@ -75,7 +78,11 @@ def collect(conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]
             "recent": recent,
         })
     files = [{**f, "company": c["company"]} for c in companies for f in c["in_hand"]]
+    misplaced = landing.find_misplaced(settings.landing_root, {c.id for c in set_up})
     return {"landing_root": str(settings.landing_root.absolute()),
+            "state_dir": str(settings.state_dir.absolute()),
+            "database": database,
+            "misplaced": [{"path": str(m.path), "should_be": m.should_be} for m in misplaced],
             "instances": _instances(conn, files), "companies": companies}
 
 
@@ -106,7 +113,11 @@ def _instance_line(i: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"landing root: {report['landing_root']}", ""]
+    lines = [f"landing root: {report['landing_root']}",
+             f"state dir:    {report['state_dir']}"]
+    if report.get("database"):
+        lines.append(f"database:     {report['database']}")
+    lines.append("")
     head = (f"{'company':<16} {'backlog':>7} {'in work':>7} {'done/1h':>8} {'failed/1h':>9}"
             "  last error")
     lines.append(head)
@@ -133,6 +144,10 @@ def render(report: dict[str, Any]) -> str:
                          f"rejected={r['rejected']}{error}{where}")
     if not report["companies"]:
         lines.append("(no companies: add one with `ingestd company add ID`)")
+    if report["misplaced"]:
+        lines += ["", f"misplaced files ({len(report['misplaced'])}): never picked up "
+                      "where they are; move each where it belongs"]
+        lines += [f"  {m['path']}  ->  {m['should_be']}" for m in report["misplaced"]]
     if report["instances"]:
         lines += ["", "instances"]
         lines += [_instance_line(i) for i in report["instances"]]

@@ -115,7 +115,8 @@ def test_alert_rules_are_complete() -> None:
     alerts = {r["alert"]: r for r in rules()}
     assert set(alerts) == {"IngestdDown", "IngestdDatabaseUnavailable",
                            "IngestdFileWaitingTooLong", "IngestdFailedFiles",
-                           "IngestdCarrierCircuitOpen", "IngestdWorkerStuck"}
+                           "IngestdCarrierCircuitOpen", "IngestdWorkerStuck",
+                           "IngestdMisplacedFiles"}
     for name, r in alerts.items():
         assert re.fullmatch(r"\d+[smh]", r["for"]), name
         assert r["labels"]["severity"] in {"critical", "warning"}, name
@@ -123,6 +124,7 @@ def test_alert_rules_are_complete() -> None:
         assert len(r["annotations"]["description"]) > 80, name  # says what to do
     assert metric_names(alerts["IngestdWorkerStuck"]["expr"]) == {"ingestd_workers_stuck"}
     assert metric_names(alerts["IngestdDatabaseUnavailable"]["expr"]) == {"ingestd_database_up"}
+    assert metric_names(alerts["IngestdMisplacedFiles"]["expr"]) == {"ingestd_misplaced_files"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -136,7 +138,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules() -> None:
     r = promtool("check", "rules", str(ALERTS))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 6 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 7 rules found" in r.stdout, r.stdout
 
 
 def test_alerts_fire_when_they_should_promtool_test_rules() -> None:
@@ -195,7 +197,7 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(
     assert daemon.stop() == 0
 
 
-def test_company_series_start_at_zero_and_stray_folders_get_none(
+def test_company_series_start_at_zero_and_stray_folders_get_only_their_failures(
         daemon: Daemon, db_url: str, landing: Path) -> None:
     acme = setup_company(db_url, landing, "acme")
     stray = CompanyDirs(landing / "stray")
@@ -226,7 +228,12 @@ def test_company_series_start_at_zero_and_stray_folders_get_none(
                  frozenset({"company": "acme", "format": "persons", "outcome": "done"}.items()))
     s = wait_for(lambda: (got := scrape(daemon)).get(acme_done) == 1 and got,
                  what="acme's file counted")
-    assert [k for k in s if ("company", "stray") in k[1]] == []
+    # The stray folder's file is counted under its name, and nothing else of it.
+    stray_failed = ("ingestd_files_total", frozenset(
+        {"company": "stray", "format": "persons", "outcome": "failed"}.items()))
+    assert [k for k in s if ("company", "stray") in k[1]
+            and not k[0].endswith("_created")] == [stray_failed]
+    assert s[stray_failed] == 1
     assert daemon.stop() == 0
 
 

@@ -1,4 +1,5 @@
-"""PostgreSQL restarted while a large file is being applied (issue 9).
+"""PostgreSQL restarted while a large file is being applied (issue 9), and among a
+company's queued files (issue 16).
 
 The real daemon applies a Person Import big enough (and with a chunk size small
 enough) that it is still inside its transaction when PostgreSQL is restarted under
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import psycopg
@@ -95,7 +97,8 @@ def test_postgres_restart_during_apply_retries_and_applies_once(
         d.kill()
 
     # The restart did hit the apply: its transaction failed and was retried.
-    assert d.find("file.error", file="big.persons"), d.tail()
+    assert d.find("db.connection_lost", company="acme", file="big.persons"), d.tail()
+    assert not d.find("file.error"), d.find("file.error")
     assert [e["action"] for e in d.find("file.recovered", file="big.persons")] == ["apply"]
     assert not d.find("file.failed"), d.find("file.failed")
     assert len(d.find("file.applied", file="big.persons")) == 1
@@ -116,3 +119,81 @@ def test_postgres_restart_during_apply_retries_and_applies_once(
     assert listing(acme.inbox) == [] and listing(acme.failed) == []
     assert list(entries(acme.processing)) == []
     assert not [n for n in os.listdir(acme.done) if n.startswith(".") or "~" in n]
+
+
+def restart(server: EmbeddedPostgres) -> None:
+    stop(server)
+    server.start()
+
+
+def stop(server: EmbeddedPostgres) -> None:
+    server._run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "stop", check=False)
+
+
+def test_postgres_restart_among_queued_files_keeps_drop_order(
+        tmp_path: Path, landing: Path, own_postgres: EmbeddedPostgres) -> None:
+    """Fault: a real PostgreSQL restart (``pg_ctl stop -m fast``, then start), twice.
+
+    First while the daemon is idle: every pooled connection is then dead, and the pool
+    must find that out itself (no ``file.error`` for the next files). Then the server
+    stays down while a company's files are dropped: the first one cannot be claimed, must
+    go back to the head of the queue, and no later file may overtake it once the server
+    is back. Each file sets the same person's note: the last file dropped must win, and
+    the ledger must hold the files in drop order."""
+    admin_url = own_postgres.url
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute('CREATE DATABASE "ingestd_order"')
+    db_url = make_conninfo(admin_url, dbname="ingestd_order")
+    with psycopg.connect(db_url) as conn:
+        migrations.upgrade(conn)
+    acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
+    names = [f"f{i:02}.persons" for i in range(12)]
+    base = time.time() - 3600
+
+    def put(i: int) -> None:
+        drop(acme, names[i], f"external_person_id,note\np1,{names[i]}\nq{i},x\n",
+             mtime=base + i)
+
+    # A long rescan: the file the database failed must not wait for it to come back.
+    d = Daemon(base_env(db_url, landing, tmp_path / "state", INGESTD_WORKERS="2",
+                        INGESTD_RESCAN_SECONDS="600", INGESTD_DB_DEAD_AFTER_SECONDS="3"))
+    try:
+        d.start(timeout=TIMEOUT)
+        put(0)
+        d.wait_event("file.done", timeout=TIMEOUT, file=names[0])
+
+        restart(own_postgres)  # idle: the pool's connections are all dead now
+        for i in range(1, 5):
+            put(i)
+        wait_for(lambda: all(is_finished(acme, n) for n in names[:5]), TIMEOUT,
+                 what="f01-f04 done after the restart", context=d.tail)
+        assert not d.find("file.error"), d.tail()
+        assert not d.find("db.connection_lost"), d.tail()
+
+        stop(own_postgres)
+        try:
+            for i in range(5, 12):
+                put(i)
+            # The first of them meets the database gone: put back, the company waits.
+            wait_for(lambda: d.find("db.connection_lost", file=names[5])
+                     or d.find("file.error", file=names[5]), TIMEOUT,
+                     what=f"{names[5]} failed by the database", context=d.tail)
+        finally:
+            own_postgres.start()
+        wait_for(lambda: all(is_finished(acme, n) for n in names), TIMEOUT,
+                 what="every file done", context=d.tail)
+        assert d.alive(), d.tail()
+        assert d.stop(signal.SIGTERM, timeout=TIMEOUT) == 0, d.tail()
+    finally:
+        d.kill()
+
+    assert not d.find("file.error"), d.find("file.error")
+    retries = d.find("file.retry", company="acme")
+    assert retries and {e["file"] for e in retries} == {names[5]}, retries
+    files = ledger(db_url, "acme")
+    assert [f["name"] for f in files] == names  # applied in drop order, each once
+    assert all(f["status"] == "done" for f in files)
+    assert scalar(db_url, "SELECT custom->>'note' FROM acme.persons"
+                          " WHERE external_person_id = 'p1'") == names[-1]
+    assert scalar(db_url, "SELECT count(*) FROM acme.persons") == 1 + len(names)
+    assert listing(acme.failed) == [] and listing(acme.inbox) == []

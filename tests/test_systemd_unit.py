@@ -113,6 +113,10 @@ def test_sysusers_and_tmpfiles_apply(tmp_path: Path) -> None:
         st = d.stat()
         assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o755), d
     assert (state.stat().st_uid, state.stat().st_mode & 0o7777) == (uid, 0o750)
+    # The landing root's database marker: made empty, for the daemon (not root) to fill.
+    marker = landing / ".ingestd-database"
+    assert marker.read_text() == ""
+    assert (marker.stat().st_uid, marker.stat().st_mode & 0o7777) == (uid, 0o644)
 
 
 def test_unit_contract() -> None:
@@ -124,6 +128,9 @@ def test_unit_contract() -> None:
     assert one["User"] == one["Group"] == "ingestd"
     assert one["EnvironmentFile"] == "/etc/ingestd/ingestd.env"
     assert one["Restart"] == "on-failure"
+    # Exit 2 is a configuration error (a bad setting, a database that refuses us, a
+    # landing root of another database): restarting cannot fix it.
+    assert one["RestartPreventExitStatus"] == "2"
     assert _seconds(one["WatchdogSec"]) == 30
     # Longer than the daemon's own graceful-stop bound, with room for PostgreSQL to stop.
     stop_default = Settings.model_fields["stop_timeout"].default

@@ -12,11 +12,24 @@ its files are still root's, so nothing outside the state directory changes.
 
 The server listens on a unix socket inside the data directory only (no TCP), and
 is reused by the next start if still running. Only its owner stops it: the process
-that started it, or, after a ``kill -9`` of that process, the next one to start.
+that started it, or, after a ``kill -9`` of that process, the next one to start. A
+daemon always takes the server over, so that a one-off command that happened to
+start it never stops it under the daemon.
+
+One daemon at a time: ``ingestd run`` holds an exclusive lock on the state directory's
+server for its whole life, and a second one on the same state directory refuses to
+start. Sharing it instead would tie the second daemon's database to the first one's
+life (its stop stops the server), for no gain: several instances are meant to share a
+real PostgreSQL by URL.
+
+Only ``ingestd run`` and ``ingestd db upgrade`` create the server (``create=True``);
+any other command pointed at a state directory without one says so instead of
+quietly making a new, empty database there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -25,21 +38,22 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import psycopg
 import structlog
 
-from ingestd.errors import EmbeddedError
+from ingestd.errors import EmbeddedError, EmbeddedInUse, NoEmbeddedDatabase
 
 log = structlog.get_logger(__name__)
 
 PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 
-def ping(url: str, timeout: int = 3) -> bool:
-    """True when a server answers at ``url``."""
+def ping(url: str, timeout: int = 3, params: dict[str, Any] | None = None) -> bool:
+    """True when a server answers at ``url``. ``params``: libpq keepalive settings."""
     try:
-        with psycopg.connect(url, connect_timeout=timeout) as conn:
+        with psycopg.connect(url, **{**(params or {}), "connect_timeout": timeout}) as conn:
             conn.execute("SELECT 1")
         return True
     except psycopg.Error:
@@ -82,7 +96,9 @@ def _wrap(cmd: list[str]) -> list[str]:
 
 
 class EmbeddedPostgres:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
+        self.state_dir = state_dir.absolute()
+        self.create = create
         self.root = (state_dir / "postgres").resolve()
         self.data = self.root / "data"
         self.socket_dir = self.root / "run"
@@ -95,6 +111,7 @@ class EmbeddedPostgres:
         self.initdb_log = self.root / "initdb.log"
         self.bindir = _bindir()
         self.started_here = False
+        self._daemon_lock: IO[str] | None = None
 
     @property
     def url(self) -> str:
@@ -114,7 +131,37 @@ class EmbeddedPostgres:
         except OSError as exc:  # e.g. the state directory is not writable
             raise EmbeddedError(f"embedded PostgreSQL cannot start: {exc}") from exc
 
+    def exists(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def hold_for_daemon(self) -> None:
+        """Take this server for one daemon for the life of the process (an flock, freed
+        by the kernel however the process ends); ``EmbeddedInUse`` if another has it."""
+        if self._daemon_lock is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = open(self.root / "daemon.lock", "a+")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise EmbeddedInUse(
+                f"the embedded database in state dir {self.state_dir} is in use by another"
+                f" ingestd run (pid {holder}); give each daemon its own INGESTD_STATE_DIR,"
+                " or share one PostgreSQL with INGESTD_DATABASE_URL") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._daemon_lock = lock
+
     def _start(self, timeout: float) -> str:
+        if not self.create and not self.exists():
+            raise NoEmbeddedDatabase(
+                f"no database: state dir {self.state_dir} holds no embedded PostgreSQL; "
+                "`ingestd run` or `ingestd db upgrade` creates it (or set "
+                "INGESTD_STATE_DIR or INGESTD_DATABASE_URL)")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.socket_dir.mkdir(exist_ok=True, mode=0o700)
         if self.socket_dir.stat().st_uid != os.geteuid():
@@ -131,7 +178,11 @@ class EmbeddedPostgres:
                     f"embedded PostgreSQL: initdb failed (exit {done.returncode}): "
                     f"{_last_words(done.stderr or done.stdout)}", self.initdb_log)
         if self._responding():
-            if self._owner_alive():
+            if self._daemon_lock is not None:
+                # A daemon owns its server, even one a one-off command started.
+                self._own()
+                log.info("db.embedded.adopted", data=str(self.data))
+            elif self._owner_alive():
                 log.info("db.embedded.reused", data=str(self.data))
             else:
                 # Its starter died (kill -9): adopt it, so someone stops it eventually.
@@ -169,6 +220,12 @@ class EmbeddedPostgres:
         self._owner_file.write_text(str(os.getpid()))
         self.started_here = True
 
+    def _owned_by_me(self) -> bool:
+        try:
+            return int(self._owner_file.read_text()) == os.getpid()
+        except (OSError, ValueError):
+            return False
+
     def _owner_alive(self) -> bool:
         try:
             pid = int(self._owner_file.read_text())
@@ -178,9 +235,19 @@ class EmbeddedPostgres:
         return pid != os.getpid()
 
     def stop(self) -> None:
+        try:
+            self._stop_server()
+        finally:
+            if self._daemon_lock is not None:
+                self._daemon_lock.close()  # frees the flock, once the server is down
+                self._daemon_lock = None
+
+    def _stop_server(self) -> None:
         if not self.started_here:
             return
+        self.started_here = False
+        if not self._owned_by_me() and self._owner_alive():
+            return  # a daemon took it over: it stops it
         self._owner_file.unlink(missing_ok=True)
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
-        self.started_here = False
         log.info("db.embedded.stopped", data=str(self.data))

@@ -95,6 +95,23 @@ def expire(conn: psycopg.Connection[Any], instance_id: str, by: str,
     return Expired(instance_id, row[0], int(row[1]), sorted(companies))
 
 
+def end_own_sessions(conn: psycopg.Connection[Any], prefix: str,
+                     live: list[str]) -> list[int]:
+    """End this process's sessions that are not live here any more: connections that
+    broke on our side while the server kept their sessions (a partition), perhaps with
+    the company's advisory lock, an open transaction and row locks. As ``expire`` does
+    for a stale peer: once ended, those roll back and go, and the next ``acquire`` of a
+    lease the session held bumps its epoch. ``prefix``: the process's
+    ``application_name`` prefix; ``live``: its names still in use. The pids ended."""
+    # MATERIALIZED: the terminate must only ever see the rows chosen first.
+    return [int(r[0]) for r in conn.execute(
+        "WITH dead AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+        " WHERE left(application_name, length(%s)) = %s AND application_name <> ALL(%s)"
+        " AND pid <> pg_backend_pid())"
+        " SELECT pid FROM dead WHERE pg_terminate_backend(pid, 5000)",
+        (prefix, prefix, live))]
+
+
 def acquire(conn: psycopg.Connection[Any], company: str, instance_id: str) -> int | None:
     """Hold the company's lease through this connection's session; its epoch, or None
     while a live instance holds it (or ``instance_id`` itself was expired).

@@ -37,7 +37,10 @@ def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held 
     key = locks.company(dirs.company)
     with db.pool.connection() as conn:
         conn.autocommit = True
-        if not locks.try_lock(conn, key):
+        # Not free: perhaps held by a session of ours whose connection broke and that the
+        # server kept (a partition); ended, it frees the lock.
+        if not locks.try_lock(conn, key) and not (db.end_dead_sessions(conn)
+                                                  and locks.try_lock(conn, key)):
             yield None
             return
         try:
@@ -47,9 +50,12 @@ def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held 
                 yield Held(dirs, conn, lease) if got else None
         finally:
             if not conn.closed and not conn.broken:
-                conn.rollback()
-                conn.autocommit = True
-                locks.unlock(conn, key)
+                try:
+                    conn.rollback()
+                    conn.autocommit = True
+                    locks.unlock(conn, key)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    pass  # the session is gone (a restart), and its lock with it
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import structlog
 
 from ingestd import landing, sidecars
 from ingestd.db import ledger
+from ingestd.db.liveness import is_connection_error
 from ingestd.errors import RecoveryFailed
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import claim as claiming
@@ -58,9 +59,14 @@ class Recovery:
             except Exception as exc:
                 if fleet is not None and held.lease is not None and fleet.lost(held.lease):
                     raise  # not this file's fault: fleet.holding logs instance.fenced
-                log.exception("file.error", company=held.company,
-                              file=self._claimed_name(claim_dir), claim=claim_dir.name,
-                              stage="recovery")
+                if is_connection_error(exc):
+                    log.warning("db.connection_lost", company=held.company,
+                                file=self._claimed_name(claim_dir), claim=claim_dir.name,
+                                stage="recovery", error=str(exc).strip())
+                else:
+                    log.exception("file.error", company=held.company,
+                                  file=self._claimed_name(claim_dir), claim=claim_dir.name,
+                                  stage="recovery")
                 raise RecoveryFailed(held.company, claim_dir.name) from exc
 
     def _claimed_name(self, claim_dir: Path) -> str | None:
