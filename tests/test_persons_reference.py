@@ -51,6 +51,7 @@ from ingestd.persons.reader import (
     parse_person_id,
     write_persons,
 )
+from ingestd.persons.store import Person, PersonsStore, SequenceTaken
 from ingestd.settings import Settings, load_settings
 
 Conn = psycopg.Connection[Any]
@@ -531,3 +532,18 @@ def test_the_reference_comparison_catches_a_broken_kernel(
     monkeypatch.setattr(kernel, broken)
     with pytest.raises(AssertionError):
         agree(conn, config, tmp_path / "broken.persons", *_kernel_case([row]))
+
+
+
+def test_a_write_refuses_an_id_a_row_was_told_nobody_has(conn: Conn) -> None:
+    """Rows naming a person_id that no pending create can get (by the sequence's next ids)
+    are resolved before the chunk is written; if something beside ingestd takes ids from
+    the sequence meanwhile, the write refuses to give that id to an earlier new person."""
+    add_company(conn, "seq")
+    store = PersonsStore(conn, "seq")
+    first = store.next_id()
+    conn.execute("SELECT nextval('seq.persons_person_id_seq')")  # someone else takes one
+    with pytest.raises(SequenceTaken):
+        store.write([], [Person(-1, None, "e1", None, None, None, new=True, row=0)], False,
+                    absent=[(first + 1, 1)])
+    conn.rollback()

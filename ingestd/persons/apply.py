@@ -442,7 +442,8 @@ class PersonsProcessor:
         lookups = lookup_carriers(ctx, wanted) if wanted else {}
         next_id: int | None = None
         written = 0  # rows before this position have been written
-        absent: set[int] = set()  # person_ids decided as no pending create's
+        # person_ids decided as no pending create's, with how many creates came before
+        absent: list[tuple[int, int]] = []
         for i, row in chunk.slow:
             if row.error is None and row.by == "person_id" and row.ident not in picture.by_id:
                 pending = len(picture.new) + (
@@ -455,9 +456,9 @@ class PersonsProcessor:
                         PersonsProcessor._write(rules, chunk, db, picture, written, i,
                                                 lookups, results, absent).result()
                         picture.written()
-                        written, next_id, absent = i, None, set()
+                        written, next_id, absent = i, None, []
                     else:
-                        absent.add(row.ident)
+                        absent.append((row.ident, pending))
                 if row.ident not in picture.by_id and rules.created_here(row.ident):
                     # A person a bulk row of this chunk created: not in the picture.
                     for p in db.lookup(Ids(person_ids={row.ident})).result():
@@ -476,9 +477,10 @@ class PersonsProcessor:
     @staticmethod
     def _write(rules: Rules, chunk: _Chunk, db: _Database, picture: _Picture, start: int,
                stop: int, lookups: dict[str, CarrierResult], results: Any,
-               absent: set[int]) -> Future[None]:
+               absent: list[tuple[int, int]]) -> Future[None]:
         """Queue the write of the picture's changes and of the bulk rows from position
-        ``start`` to ``stop``; no new person may get an id of ``absent``."""
+        ``start`` to ``stop``; ``absent``: (person_id, k) for rows told that none of the
+        first k new people has it."""
         bulk = chunk.bulk
         if start or stop < len(chunk.records):
             bulk = bulk.keep(pc.and_(pc.greater_equal(bulk.index, start),
@@ -544,7 +546,7 @@ class _Database(DatabaseThread):
         return self.run(self.store.lookup, ids)
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk, absent: set[int]) -> Future[None]:
+              bulk: Bulk, absent: list[tuple[int, int]]) -> Future[None]:
         return self.run(self.store.write, changed, new, handoff, bulk, absent)
 
     def next_id(self) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,10 +149,10 @@ class PersonsStore:
         return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk | None = None, absent: Collection[int] = ()) -> None:
+              bulk: Bulk | None = None, absent: Sequence[tuple[int, int]] = ()) -> None:
         """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``;
-        ``bulk``: rows that each create a person, as columns; ``absent``: person_ids that
-        rows were told nobody has (no new person may get one)."""
+        ``bulk``: rows that each create a person, as columns; ``absent``: (person_id, k)
+        for rows that were told none of the first k new people (in file order) has it."""
         # A row that repeats what is stored changes nothing, so nothing is written for it.
         changed = [p for p in changed if p.ids_changed or p.patch]
         # Updates first: they may free an external or device id that a new person takes.
@@ -178,16 +178,18 @@ class PersonsStore:
                     if p.patch and not p.has_custom:
                         copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
 
-    def _create(self, new: list[Person], bulk: Bulk | None, absent: Collection[int]) -> None:
+    def _create(self, new: list[Person], bulk: Bulk | None,
+                absent: Sequence[tuple[int, int]]) -> None:
         """New people get ids and keys in the order of the rows that created them (as a
         row-at-a-time import would), whichever way those rows were decided."""
         n = len(new) + (len(bulk) if bulk else 0)
         ids = [r[0] for r in self.conn.execute(self._sequence, (n,))]
-        if absent and (ids[0] <= max(absent) and min(absent) <= ids[-1]) \
-                and not set(ids).isdisjoint(absent):
+        for person_id, k in absent:
             # Only if something else took ids from the sequence meanwhile (a writer beside
-            # ingestd): a row was decided against an id this file now creates.
-            raise SequenceTaken(sorted(set(ids) & set(absent))[0])
+            # ingestd) can an earlier new person get the id a row was told nobody has.
+            at = bisect.bisect_left(ids, person_id)
+            if at < min(k, len(ids)) and ids[at] == person_id:
+                raise SequenceTaken(person_id)
         keys = uuid7_block(n)
         for pid in ids:
             if self.created and self.created[-1][1] == pid - 1:
