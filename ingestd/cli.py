@@ -26,6 +26,7 @@ from ingestd.db import identity
 from ingestd.db.companies import CompanyError, validate_company_id
 from ingestd.db.database import Database, refusal, unavailable_reason, waiting_helps
 from ingestd.errors import DatabaseUnavailable, EmbeddedError, IngestdError
+from ingestd.persons.custom_fields import FieldDefinition
 from ingestd.results import FileResult
 from ingestd.settings import (
     Settings,
@@ -40,6 +41,8 @@ log = structlog.get_logger("ingestd.cli")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        os.environ["INGESTD_CONFIG"] = args.config  # as if set in the environment
     overrides: dict[str, Any] = {}
     if getattr(args, "landing_root", None):
         overrides["landing_root"] = Path(args.landing_root)
@@ -66,6 +69,11 @@ def _db(settings: Settings, *, bind: bool = False, pool_size: int = 2) -> Databa
 # -- subcommands ------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd import malloc
+
+    # Before any thread starts: arenas are made per thread, and the limit only applies
+    # to arenas created after it (ingestd/malloc.py).
+    malloc.limit_arenas(settings.malloc_arena_max)
     from ingestd.daemon import run
 
     return run(settings)
@@ -80,6 +88,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.db.companies import add_company
+    from ingestd.persons.field_store import list_fields
 
     if args.region is not None:
         try:
@@ -92,12 +101,13 @@ def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
         except CompanyError as exc:
             print(f"ingestd: {exc}", file=sys.stderr)
             return 2
+        fields = list_fields(conn, args.id)
     landing.CompanyDirs(settings.landing_root / args.id).root.mkdir(parents=True, exist_ok=True)
     dirs = landing.CompanyDirs(settings.landing_root / args.id)
     dirs.inbox.mkdir(exist_ok=True)
     dirs.ensure()
     print(f"company {args.id} {'added' if created else 'already exists'}")
-    return 0
+    return _write_fields_file(settings, args.id, fields)
 
 
 def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,22 +120,41 @@ def cmd_company_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_fields_load(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.db.companies import get_company
     from ingestd.persons.custom_fields import load_definitions
     from ingestd.persons.field_store import replace_fields
 
     try:
         definitions = load_definitions(Path(args.file))
-    except (OSError, ValueError) as exc:
-        print(f"ingestd: {args.file}: {exc}", file=sys.stderr)
+    except ValueError as exc:  # its message names the file
+        print(f"ingestd: {exc}", file=sys.stderr)
         return 2
-    with _db(settings) as db, db.connect() as conn:
-        if get_company(conn, args.company) is None:
-            print(f"ingestd: company {args.company!r} is not set up", file=sys.stderr)
-            return 2
-        replace_fields(conn, args.company, definitions)
-        conn.commit()
+    with _db(settings) as db:
+        _require_company(db, args.company)
+        with db.connect() as conn:
+            replace_fields(conn, args.company, definitions)
+            conn.commit()
     print(f"loaded {len(definitions)} field(s) for {args.company}")
+    return _write_fields_file(settings, args.company, definitions)
+
+
+def _write_fields_file(settings: Settings, company: str,
+                       definitions: Sequence[FieldDefinition]) -> int:
+    """The partner's copy of the company's fields; exit 1 (one line) if it cannot be written."""
+    from ingestd.persons import fields_file
+
+    dirs = landing.CompanyDirs(settings.landing_root / company)
+    if not dirs.done.is_dir():
+        # No folders here yet (another landing root?): `company add` writes it with them.
+        print(f"note: no {dirs.done}: the partner's copy of the fields is written by "
+              f"`ingestd company add {company}`", file=sys.stderr)
+        return 0
+    try:
+        path = fields_file.write(dirs, definitions)
+    except OSError as exc:
+        print(f"ingestd: the partner's copy of the fields cannot be written in {dirs.done}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"the partner reads them in {path}")
     return 0
 
 
@@ -133,6 +162,7 @@ def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
     from ingestd.persons.field_store import list_fields
 
     with _db(settings) as db, db.connect() as conn:
+        _require_company(db, args.company)
         for d in list_fields(conn, args.company):
             extra = f" charset={d.charset}" if d.type == "string" else ""
             if d.options:
@@ -187,7 +217,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                           stuck_seconds=settings.stuck_seconds, pool=db.pool,
                           log_lines=not on_terminal)  # a bar instead of file.progress lines
         view = (progress_bar.bar(tracker, sys.stderr, lambda stream: logs.configure(
-                    "info", settings.log_format, stream=stream))
+                    "info", settings.log_format, stream=stream, quiet=_QUIET))
                 if on_terminal else nullcontext())
         tracker.start()
         try:
@@ -258,32 +288,10 @@ def _stage(path: Path, inbox: Path, marker_mode: bool, staged: list[Path]) -> Pa
 
 
 def _print_result(result: FileResult, final: Path | None, *, dry_run: bool = False) -> None:
-    """``ingest``: what happened; ``check`` (``dry_run``): what would happen, never "done:"."""
-    name, error = result.file, result.error
-    warnings = list(result.warnings)
-    if not dry_run:
-        line = (f"{result.status}: {name} ({result.format}) rows={result.rows} "
-                f"accepted={result.accepted} rejected={result.rejected}")
-        if final:
-            line += f" -> {final}"
+    from ingestd.report import describe
+
+    for line in describe(result, final, dry_run=dry_run):
         print(line)
-        if error:
-            print(f"  {error.error_class}: {error.message}")
-    elif error:
-        print(f"{name}: would fail: {error.error_class}: {error.message}")
-    elif result.duplicate_of is not None:
-        warnings = warnings[:-1]  # the pipeline's own duplicate warning, in the past tense
-        print(f"{name}: would be a duplicate of {result.duplicate_of} (same content, "
-              "already applied): nothing would be applied")
-    else:
-        print(f"{name} ({result.format}): would be done: {result.rows} rows, "
-              f"{result.accepted} accepted, {result.rejected} rejected")
-    for rec, err in result.sample_errors:
-        where = f"{err.field}: " if err.field else ""
-        detail = f" ({where}{err.detail})" if err.detail else ""
-        print(f"  record {rec}: {err.error_class}: {err.message}{detail}")
-    for w in warnings:
-        print(f"  warning: {w}")
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -292,6 +300,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     path, company = _target(args, settings)
     with _db(settings) as db:
+        _require_company(db, company)
         result = Pipeline(settings, db, make_carrier(settings)).check(path, company)
     _print_result(result, None, dry_run=True)
     return 0 if result.status == "done" and not result.rejected else 1
@@ -327,17 +336,20 @@ def cmd_requeue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd.retention import prune
+    from ingestd.retention import days_to_keep, prune
 
+    days = days_to_keep(settings, args.older_than)
+    if days is None:
+        raise _UsageError("prune: give --older-than DAYS, or set retention_days")
     with _db(settings) as db, db.connect() as conn:
-        report = prune(conn, settings, args.older_than, dry_run=args.dry_run)
+        report = prune(conn, settings, days, dry_run=args.dry_run)
     files = [p for c in report for p in c.files]
     if args.dry_run:
-        for p in files:
+        for p in (p for c in report for p in c.paths):
             print(f"would delete: {p}")
     verb = "would prune" if args.dry_run else "pruned"
     print(f"{verb} {len(files)} file(s), {sum(c.bytes for c in report)} bytes "
-          f"(finished {args.older_than} or more days ago)")
+          f"(finished {days} or more days ago)")
     return 0
 
 
@@ -370,13 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
                    version=f"ingestd {importlib.metadata.version('ingestd')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # The options every command takes, in the same words.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--landing-root", metavar="DIR", help="override INGESTD_LANDING_ROOT")
+    common.add_argument("--config", metavar="FILE",
+                        help="the settings' TOML file (overrides INGESTD_CONFIG)")
+
     def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        parents = [] if fn is _usage else [common]  # a group only names its commands
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help,
+                                                        parents=parents)
         sp.set_defaults(fn=fn)
         return sp
 
-    r = add("run", cmd_run, "run the daemon: watch the landing root and apply every drop")
-    r.add_argument("--landing-root", help="override INGESTD_LANDING_ROOT")
+    add("run", cmd_run, "run the daemon: watch the landing root and apply every drop")
     i = add("ingest", cmd_ingest, "put one file through the same pipeline now "
                                   "(exit 0 done, 1 failed)")
     i.add_argument("path")
@@ -387,7 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--company", help="company id, when PATH is not in a company's inbox/")
     s = add("status", cmd_status, "per company: backlog, files in hand with their progress, "
                                   "recent files and outcomes")
-    s.add_argument("--landing-root", help="override INGESTD_LANDING_ROOT")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     rq = add("requeue", cmd_requeue, "put finished files from done/ or failed/ back into "
                                      "their inbox/ (applied again even if known; exit 1 "
@@ -396,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a file in <landing>/<company>/done/ or failed/ (not a sidecar)")
     pr = add("prune", cmd_prune, "delete finished files, their sidecars and stored row "
                                  "results; the ledger keeps their rows")
-    pr.add_argument("--older-than", type=_days, required=True, metavar="DAYS",
-                    help="finished at least DAYS days ago (0: every finished file)")
+    pr.add_argument("--older-than", type=_days, metavar="DAYS",
+                    help="finished at least DAYS days ago (0: every finished file; "
+                         "default: retention_days)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
     db = add("db", _usage, "database maintenance")
@@ -422,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# A one-off command borrows the embedded server (or starts it for a moment): saying so
+# on every run is noise on its stderr.
+_QUIET = ("ingestd.db.embedded",)
+
+
 def _usage(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
@@ -440,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         # One-off commands print their answer on stdout; keep their logs out of it.
         level = "info" if args.fn in (cmd_ingest, cmd_requeue, cmd_prune) else "warning"
-        logs.configure(level, settings.log_format, stream=sys.stderr)
+        logs.configure(level, settings.log_format, stream=sys.stderr, quiet=_QUIET)
     fn: Handler = args.fn
     try:
         return fn(args, settings)

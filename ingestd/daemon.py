@@ -15,18 +15,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 import psycopg
 import structlog
 
-from ingestd import errors, landing, logs, metrics, retention
+from ingestd import errors, landing, logs, metrics, readiness, retention
 from ingestd.db.companies import list_companies
 from ingestd.db.database import Database
 from ingestd.errors import DatabaseUnavailable, EmbeddedError
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import Outcome, Pipeline
 from ingestd.notify import Notifier
+from ingestd.persons import phones
 from ingestd.persons.carrier import HttpCarrierLookup, make_carrier
 from ingestd.progress import Handle, Tracker
 from ingestd.scheduler import Scheduler
@@ -39,6 +41,10 @@ log = structlog.get_logger("ingestd.daemon")
 # start-up time: enough for one attempt (an embedded initdb and start, or a connect
 # timeout plus migrations) before the next message.
 START_GRACE_SECONDS = 120.0
+
+# The supervisor's look at the database every few seconds: a new connection that gets no
+# answer in this long means the database is down.
+CHECK_TIMEOUT = 3
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
@@ -59,6 +65,7 @@ class Daemon:
         self.started = False
         self.tracker: Tracker | None = None
         self._stuck_logged: set[str] = set()  # claims whose stuck episode was logged
+        self._on_given_back: Callable[[Path], None] = lambda path: None
         self._companies: set[str] | None = None  # set-up companies, when last listed
         self._misplaced = landing.MisplacedLog()
         self.stop_asked_at = 0.0  # monotonic time of the first stop signal
@@ -80,6 +87,8 @@ class Daemon:
             self.stop_event.set()
 
     def _on_outcome(self, company: str, outcome: Outcome, seconds: float) -> None:
+        if outcome.status == "unsettled" and outcome.given_back is not None:
+            self._on_given_back(outcome.given_back)
         r = outcome.result
         if r is None:
             return  # not finished: busy, gone or changed
@@ -105,6 +114,9 @@ class Daemon:
         settings = self.settings
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        readiness.enable_leases()  # here, in the main thread, before any worker starts
+        phones.configure_cache(settings.mdn_cache_entries)
+        metrics.watch_cache("mdn", phones.cache_entries)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
             db = Database(settings, start=False, create=True, daemon=True,
@@ -138,6 +150,9 @@ class Daemon:
                 self._report_misplaced()
 
             watcher = Watcher(settings, scheduler.submit, on_rescan)
+            metrics.watch_maybe_partial(watcher.held_count)
+            # A file given back unsettled is still where it was: the watcher looks again.
+            self._on_given_back = watcher.poke
             # A stale peer's claims are recovered at once, not at the next rescan.
             fleet = Fleet(db, settings.lease_seconds,
                           on_expired=lambda companies: watcher.rescan())
@@ -254,11 +269,9 @@ class Daemon:
         while not self.stop_event.wait(tick):
             now = time.monotonic()
             if now - last_db_check > 5.0:
-                self.db_ok = db.reachable()
+                self.db_ok = self._check_database(db)
                 last_db_check = now
                 metrics.set_database_up(self.db_ok)
-                if self.db_ok:
-                    self._company_metrics(db)
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self._reload()
@@ -302,6 +315,21 @@ class Daemon:
                 log.error("worker.stuck", company=h.company, file=h.file, claim=h.claim_id,
                           idle_s=round(h.idle_s(), 1))
         self._stuck_logged = {h.claim_id for h in stuck}
+
+    def _check_database(self, db: Database) -> bool:
+        """Whether the database answers a new client, and every set-up company's series
+        at zero (companies added while running too). A fresh connection, as a new client
+        would open: a pooled one may be silently dead (a failover), and the supervisor
+        must not wait on it (the watchdog pings, a stop)."""
+        try:
+            with db.connect(connect_timeout=CHECK_TIMEOUT) as conn:
+                companies = list_companies(conn)
+        except psycopg.Error:
+            return False
+        self._companies = {c.id for c in companies}
+        for company in companies:
+            metrics.init_company(company.id)
+        return True
 
     def _company_metrics(self, db: Database) -> None:
         """Every set-up company's series at zero (companies added while running too)."""

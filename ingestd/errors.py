@@ -91,16 +91,24 @@ class IngestdError(Exception):
 # -- files ---------------------------------------------------------------------------------
 
 class FileError(IngestdError):
-    """A problem with the whole file: nothing of it is applied."""
+    """A problem with the whole file: nothing of it is applied. ``message`` is the
+    class's fixed text where the source documents have one; ``detail`` (optional) says
+    what was wrong with this file in words a partner can act on."""
 
-    def __init__(self, error_class: str, message: str) -> None:
+    def __init__(self, error_class: str, message: str, detail: str = "") -> None:
         super().__init__(f"{error_class}: {message}")
         self.error_class = error_class
         self.message = message
+        self.detail = detail
 
 
 class FileChangedError(IngestdError):
     """The file changed while it was being read: roll back and try again later."""
+
+
+class NotSettled(IngestdError):
+    """At its claim, the file is no longer the one judged ready, or a writer has it open:
+    not claimed; it settles again in the inbox."""
 
 
 class LandingError(IngestdError):

@@ -122,7 +122,6 @@ class Fleet:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self.db.connect(autocommit=True)
-            self.db.end_dead_sessions(self._conn)
         return self._conn
 
     def _register(self, conn: psycopg.Connection[Any], previous: str | None = None) -> None:
@@ -145,12 +144,25 @@ class Fleet:
                 self._failing = True
                 if self._conn is not None and self._conn.broken:
                     self._conn.close()
+                self._check_pool()
             else:
                 self._failing = False
+
+    def _check_pool(self) -> None:
+        """The pool's idle connections may be as dead as the heartbeat's (a failover):
+        find them out now, not when a file gets one; their replacements, and the next
+        beat, end the sessions the server kept for them."""
+        try:
+            self.db.pool.check()
+        except psycopg.Error:
+            pass  # the database is away: the next beat tries again
 
     def beat(self) -> None:
         """One heartbeat, then the takeover of every peer whose heartbeat is too old."""
         conn = self._connection()
+        # Sessions of ours whose connections broke and that the server kept hold nothing
+        # for long: ended here, at the latest one beat after they broke.
+        self.db.end_dead_sessions(conn)
         if not leases.heartbeat(conn, self.instance_id):
             # Expired by a peer while we were away: our leases are gone (workers that
             # still think otherwise are fenced). Carry on as a new instance.

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingestd.readiness import Settled
 from ingestd.work import Drop, Recover
 
 INBOX = "inbox"
@@ -102,9 +103,9 @@ def inbox_company(path: Path, root: Path) -> str | None:
     return company.name
 
 
-def drop(path: Path, mtime_ns: int) -> Drop:
-    """The drop at ``path``, a file in a company's inbox."""
-    return Drop(path.parent.parent.name, path, mtime_ns)
+def drop(path: Path, mtime_ns: int, settled: Settled | None = None) -> Drop:
+    """The drop at ``path``, a file in a company's inbox (``settled``: as judged ready)."""
+    return Drop(path.parent.parent.name, path, mtime_ns, settled)
 
 
 def recover(company: str) -> Recover:
@@ -121,9 +122,11 @@ def company_dirs_of(root: Path, company: str) -> CompanyDirs:
 
 
 def leftover_claims(root: Path) -> list[Recover]:
-    """A recovery for every company with something left in .processing/."""
+    """A recovery for every company with a claim left in .processing/ (claims are
+    folders; a dotfile there is the daemon's own note, ingestd/held.py)."""
     return [recover(dirs.company) for dirs in company_dirs(root)
-            if dirs.processing.is_dir() and any(dirs.processing.iterdir())]
+            if dirs.processing.is_dir() and any(
+                not p.name.startswith(".") for p in dirs.processing.iterdir())]
 
 
 def is_regular(path: Path) -> bool:

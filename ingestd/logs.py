@@ -26,8 +26,11 @@ log = structlog.get_logger("ingestd.logs")
 
 
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto",
-              stream: TextIO | None = None) -> None:
-    """(Re)configure logging; safe to call again on SIGHUP to change the level."""
+              stream: TextIO | None = None, quiet: tuple[str, ...] = ()) -> None:
+    """(Re)configure logging; safe to call again on SIGHUP to change the level.
+
+    ``quiet``: loggers whose info is chatter for this process (a one-off command does not
+    report the embedded server it borrows); their warnings still show."""
     stream = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[Processor] = [
@@ -57,6 +60,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     # out): their warnings and errors always show, their details only at debug.
     root.setLevel(logging.DEBUG if level == "debug" else max(logging.WARNING, _LEVELS[level]))
     logging.getLogger("ingestd").setLevel(_LEVELS[level])
+    for name in quiet:
+        logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[level]))
     logging.captureWarnings(True)
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(),

@@ -102,6 +102,14 @@ class Metrics:
             "ingestd_carrier_circuit_open",
             "1 while the carrier lookup's circuit breaker is open (lookups fail at once).",
             registry=r)
+        self.cache_entries = Gauge(
+            "ingestd_cache_entries",
+            "Entries in an in-memory cache the daemon keeps (each bounded by a setting).",
+            ["cache"], registry=r)
+        self.files_maybe_partial = Gauge(
+            "ingestd_files_maybe_partial",
+            "Files held as likely partial uploads (written in place, no final line break), "
+            "waiting partial_grace_seconds for a newer upload.", registry=r)
         self.misplaced_files = Gauge(
             "ingestd_misplaced_files",
             "Files under the landing root that no company's inbox/ holds, so that nothing "
@@ -176,6 +184,12 @@ class Metrics:
     def set_workers_stuck(self, n: int) -> None:
         self.workers_stuck.set(n)
 
+    def watch_cache(self, cache: str, entries: Callable[[], int]) -> None:
+        """Read the cache's size at every scrape."""
+        self.cache_entries.labels(cache=cache).set_function(lambda: float(entries()))
+
+    def watch_maybe_partial(self, held: Callable[[], int]) -> None:
+        self.files_maybe_partial.set_function(lambda: float(held()))
     def set_misplaced_files(self, n: int) -> None:
         self.misplaced_files.set(n)
 
@@ -244,6 +258,14 @@ def set_workers_stuck(n: int) -> None:
     DEFAULT.set_workers_stuck(n)
 
 
+def watch_cache(cache: str, entries: Callable[[], int]) -> None:
+    """``DEFAULT.watch_cache``."""
+    DEFAULT.watch_cache(cache, entries)
+
+
+def watch_maybe_partial(held: Callable[[], int]) -> None:
+    """``DEFAULT.watch_maybe_partial``."""
+    DEFAULT.watch_maybe_partial(held)
 def set_misplaced_files(n: int) -> None:
     """``DEFAULT.set_misplaced_files``: files the landing root holds outside any inbox/."""
     DEFAULT.set_misplaced_files(n)

@@ -12,6 +12,9 @@ from typing import Any
 
 from ingestd.errors import FileError, RowError
 
+# What result.json's counts count (``count_unit``): data rows, never contacts sections.
+COUNT_UNIT = "rows"
+
 
 @dataclass
 class FileResult:
@@ -24,6 +27,9 @@ class FileResult:
     accepted: int = 0
     rejected: int = 0
     rejected_by_class: dict[str, int] = field(default_factory=dict)
+    # rows, accepted, rejected and rejected_by_class count data rows (records), whatever
+    # the format; a contacts file also says how many sections its rejected rows were in.
+    rejected_sections: int | None = None
     started_at: str = ""
     finished_at: str = ""
     duration_s: float = 0.0
@@ -50,6 +56,11 @@ class FileResult:
             "accepted": self.accepted,
             "rejected": self.rejected,
             "rejected_by_class": dict(self.rejected_by_class),
+            "count_unit": COUNT_UNIT,
+        }
+        if self.rejected_sections is not None:
+            out["rejected_sections"] = self.rejected_sections
+        out |= {
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": self.duration_s,
@@ -57,6 +68,8 @@ class FileResult:
         }
         if self.error is not None:
             out["error"] = {"class": self.error.error_class, "message": self.error.message}
+            if self.error.detail:
+                out["error"]["detail"] = self.error.detail
         if self.duplicate_of is not None:
             out["duplicate_of"] = self.duplicate_of
         if self.stored_as is not None:
@@ -77,11 +90,13 @@ class FileResult:
             accepted=int(data.get("accepted") or 0),
             rejected=int(data.get("rejected") or 0),
             rejected_by_class=dict(data.get("rejected_by_class") or {}),
+            rejected_sections=data.get("rejected_sections"),
             started_at=str(data.get("started_at", "")),
             finished_at=str(data.get("finished_at", "")),
             duration_s=float(data.get("duration_s") or 0.0),
             warnings=list(data.get("warnings") or []),
-            error=FileError(error["class"], error["message"]) if error else None,
+            error=(FileError(error["class"], error["message"], error.get("detail", ""))
+                   if error else None),
             duplicate_of=data.get("duplicate_of"),
             stored_as=data.get("stored_as"),
         )

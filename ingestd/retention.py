@@ -32,6 +32,7 @@ class Pruned:
 
     company: str
     files: list[Path] = field(default_factory=list)  # the finished files themselves
+    paths: list[Path] = field(default_factory=list)  # those, their companions and sidecars
     bytes: int = 0  # the files, their companions and their result files
 
 
@@ -73,8 +74,17 @@ def _delete(settings: Settings, entry: ledger.FinishedFile, pruned: Pruned,
         except FileNotFoundError:
             continue  # already gone (deleted by hand, or this is a retry)
         pruned.bytes += size
+        pruned.paths.append(p)
         if p == final:
             pruned.files.append(final)
+
+
+def days_to_keep(settings: Settings, older_than: int | None) -> int | None:
+    """``ingestd prune``'s age: ``--older-than`` if given, else ``retention_days`` when set
+    (0 there means keep forever); None when neither says."""
+    if older_than is not None:
+        return older_than
+    return settings.retention_days or None
 
 
 def start_pruner(settings: Settings, db: Database, stop: threading.Event) -> threading.Thread:

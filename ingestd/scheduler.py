@@ -90,6 +90,10 @@ class Scheduler:
         with self._cond:
             queue = self._ready.setdefault(work.company, {})
             if slot in queue:
+                if isinstance(work, Drop) and work.settled is not None:
+                    # judged ready again: a newer version (re-uploaded while queued) is
+                    # what the claim must find, in its own place in drop order
+                    queue[slot] = (work, key)
                 return False
             queue[slot] = (work, key)
             self._cond.notify()

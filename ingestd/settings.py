@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     polling_observer: bool = False
     polling_interval: float = Field(1.0, gt=0)
     marker_mode: bool = False
+    # A file written in place whose last record has no line break waits this long for a
+    # newer upload before it is applied (with a warning); 0: no such wait.
+    partial_grace_seconds: float = Field(60.0, ge=0)
 
     # Work
     workers: int = Field(4, ge=1)
@@ -64,6 +67,9 @@ class Settings(BaseSettings):
     stop_timeout: float = Field(30.0, gt=0)
     default_region: str = "US"
     sidecar_formula_guard: bool = True
+    # Memory the daemon keeps for good: each is a bound, not a reservation.
+    mdn_cache_entries: int = Field(10_000, ge=0)  # per cache in persons/phones.py; 0: none
+    malloc_arena_max: int = Field(2, ge=0)  # glibc malloc arenas (ingestd/malloc.py); 0: glibc's
 
     # Carrier lookup
     carrier_mode: Literal["offline", "http"] = "offline"

@@ -8,7 +8,12 @@ every file, after the format's, by the lifecycle.
 The CSV sidecars are opened by people, often in a spreadsheet, and echo the partner's
 cells: a cell such as ``=HYPERLINK(...)`` would run as a formula there (CSV injection).
 With ``guard`` on, every cell that a spreadsheet would read as a formula gets a leading
-``'`` (OWASP's advice). ``NAME.retry.persons`` is data to drop again and stays exact.
+``'`` (OWASP's advice), except a plain signed number (``+12295551234``, ``-0.25``): a
+spreadsheet reads that as a number, not a formula, and a partner who fixes a row in
+``errors.csv`` and sends it again must send what they sent the first time. These files
+begin with a UTF-8 byte-order mark exactly when the upload did (``Finished.bom``): the
+partner's tool wrote one, so it expects one, and Excel needs it to read UTF-8.
+``NAME.retry.persons`` is data to drop again and stays exact.
 """
 
 from __future__ import annotations
@@ -46,10 +51,20 @@ class Finished:
     meta: dict[str, Any]  # what the applier recorded (ApplyContext.columns and .extra)
     guard: bool  # settings.sidecar_formula_guard
 
+    @property
+    def bom(self) -> bool:
+        """The upload began with a UTF-8 byte-order mark (so the CSV sidecars do too)."""
+        return bool(self.meta.get("bom"))
+
+
+# A plain signed number: what a spreadsheet takes for a number, never for a formula.
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:[.,][0-9]+)?")
+
 
 def neutralise(cell: Any) -> Any:
     """``cell`` with a leading ``'`` when a spreadsheet would run it as a formula."""
-    if isinstance(cell, str) and cell[:1] in _FORMULA_START:
+    if (isinstance(cell, str) and cell[:1] in _FORMULA_START
+            and _PLAIN_NUMBER.fullmatch(cell) is None):
         return "'" + cell
     return cell
 
@@ -106,9 +121,12 @@ def result_json(directory: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[Any]],
-             guard: bool) -> Path:
-    """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``."""
+             guard: bool, *, bom: bool = False) -> Path:
+    """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``,
+    a byte-order mark first if ``bom``."""
     def fill(fh: TextIO) -> None:
+        if bom:
+            fh.write("\ufeff")
         # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
         w = csv.writer(fh, lineterminator="\r\n")
         lines = rows if header is None else itertools.chain([header], rows)

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from ingestd import landing
+from ingestd import held, landing
 from ingestd.db import in_hand, leases, ledger
 from ingestd.db.companies import list_companies
 from ingestd.settings import Settings
@@ -63,7 +63,10 @@ def collect(conn: psycopg.Connection[Any], settings: Settings,
         companies.append({
             "company": company.id,
             "backlog": _backlog(dirs.inbox, settings.marker_mode),
-            "processing": len(list(dirs.processing.iterdir())) if dirs.processing.is_dir() else 0,
+            "processing": (sum(1 for p in dirs.processing.iterdir() if held.is_claim_dir(p))
+                           if dirs.processing.is_dir() else 0),
+            # Likely partial uploads waiting for a newer version (partial_grace_seconds).
+            "maybe_partial": held.read(dirs),
             "in_hand": _in_hand(conn, company.id, settings),
             "held_by": holders.get(company.id),
             "last_hour": ledger.counts_since(conn, company.id, 3600),
@@ -129,6 +132,11 @@ def render(report: dict[str, Any]) -> str:
                      f"{c['last_hour'].get('done', 0):>8} {c['last_hour'].get('failed', 0):>9}"
                      f"  {err_text}")
     for c in report["companies"]:
+        if c["maybe_partial"]:
+            lines += ["", f"{c['company']}: held as likely partial uploads (written in place, "
+                          "no line break at the end)"]
+            lines += [f"  since {f['since']}  until {f['until']}  {f['file']}  "
+                      f"{_size(f['size'])}" for f in c["maybe_partial"]]
         if c["in_hand"]:
             lines += ["", f"{c['company']}: files in hand"]
             lines += [_in_hand_line(f) for f in c["in_hand"]]

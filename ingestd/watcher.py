@@ -38,6 +38,8 @@ from pathlib import Path
 
 import structlog
 from watchdog.events import (
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -48,7 +50,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from ingestd import landing
+from ingestd import held, landing, readiness
+from ingestd.readiness import Arrival, Settled
 from ingestd.settings import Settings
 from ingestd.work import Drop
 
@@ -76,6 +79,8 @@ _no_move_pairing()
 
 
 WRITING, CLOSED = "writing", "closed"
+# What an event says of how the file came to be under its name (readiness.Arrival).
+MOVED_IN, WRITTEN, CREATED = "moved_in", "written", "created"
 
 # File timestamps come from the kernel's coarse clock, up to one tick behind
 # time.time(); a file is never taken that much early.
@@ -98,6 +103,12 @@ class _Candidate:
     # The key was reported by inotify for this very file: its timestamps are our clock's.
     local: bool = False
     due: float | None = 0.0  # monotonic time of the next look; None: only on an event
+    arrival: Arrival = "unknown"
+    # Written in place and its last byte is no line feed (asked once per version).
+    partial: bool | None = None
+    held_until: float | None = None  # monotonic end of its grace period, while held
+    held_at: float = 0.0  # wall-clock time it was first held
+    open_logged: bool = False  # file.writer_open said for this version
 
 
 def _key(st: os.stat_result) -> Key:
@@ -109,24 +120,35 @@ def _last_change(st: os.stat_result) -> float:
     return max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 + _TIMESTAMP_SLACK
 
 
+_READS = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watcher) -> None:
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _READS:
+            return  # a read changes nothing (our own lease checks open files, too)
         state: str | None = None
+        arrival: str | None = None
         # IN_MODIFY means data was written; a bare create is not a write (a file renamed
         # in from elsewhere shows up as created, and it will never be closed here).
         if isinstance(event, FileModifiedEvent):
-            state = WRITING
+            state, arrival = WRITING, WRITTEN
         elif isinstance(event, FileClosedEvent):  # IN_CLOSE_WRITE only
-            state = CLOSED
+            state, arrival = CLOSED, WRITTEN
+        elif isinstance(event, FileCreatedEvent):
+            # An unpaired IN_MOVED_TO shows up as a create too; writes, if any, follow.
+            arrival = CREATED
         # A change made through this kernel (not a mere open or read): the file's
         # timestamps are on our clock.
         changed = state is not None or isinstance(event, (FileCreatedEvent, FileAttribEvent))
-        self.watcher.poke(Path(os.fsdecode(event.src_path)), state, event=changed)
+        self.watcher.poke(Path(os.fsdecode(event.src_path)), state, event=changed,
+                          arrival=arrival)
         if event.dest_path:  # a rename: the new name's writer has finished with it
-            self.watcher.poke(Path(os.fsdecode(event.dest_path)), CLOSED, event=True)
+            self.watcher.poke(Path(os.fsdecode(event.dest_path)), CLOSED, event=True,
+                              arrival=MOVED_IN)
 
 
 class Watcher:
@@ -136,7 +158,9 @@ class Watcher:
         self.root = settings.landing_root.absolute()
         self.on_ready = on_ready  # newly queued?
         self.on_rescan = on_rescan
-        self._pending: dict[Path, tuple[str | None, bool]] = {}  # path -> state, local
+        # path -> state, local, arrival (the events' last word on each)
+        self._pending: dict[Path, tuple[str | None, bool, str | None]] = {}
+        self._held: dict[str, list[dict[str, object]]] = {}  # company -> as last written
         self._lock = threading.Lock()
         self._wake = threading.Event()  # an event or a stop: look now
         self._candidates: dict[Path, _Candidate] = {}
@@ -178,9 +202,11 @@ class Watcher:
 
     # -- input --------------------------------------------------------------------
 
-    def poke(self, path: Path, state: str | None = None, *, event: bool = False) -> None:
-        """Something happened at ``path`` (called from watchdog's thread); ``state`` is
-        WRITING or CLOSED when the event says so; ``event``: inotify said it."""
+    def poke(self, path: Path, state: str | None = None, *, event: bool = False,
+             arrival: str | None = None) -> None:
+        """Something happened at ``path`` (called from watchdog's thread, or a file given
+        back unclaimed); ``state`` is WRITING or CLOSED when the event says so;
+        ``event``: inotify said it; ``arrival``: MOVED_IN, WRITTEN or CREATED."""
         if landing.inbox_company(path, self.root) is None:
             return  # not a drop (a hidden folder is no company; the scans skip it too)
         name = path.name
@@ -188,14 +214,16 @@ class Watcher:
         if self.settings.marker_mode and name.endswith(landing.MARKER_SUFFIX):
             path = path.with_name(name[: -len(landing.MARKER_SUFFIX)])
             local = False  # an event about the marker says nothing of the drop's clock
+            arrival = None  # nor of how the drop was written
         elif landing.is_in_flight(name) or landing.is_companion(name, self.settings.marker_mode):
             return
         with self._lock:
             old = self._pending.get(path)
             if old is None:
-                self._pending[path] = (state, local)
+                self._pending[path] = (state, local, arrival)
             else:  # events arrive in order: the last state wins
-                self._pending[path] = (old[0] if state is None else state, old[1] or local)
+                self._pending[path] = (old[0] if state is None else state, old[1] or local,
+                                       old[2] if arrival is None else arrival)
         self._wake.set()
 
     def _scan(self) -> None:
@@ -227,9 +255,10 @@ class Watcher:
                 # One moment for the whole batch: files seen together (a start-up scan)
                 # settle together and are handed over together, oldest first.
                 seen = time.monotonic()
-                for path, (state, local) in pending.items():
-                    self._observe(path, seen, state, local)
+                for path, (state, local, arrival) in pending.items():
+                    self._observe(path, seen, state, local, arrival)
                 due = self._check_settled()
+                self._publish_held()
             # The loop must survive anything (a folder that vanished mid-scan, a bug):
             # if it stops, no file is ever taken again; the next round looks afresh.
             except Exception:
@@ -239,7 +268,7 @@ class Watcher:
             self._wake.wait(max(0.0, wake - time.monotonic()))
 
     def _observe(self, path: Path, seen: float, state: str | None = None,
-                 local: bool = False) -> None:
+                 local: bool = False, arrival: str | None = None) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -248,17 +277,24 @@ class Watcher:
         if not stat.S_ISREG(st.st_mode):
             # symlink, FIFO, device, socket, directory: never opened; the lifecycle fails it
             self._candidates.pop(path, None)
-            self._emit(path, st.st_mtime_ns)
+            self._emit(path, readiness.settled(st))
             return
         key = _key(st)
         cand = self._candidates.get(path)
         if cand is None or cand.key != key:
             writing = cand.writing if cand is not None else False
-            cand = self._candidates[path] = _Candidate(key, seen, writing, local)
+            was = cand.arrival if cand is not None else "unknown"
+            cand = self._candidates[path] = _Candidate(key, seen, writing, local, arrival=was)
         elif local:
             cand.local = True  # inotify saw this very version of the file change
         if state is not None:
             cand.writing = state == WRITING
+        if arrival == MOVED_IN or (arrival == CREATED and local):
+            # A native create with no write after it is a rename from an unwatched name
+            # (or an unpaired one); a write, if it comes, says otherwise.
+            cand.arrival = "renamed"
+        elif arrival == WRITTEN:
+            cand.arrival = "written"
         cand.due = 0.0  # look at it in this round
 
     def _ready_at(self, cand: _Candidate, st: os.stat_result, now: float,
@@ -278,7 +314,7 @@ class Watcher:
         """Emit what is ready; return when to look again (monotonic), None: on an event."""
         now = time.monotonic()
         wall = time.time()
-        ready: list[tuple[int, str, Path]] = []
+        ready: list[tuple[int, str, Path, Settled]] = []
         next_due: float | None = None
         for path, cand in list(self._candidates.items()):
             if cand.due is None or cand.due > now:
@@ -292,7 +328,8 @@ class Watcher:
                 continue
             key = _key(st)
             if key != cand.key:  # still being written, even if no event told us
-                cand = self._candidates[path] = _Candidate(key, now, cand.writing)
+                cand = self._candidates[path] = _Candidate(key, now, cand.writing,
+                                                           arrival=cand.arrival)
             at: float | None = self._ready_at(cand, st, now, wall)
             if at is not None and at <= now and self.settings.marker_mode and not \
                     os.path.lexists(path.with_name(path.name + landing.MARKER_SUFFIX)):
@@ -302,18 +339,95 @@ class Watcher:
                 if at is not None:
                     next_due = at if next_due is None else min(next_due, at)
                 continue
+            if readiness.writer_open(path):
+                # Settled, but a writer still holds it open (a paused upload whose writes
+                # we did not see): never taken while open. Looked at again now and then,
+                # since a polling observer sees no close.
+                if not cand.open_logged and (now - cand.stable_since
+                                             > self.settings.write_timeout_seconds):
+                    cand.open_logged = True  # a stuck client: the operator should know
+                    log.warning("file.writer_open", company=path.parent.parent.name,
+                                file=path.name, stable_s=round(now - cand.stable_since, 1))
+                at = now + max(self.settings.settle_seconds, 1.0)
+                cand.due = at
+                next_due = at if next_due is None else min(next_due, at)
+                continue
             if cand.writing:
-                log.warning("file.assumed_closed", company=landing.inbox_company(path, self.root),
-                            file=path.name, stable_s=round(now - cand.stable_since, 1))
+                log.warning("file.assumed_closed",
+                            company=landing.inbox_company(path, self.root), file=path.name,
+                            stable_s=round(now - cand.stable_since, 1))
+            held_until = self._hold(path, cand, now)
+            if held_until is not None:
+                cand.due = held_until
+                next_due = held_until if next_due is None else min(next_due, held_until)
+                continue
             del self._candidates[path]
-            ready.append((st.st_mtime_ns, path.name, path))
+            facts = readiness.settled(st, cand.arrival, maybe_partial=bool(cand.partial))
+            ready.append((st.st_mtime_ns, path.name, path, facts))
         # Oldest first: an idle worker takes the first file handed to it, and files that
         # settle together (a start-up scan, say) must still go in drop order.
-        for mtime_ns, _, path in sorted(ready):
-            self._emit(path, mtime_ns)
+        for _, _, path, facts in sorted(ready, key=lambda r: (r[0], r[1])):
+            self._emit(path, facts)
         return next_due
 
-    def _emit(self, path: Path, mtime_ns: int) -> None:
-        drop = landing.drop(path, mtime_ns)
+    # -- likely partial uploads -----------------------------------------------------
+
+    def _hold(self, path: Path, cand: _Candidate, now: float) -> float | None:
+        """Until when a settled file is held as a likely partial upload, or None.
+
+        Likely partial: written in place (not renamed in from an in-flight name; a file
+        no event told us about counts as written in place), and its last record has no
+        line break, which is where a killed upload almost always stops. It waits
+        ``partial_grace_seconds`` for the client's retry to replace it (a newer version
+        is a new candidate: its clock starts again), then goes on, flagged.
+        """
+        grace = self.settings.partial_grace_seconds
+        if grace <= 0 or self.settings.marker_mode or cand.arrival == "renamed":
+            return None
+        if cand.partial is None:
+            cand.partial = readiness.ends_without_line_break(path)
+        if not cand.partial:
+            return None
+        if cand.held_until is None:
+            cand.held_until, cand.held_at = now + grace, time.time()
+            log.warning("file.maybe_partial", company=path.parent.parent.name,
+                        file=path.name, size=cand.key[0], arrival=cand.arrival,
+                        grace_s=grace,
+                        reason="written in place and its last record has no line break: "
+                               "held for a newer upload, then applied with a warning")
+        return cand.held_until if cand.held_until > now else None
+
+    def _publish_held(self) -> None:
+        """Write each company's held files where ``ingestd status`` reads them, when
+        they changed."""
+        by_company: dict[str, list[dict[str, object]]] = {}
+        now = time.monotonic()
+        for path, cand in self._candidates.items():
+            if cand.held_until is not None and cand.held_until > now:
+                by_company.setdefault(path.parent.parent.name, []).append({
+                    "file": landing.display_name(path.name), "size": cand.key[0],
+                    "since": held.iso(cand.held_at),
+                    "until": held.iso(cand.held_at + self.settings.partial_grace_seconds),
+                })
+        for company in set(by_company) | set(self._held):
+            files = sorted(by_company.get(company, []), key=lambda f: str(f["file"]))
+            if files == self._held.get(company, []):
+                continue
+            try:
+                held.write(landing.company_dirs_of(self.root, company), files)
+            except OSError as exc:
+                log.warning("watcher.held_not_written", company=company, error=str(exc))
+                continue
+            if files:
+                self._held[company] = files
+            else:
+                self._held.pop(company, None)
+
+    def held_count(self) -> int:
+        return sum(len(f) for f in list(self._held.values()))  # read from another thread
+
+    def _emit(self, path: Path, facts: Settled) -> None:
+        drop = landing.drop(path, facts.mtime_ns, facts)
         if self.on_ready(drop):  # False: already queued, seen again by a rescan
             log.info("file.ready", company=drop.company, file=drop.name)
+

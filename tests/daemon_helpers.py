@@ -63,6 +63,9 @@ def base_env(db_url: str, landing: Path, state_dir: Path, **extra: str) -> dict[
         "INGESTD_RESCAN_SECONDS": "2",
         "INGESTD_LOG_FORMAT": "json",
         "INGESTD_WORKERS": "4",
+        # Test files are often written without a final line break: no likely-partial
+        # hold unless a test asks for one (tests/test_sftp_uploads.py does).
+        "INGESTD_PARTIAL_GRACE_SECONDS": "0",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

@@ -60,6 +60,29 @@ def refused(r: subprocess.CompletedProcess[str], state: Path) -> str:
 
 # -- item 4: settings ------------------------------------------------------------------------
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("partial_grace_seconds", "-1"), ("partial_grace_seconds", "a minute"),
+    ("mdn_cache_entries", "-5"), ("malloc_arena_max", "two")])
+def test_new_memory_and_upload_settings_are_validated(
+        bare_env: dict[str, str], tmp_path: Path, key: str, value: str) -> None:
+    """Issue 16: each new setting, bad in the environment or in the TOML file: one line
+    naming it, exit 2, before anything starts."""
+    r = run_cli(["run"], {**bare_env, f"INGESTD_{key.upper()}": value}, timeout=TIMEOUT)
+    line = refused(r, tmp_path / "state")
+    assert line.startswith(f"ingestd: invalid setting {key}"), line
+    config = tmp_path / "ingestd.toml"
+    config.write_text(f"{key} = {value if value.lstrip('-').isdigit() else repr(value)}\n")
+    r = run_cli(["run"], {**bare_env, "INGESTD_CONFIG": str(config)}, timeout=TIMEOUT)
+    line = refused(r, tmp_path / "state")
+    assert line.startswith(f"ingestd: invalid setting {key}") and str(config) in line, line
+
+
+def test_new_settings_have_their_documented_defaults() -> None:
+    s = load_settings()
+    assert (s.partial_grace_seconds, s.mdn_cache_entries, s.malloc_arena_max) == (
+        60.0, 10_000, 2)
+
+
 @pytest.mark.parametrize("address", ["bad", "127.0.0.1:99999", "127.0.0.1:port", "::1:9108",
                                      "[not-v6]:9108", "a b:9108"])
 def test_bad_metrics_address_is_refused_before_anything_starts(

@@ -155,7 +155,9 @@ def test_update_without_precondition_is_428(importer: Importer) -> None:
     before = importer.contacts()
     results = importer.run([row("a", "t1", presented="true"), row("a", "t2")])
     assert (results.accepted, results.rejected) == (0, 2)
-    assert errors(results) == [(1, CONTACTS_PRECONDITION_REQUIRED, "Precondition Required")]
+    assert errors(results) == [(1, CONTACTS_PRECONDITION_REQUIRED, "Precondition Required"),
+                               (2, CONTACTS_PRECONDITION_REQUIRED,
+                                "Precondition Required (record 1)")]
     assert importer.contacts() == before
 
 
@@ -297,8 +299,12 @@ def test_sas_example(importer: Importer) -> None:
     for r in rows[:3]:
         r.insert(at, "")
     results = importer.run(rows, header=header)
-    assert errors(results) == [(1, CONTACTS_REJECTED, OBJECT_VARIABLES_MESSAGE)]
+    # every row the section took with it is listed too, naming the record at fault
+    assert errors(results) == [(1, CONTACTS_REJECTED, OBJECT_VARIABLES_MESSAGE)] + [
+        (record, CONTACTS_REJECTED, f"{OBJECT_VARIABLES_MESSAGE} (record 1)")
+        for record in (2, 3)]
     assert (results.rows, results.accepted, results.rejected) == (4, 1, 3)
+    assert results.rejected_sections == 1
     assert list(importer.contacts()) == ["VIP.9ea6417c-25d5-4dd7-9377-69881d6563ef"]
 
 

@@ -45,6 +45,7 @@ from daemon_helpers import (
 from ingestd import errors
 from ingestd.cli import build_parser
 from ingestd.landing import CompanyDirs
+from ingestd.persons.fields_file import FIELDS_FILE
 
 # The row errors of docs/formats.md section 1, with the seed's messages.
 MDN_MESSAGE = "The mdn is incorrectly formatted. It should be an E.164 mdn."
@@ -77,10 +78,11 @@ def person_count(db_url: str, company: str) -> int:
 
 
 def drops_in(directory: Path) -> list[str]:
-    """The dropped files in done/ or failed/ (sidecars left out)."""
+    """The dropped files in done/ or failed/ (sidecars and the partner's copy of the
+    custom fields left out)."""
     sidecar = (".result.json", ".errors.csv", ".accepted.csv", ".rejected.csv",
                ".global.csv", ".retry.persons")
-    return [n for n in listing(directory) if not n.endswith(sidecar)]
+    return [n for n in listing(directory) if not n.endswith(sidecar) and n != FIELDS_FILE]
 
 
 def log_time(event: dict[str, Any]) -> datetime:
@@ -237,25 +239,26 @@ def _process_state(pid: int) -> str:
 
 def test_file_changed_while_being_applied_is_rolled_back_and_applied_once_later(
         start_daemon: StartDaemon, db_url: str, landing: Path) -> None:
-    """A writer that still holds the file open (its close lost: taken after the write
-    timeout) appends while the daemon applies it: the apply is rolled back, the file goes
-    back to the inbox and is applied once, whole, when it has settled again."""
+    """A write that reaches the file after its claim (an uploader's open descriptor
+    follows the rename into .processing/) while the daemon applies it: the apply is
+    rolled back, the file goes back to the inbox and is applied once, whole, when it has
+    settled again. (A file with a writer still open is never claimed at all: the read
+    lease check, tests/test_sftp_uploads.py.)"""
     acme = setup_company(db_url, landing, "acme")
     n = 60000
     body = "external_person_id\n" + "".join(f"p{i}\n" for i in range(n))
     # The daemon stops itself (SIGSTOP) once, inside the apply before reading a row, so
     # the append surely lands while the file is being applied.
-    d = start_daemon(INGESTD_WRITE_TIMEOUT_SECONDS="1", INGESTD_FAILPOINT="hang_in_apply:stop")
+    d = start_daemon(INGESTD_FAILPOINT="hang_in_apply:stop")
     assert d.proc is not None
     pid = d.proc.pid
-    with open(acme.inbox / "grow.persons", "w") as fh:
-        fh.write(body)
-        fh.flush()
-        d.wait_event("file.claimed", company="acme", file="grow.persons")
-        wait_for(lambda: _process_state(pid) == "T", 60, what="the daemon stopped in apply",
-                 context=d.tail)
-        fh.write("late\n")  # through the open descriptor: the claimed file grows
-        fh.flush()
+    (acme.inbox / "grow.persons").write_text(body)
+    d.wait_event("file.claimed", company="acme", file="grow.persons")
+    wait_for(lambda: _process_state(pid) == "T", 60, what="the daemon stopped in apply",
+             context=d.tail)
+    [claimed] = acme.processing.glob("*/grow.persons")
+    with open(claimed, "a") as fh:  # as the uploader's descriptor would: the file grows
+        fh.write("late\n")
     d.proc.send_signal(signal.SIGCONT)
     d.wait_event("file.done", company="acme", file="grow.persons", timeout=60)
     stop_cleanly(d)
@@ -422,9 +425,10 @@ def test_crash_in_a_backlog_keeps_drop_order_and_the_suffixed_name(
     assert [r["final_path"] for r in rows] == [
         str(acme.done / n) for n in ("same.persons", "same~2.persons", "b.persons",
                                      "a.persons")]
+    # errors.csv only beside same~2.persons, the one file with a rejected row
     assert listing(acme.done) == sorted(
-        f"{n}{suffix}" for n in ("same.persons", "same~2.persons", "b.persons", "a.persons")
-        for suffix in ("", ".errors.csv", ".result.json"))
+        [f"{n}{suffix}" for n in ("same.persons", "same~2.persons", "b.persons", "a.persons")
+         for suffix in ("", ".result.json")] + ["same~2.persons.errors.csv"])
     assert (acme.done / "same~2.persons").read_text() == second
     result = result_json(acme.done, "same~2.persons")
     assert result["file"] == "same.persons" and result["stored_as"] == "same~2.persons"
@@ -626,8 +630,7 @@ def test_ingest_exit_codes(env: dict[str, str], db_url: str, landing: Path,
     r = run_cli(["ingest", str(good)], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("done: good.persons"), r.stdout
-    assert listing(acme.done) == ["good.persons", "good.persons.errors.csv",
-                                  "good.persons.result.json"]
+    assert listing(acme.done) == ["good.persons", "good.persons.result.json"]
     assert persons(db_url, "acme") == [("g1", None, {"note": "fine"})]
 
     bad = tmp_path / "bad.persons"  # from outside the landing root: --company

@@ -22,7 +22,7 @@ from daemon_helpers import run_cli
 from pg_proxy import Proxy, address_of, free_port
 from psycopg.conninfo import make_conninfo
 
-from ingestd.db import locks
+from ingestd.db import leases, locks
 from ingestd.db.database import Database
 from ingestd.db.liveness import connection_params
 from ingestd.fleet import Fleet
@@ -114,6 +114,22 @@ def test_own_sessions_the_server_kept_are_ended_and_no_other(tcp_url: str,
             assert locks.try_lock(live, key)
             locks.unlock(live, key)
             assert backends(theirs) == before - set(ended)
+
+
+def test_a_connection_made_after_the_look_is_never_taken_for_dead(db_url: str,
+                                                                   tmp_path: Path) -> None:
+    """Another thread's connection made between the look at our live connections and the
+    terminate (the race that once ended the heartbeat's new connection at start-up)."""
+    settings = Settings(database_url=db_url, landing_root=tmp_path)
+    with Database(settings, start=False) as db, db.connect(autocommit=True) as asker:
+        looked_at = leases.server_time(asker)
+        live = db.sessions.live()
+        with db.connect(autocommit=True) as late:
+            assert leases.end_own_sessions(asker, db.sessions.prefix, live,
+                                           started_before=looked_at) == []
+            assert late.execute("SELECT 1").fetchone() == (1,)
+        # Closed without a word to the server it would be dead; closed cleanly it is gone.
+        assert db.end_dead_sessions(asker) == []
 
 
 def backends(conn: psycopg.Connection[Any]) -> set[int]:

@@ -131,7 +131,9 @@ def assert_finished_once(d: Daemon, db_url: str, acme: CompanyDirs, name: str,
     assert (entry["rows"], entry["accepted"]) == (rows, accepted)
     assert entry["finished_at"] is not None
     assert scalar(db_url, "SELECT count(*) FROM acme.persons") == accepted
-    assert listing(acme.done) == [name, f"{name}.errors.csv", f"{name}.result.json"]
+    # errors.csv only where rows were rejected: a sidecar says something or is not written
+    assert listing(acme.done) == ([name, f"{name}.errors.csv", f"{name}.result.json"]
+                                  if accepted < rows else [name, f"{name}.result.json"])
     assert (acme.done / name).read_text() == content
     assert listing(acme.inbox) == [] and listing(acme.failed) == []
     assert list(entries(acme.processing)) == []
@@ -184,14 +186,21 @@ def test_errors_csv_that_does_not_fit_waits_for_space_and_is_finished_once(
 # -- the move: result.json, the last thing written before the file moves, does not fit --
 
 ALL_GOOD = "external_person_id,note\n" + "".join(f"g{i},fine\n" for i in range(50))
+# One rejected row (no identifying value), so that errors.csv is written: a small file.
+ONE_BAD = ALL_GOOD + ",orphan\n"
+ONE_BAD_ERRORS_CSV = (
+    b"record,error_class,error_message,error_field,error_detail,external_person_id,note\r\n"
+    b"51,PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId,Creating a Person requires"
+    b' a device or an external person id,,"no mdn, vibes_device_id or external_person_id to'
+    b' create a person with",,orphan\r\n')
 
 
 def test_result_json_that_does_not_fit_leaves_the_file_in_its_claim_until_space_returns(
         small_fs: Path, db_url: str, tmp_path: Path) -> None:
-    """One page left: the (header-only) errors.csv takes it, the result.json that must
+    """One page left: the (one-line) errors.csv takes it, the result.json that must
     precede the move finds none."""
     acme = setup_company(db_url, small_fs, "acme", NOTE_FIELD)
-    staged = stage(small_fs, "good.persons", ALL_GOOD)
+    staged = stage(small_fs, "good.persons", ONE_BAD)
     ballast = fill_pages(small_fs, leave=1)
     d = start(small_fs, db_url, tmp_path)
     try:
@@ -206,15 +215,13 @@ def test_result_json_that_does_not_fit_leaves_the_file_in_its_claim_until_space_
         # No result.json and no file in done/; a sidecar there is complete, never partial.
         assert set(listing(acme.done)) <= {"good.persons.errors.csv"}
         for name in listing(acme.done):
-            assert (acme.done / name).read_bytes() == (
-                b"record,error_class,error_message,error_field,error_detail,external_person_id,"
-                b"note\r\n")
+            assert (acme.done / name).read_bytes() == ONE_BAD_ERRORS_CSV
         assert no_temp_files(acme)
         [entry] = ledger(db_url)
         assert entry["status"] == "done" and entry["finished_at"] is None
 
         ballast.unlink()
-        assert_finished_once(d, db_url, acme, "good.persons", ALL_GOOD, 50, 50)
+        assert_finished_once(d, db_url, acme, "good.persons", ONE_BAD, 51, 50)
     finally:
         d.kill()
 

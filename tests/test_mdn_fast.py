@@ -2,7 +2,8 @@
 
 The reference below asks phonenumbers itself (``is_valid_number``, ``number_type``,
 ``format_number``) about the number an accepted form spells, built the way ``parse``
-builds it for clean digits; ten digits outside NANP go through ``parse``.
+builds it for clean digits; ten digits outside NANP go through ``parse``, and ten digits
+are only ever a national number of the region.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import phonenumbers
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat, PhoneNumberType
+from phonenumbers import (
+    CountryCodeSource,
+    PhoneMetadata,
+    PhoneNumber,
+    PhoneNumberFormat,
+    PhoneNumberType,
+)
 
 from ingestd.errors import RowError
 from ingestd.persons import mdn_fast
@@ -48,12 +55,20 @@ def reference(raw: str, region: str) -> tuple[str, int] | None:
             number.number_of_leading_zeros = zeros
         assert phonenumbers.national_significant_number(number) == national
     elif re.fullmatch(r"[0-9]{10}", raw):
+        # Ten digits are a national number of the region (docs/formats.md section 1):
+        # never read past the region's international dialling prefix or a country code.
+        metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+        idd = metadata.international_prefix if metadata is not None else None
+        if idd and re.match(idd, raw):
+            return None
         if phonenumbers.country_code_for_region(region.upper()) == 1:
             number = PhoneNumber(country_code=1, national_number=int(raw))
         else:
             try:
-                number = phonenumbers.parse(raw, region.upper())
+                number = phonenumbers.parse(raw, region.upper(), keep_raw_input=True)
             except phonenumbers.NumberParseException:
+                return None
+            if number.country_code_source != CountryCodeSource.FROM_DEFAULT_COUNTRY:
                 return None
     else:
         return None

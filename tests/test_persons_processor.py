@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -79,8 +80,12 @@ CREATE_REQUIRES_DETAIL = "no mdn, vibes_device_id or external_person_id to creat
 
 
 def guarded(cell: str) -> str:
-    """A cell as errors.csv shows it: the formula guard prefixes = + - @ tab CR with '."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+    """A cell as errors.csv shows it: the formula guard prefixes = + - @ tab CR with ',
+    unless the cell is a plain signed number (docs/formats.md, "Spreadsheet safety")."""
+    if cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not re.fullmatch(
+            r"[+-]?[0-9]+(?:[.,][0-9]+)?", cell):
+        return "'" + cell
+    return cell
 
 
 UK_MOBILE = "+447400123456"  # offline: mobile, carrier "Three"
@@ -260,7 +265,7 @@ def test_invalid_mdn_format_bad_shapes_and_invalid_numbers(env: Env) -> None:
         ["3", INVALID_MDN, INVALID_MDN_MSG, "mdn", f"'12295550003' {NOT_E164}",
          "12295550003", "e3"],
         ["5", INVALID_MDN, INVALID_MDN_MSG, "mdn", "'+11235550005' is not a valid number",
-         "'+11235550005", "e5"],  # the formula guard: a leading + gets a '
+         "+11235550005", "e5"],  # a plain signed number: no formula guard
         ["6", INVALID_MDN, INVALID_MDN_MSG, "mdn",
          "'1235550006' is not a valid number in region US", "1235550006", "e6"],
     ]
@@ -280,7 +285,7 @@ def test_custom_field_not_found(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "mdn", "tier", "ghost"],
         ["2", FIELD_NOT_FOUND, FIELD_NOT_FOUND_MSG, "ghost", "no custom field named ghost",
-         "'" + mdn(2), "gold", "boo"],
+         mdn(2), "gold", "boo"],
     ]
     assert {m: p.custom for m, p in env.by_mdn().items()} == {
         mdn(1): {"tier": "gold"}, mdn(3): {"tier": "silver"}}
@@ -368,11 +373,11 @@ def test_mobile_phone_already_assigned(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn"],
         ["2", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
-         "other", "'" + mdn(1)],
+         "other", mdn(1)],
         ["3", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(1)} belongs to another person",
-         "new4", "'" + mdn(1)],
+         "new4", mdn(1)],
         ["5", MDN_TAKEN, MDN_TAKEN_MSG, "mdn", f"mdn {mdn(3)} belongs to another person",
-         "new6", "'" + mdn(3)],
+         "new6", mdn(3)],
     ]
     assert {e: p.mdn for e, p in env.by_ext().items()} == {
         "owner": mdn(1), "other": mdn(6), "new3": mdn(3), "new5": mdn(5)}
@@ -438,7 +443,7 @@ def test_mdn_change_not_allowed(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn", "tier"],
         ["2", MDN_CHANGE, MDN_CHANGE_MSG, "mdn",
-         f"person {p1.person_id} already has mdn {mdn(1)}", "x1", "'" + mdn(2), "silver"],
+         f"person {p1.person_id} already has mdn {mdn(1)}", "x1", mdn(2), "silver"],
     ]
     assert env.persons() == [
         p1._replace(custom={"tier": "bronze"}),
@@ -491,9 +496,9 @@ def test_unique_violation_external_and_device_ids(env: Env) -> None:
         ["3", UNIQUE, UNIQUE_MSG, "external_person_id", "'e1' belongs to another person",
          "", p2.person_key, "", "e1", ""],
         ["4", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d1' belongs to another person",
-         "", "", "'" + mdn(2), "", "d1"],
+         "", "", mdn(2), "", "d1"],
         ["5", UNIQUE, UNIQUE_MSG, "vibes_device_id", "'d3' belongs to another person",
-         "", "", "'" + mdn(5), "", "d3"],
+         "", "", mdn(5), "", "d3"],
     ]
     persons = env.persons()
     assert persons[:2] == [p1, p2._replace(external_person_id="e2b", vibes_device_id="d2b")]
@@ -516,9 +521,9 @@ def test_malformed_row(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "mdn", "external_person_id", "bio"],
         ["2", MALFORMED, "Row has 4 fields; the header has 3", "",
-         "row has 4 fields; the header has 3", "'" + mdn(2), "e2", "x", "extra"],
+         "row has 4 fields; the header has 3", mdn(2), "e2", "x", "extra"],
         ["3", MALFORMED, "Row has 1 fields; the header has 3", "",
-         "row has 1 fields; the header has 3", "'" + mdn(3)],
+         "row has 1 fields; the header has 3", mdn(3)],
         # the csv module returns no values for a record it cannot read
         ["4", MALFORMED, "Row is not valid CSV: ',' expected after '\"'", "",
          "row is not valid CSV: ',' expected after '\"'"],
@@ -539,7 +544,7 @@ def test_permanent_lookup_failure_offline(env: Env) -> None:
     assert env.errors_csv(name) == [
         [*ERRORS_HEADER, "external_person_id", "mdn"],
         ["2", PERMANENT, PERMANENT_MSG, "mdn", f"mdn {UK_FIXED} is not a mobile number",
-         "e2", "'" + UK_FIXED],
+         "e2", UK_FIXED],
     ]
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
         "e1": (UK_MOBILE, "Three"), "e3": (mdn(3), None)}
@@ -852,7 +857,8 @@ def test_http_503_twice_then_found_after_logged_retries(env: Env, server: Carrie
         ), **http_settings(server))
     assert_done(env, name, outcome, 3, {})
     assert not (env.company_dir / "done" / f"{name}.retry.persons").exists()
-    assert env.errors_csv(name) == [[*ERRORS_HEADER, "external_person_id", "mdn"]]
+    # nothing rejected: no errors.csv (a sidecar is written only when it says something)
+    assert not (env.company_dir / "done" / f"{name}.errors.csv").exists()
     assert retries(logs) == [(mdn(2), 1, "HTTP 503"), (mdn(2), 2, "HTTP 503")]
     assert server.calls == Counter({mdn(2): 3})
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {
@@ -883,7 +889,7 @@ def test_http_always_503_is_transient_and_goes_to_the_retry_file(
         [*ERRORS_HEADER, "external_person_id", "mdn", "tier"],
         ["3", TRANSIENT, TRANSIENT_MSG, "mdn",
          f"carrier lookup of {mdn(3)} failed after 4 attempts: HTTP 503",
-         "e3", "'" + mdn(3), "silver"],
+         "e3", mdn(3), "silver"],
     ]
     assert retries(logs) == [(mdn(3), 1, "HTTP 503"), (mdn(3), 2, "HTTP 503"),
                              (mdn(3), 3, "HTTP 503")]
@@ -971,7 +977,7 @@ def test_retry_file_keeps_a_lone_carriage_return(env: Env, server: CarrierServer
     assert env.errors_csv(name)[1] == [
         "1", TRANSIENT, TRANSIENT_MSG, "mdn",
         f"carrier lookup of {mdn(2)} failed after 4 attempts: HTTP 503",
-        "e2", "'" + mdn(2), "old\rmac"]
+        "e2", mdn(2), "old\rmac"]
 
 
 @pytest.mark.parametrize(("field", "head"), [
@@ -1009,7 +1015,7 @@ def test_http_404_and_422_are_permanent_without_retries(
     assert_done(env, name, outcome, 3, {PERMANENT: 1})
     assert env.errors_csv(name)[1:] == [[
         "2", PERMANENT, PERMANENT_MSG, "mdn",
-        f"the carrier lookup service answered HTTP {status} for {mdn(2)}", "e2", "'" + mdn(2)]]
+        f"the carrier lookup service answered HTTP {status} for {mdn(2)}", "e2", mdn(2)]]
     assert retries(logs) == []
     assert server.calls == Counter({mdn(1): 1, mdn(2): 1, mdn(3): 1})
     assert {e: (p.mdn, p.carrier) for e, p in env.by_ext().items()} == {

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError
-from ingestd.persons.phones import INVALID_MDN_MESSAGE, normalize_mdn, number_type_is_mobile
+from ingestd.persons.phones import (
+    INVALID_MDN_MESSAGE,
+    explain_invalid_mdn,
+    normalize_mdn,
+    number_type_is_mobile,
+)
 
 INVALID = RowError(INVALID_MDN_FORMAT, INVALID_MDN_MESSAGE)
 
@@ -39,6 +44,29 @@ def test_ten_digits_are_read_in_the_region() -> None:
     assert normalize_mdn("7400123456", "GB") == "+447400123456"
     assert normalize_mdn("7400123456", "gb") == "+447400123456"
     assert normalize_mdn("7400123456", "US") == INVALID  # exchange 012 does not exist
+
+
+@pytest.mark.parametrize(("raw", "region", "prefix"), [
+    ("0116907290", "US", "011"),  # NANP: 011 then Tokelau's +690
+    ("0116907290", "CA", "011"),
+    ("0069072900", "GB", "00"),  # was stored as +69072900
+    ("0069072900", "DE", "00"),
+    ("0044740012", "FR", "00"),
+])
+def test_ten_digits_starting_with_the_international_prefix_are_invalid(
+        raw: str, region: str, prefix: str) -> None:
+    """Ten digits are a national number of the company's region, never a foreign number
+    dialled with the region's international prefix (issue 20, item 6)."""
+    assert normalize_mdn(raw, region) == INVALID
+    assert explain_invalid_mdn(raw, region).startswith(
+        f"'{raw}' begins with {prefix}, the international dialling prefix of region {region}")
+
+
+def test_a_national_number_is_not_read_as_a_foreign_one() -> None:
+    """What parse would read as the region's own country code and a shorter national
+    number is no national number of ten digits."""
+    assert normalize_mdn("4930123456", "DE") == INVALID
+    assert normalize_mdn("3012345678", "DE") == "+493012345678"
 
 
 def test_region_does_not_matter_for_e164() -> None:

@@ -76,8 +76,9 @@ def test_failed_file_requeued_after_company_add_is_applied_by_the_daemon(
 
     done = d.wait_event("file.done", company="newco", file="crm.persons")[0]
     assert done["accepted"] == 1 and done["rejected"] == 0
-    assert listing(newco.done) == ["crm.persons", "crm.persons.errors.csv",
-                                   "crm.persons.result.json"]
+    # (no errors.csv: nothing was rejected; custom-fields.json: the partner's copy)
+    assert listing(newco.done) == ["crm.persons", "crm.persons.result.json",
+                                   "custom-fields.json"]
     fresh = result_json(newco.done, "crm.persons")
     assert fresh["status"] == "done" and "error" not in fresh
     assert notes(db_url, "newco") == ["hello"]
@@ -106,16 +107,16 @@ def test_requeued_done_file_with_known_content_is_applied_again_not_a_duplicate(
     ok(run_cli(["fields", "load", str(write(landing.parent / "f.toml", FIELDS_TOML)),
                 "--company", "acme"], env))
     ok(run_cli(["requeue", str(acme.done / "crm.persons")], env))
-    assert listing(acme.done) == []
+    assert listing(acme.done) == ["custom-fields.json"]  # the partner's copy of the fields
 
     d = start_daemon()
     done = d.wait_event("file.done", company="acme", file="crm.persons")[0]
     assert "duplicate_of" not in done and done["accepted"] == 1
     fresh = result_json(acme.done, "crm.persons")
     assert "duplicate_of" not in fresh and fresh["rejected"] == 0
-    assert listing(acme.done) == ["crm.persons", "crm.persons.errors.csv",
-                                  "crm.persons.result.json", "waiting.persons",
-                                  "waiting.persons.errors.csv", "waiting.persons.result.json"]
+    assert listing(acme.done) == ["crm.persons", "crm.persons.result.json",
+                                  "custom-fields.json", "waiting.persons",
+                                  "waiting.persons.result.json"]
     assert sorted(notes(db_url, "acme"), key=str) == [None, "hello"]
     names = [r["name"] for r in ledger(db_url, "acme")]
     assert names == ["crm.persons", "waiting.persons", "crm.persons"]
@@ -209,6 +210,8 @@ def test_prune_by_age_dry_run_and_redrop_is_still_a_duplicate(
 
     out = ok(run_cli(["prune", "--older-than", "7", "--dry-run"], env))
     assert out == (f"would delete: {acme.done / 'old.persons'}\n"
+                   f"would delete: {acme.done / 'old.persons.result.json'}\n"
+                   f"would delete: {acme.done / 'old.persons.errors.csv'}\n"
                    f"would prune 1 file(s), {size} bytes (finished 7 or more days ago)\n")
     assert listing(acme.done) == before
     assert scalar(db_url, "SELECT pruned_at FROM ingestd.files WHERE id = %s",
@@ -217,8 +220,7 @@ def test_prune_by_age_dry_run_and_redrop_is_still_a_duplicate(
     r = run_cli(["prune", "--older-than", "7"], env)
     assert r.stdout == f"pruned 1 file(s), {size} bytes (finished 7 or more days ago)\n"
     assert '"event": "files.pruned"' in r.stderr and '"older_than_days": 7' in r.stderr
-    assert listing(acme.done) == ["new.persons", "new.persons.errors.csv",
-                                  "new.persons.result.json"]
+    assert listing(acme.done) == ["new.persons", "new.persons.result.json"]
     rows = {r["id"]: r for r in ledger(db_url, "acme")}
     assert rows[old["id"]]["pruned_at"] is not None and rows[old["id"]]["sha256"] == old["sha256"]
     assert rows[new["id"]]["pruned_at"] is None

@@ -390,3 +390,243 @@ def _download(sftp: paramiko.SFTPClient, path: str) -> bytes:
     buf = io.BytesIO()
     sftp.getfo(path, buf)
     return buf.getvalue()
+
+
+# -- 5. uploads written in place (issue 16, section 6) --------------------------------------
+# sftp `put`, lftp put, rclone and `curl -T` write the final name in place. Two dangers:
+# a re-upload begun while the old version waits in the queue, and a killed upload that
+# settles half-written. Failpoint gates (ingestd/failpoints.py) hold one worker at a named
+# point while the test acts, so each race happens the same way every time.
+
+
+def start_daemon_with(db_url: str, landing: Path, tmp_path: Path, **extra: str) -> Daemon:
+    env = base_env(db_url, landing, tmp_path / "state",
+                   INGESTD_SETTLE_SECONDS=str(SETTLE_SECONDS), INGESTD_RESCAN_SECONDS="0.5",
+                   **extra)
+    return Daemon(env).start()
+
+
+def ledger_row(db_url: str, name: str) -> dict[str, Any]:
+    rows = [r for r in ledger(db_url, COMPANY) if r["name"] == name]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_gate(gate: Path, daemon: Daemon) -> None:
+    wait_for(lambda: gate.with_name(gate.name + ".reached").exists(), PROCESS_TIMEOUT,
+             what=f"a worker at the failpoint gate {gate.name}", context=daemon.tail)
+
+
+@pytest.mark.parametrize("rewrite", ["truncated_and_half_written", "opened_for_append"])
+def test_a_reupload_in_place_while_queued_is_not_claimed_mid_write(
+        db_url: str, landing: Path, tmp_path: Path, dirs: CompanyDirs,
+        sftp_server: SFTPServerThread, rewrite: str) -> None:
+    """q.persons is judged ready and queued behind a long file; the partner then begins a
+    new upload under the same name (``put`` truncates and writes in place, or a client
+    opens it to append). When the queue reaches it, it is not claimed while the upload is
+    under way: every row of the final version is applied, and the ledger's sha256 is
+    that of the file in done/."""
+    gate = tmp_path / "gate"
+    daemon = start_daemon_with(db_url, landing, tmp_path,
+                               INGESTD_FAILPOINT=f"hang_in_apply:gate:{gate}")
+    try:
+        (dirs.inbox / "long.persons").write_bytes(persons_text("long", 50))
+        wait_gate(gate, daemon)  # long.persons is in hand, its worker held at the gate
+
+        name = "q.persons"
+        first = persons_text("q1", 20)
+        final = (persons_text("q2", 3000) if rewrite == "truncated_and_half_written"
+                 else first + persons_text("q3", 3000).split(b"\n", 1)[1])
+        with sftp_session(sftp_server) as (_, sftp):
+            with sftp.open(f"inbox/{name}", "wb") as f:
+                f.write(first)
+            daemon.wait_event("file.ready", file=name, timeout=PROCESS_TIMEOUT)
+            # queued behind long.persons; now the new upload begins, in place
+            if rewrite == "truncated_and_half_written":
+                f = sftp.open(f"inbox/{name}", "wb")
+                written = len(final) // 2 + 3  # mid-line, as an SFTP block falls
+                f.write(final[:written])
+                f.flush()
+            else:
+                f = sftp.open(f"inbox/{name}", "ab")
+                written = len(first)
+            gate.touch()  # long.persons goes on; the queue reaches q.persons
+            first_look = wait_for(
+                lambda: daemon.find("file.not_settled", file=name)
+                or daemon.find("file.claimed", file=name), PROCESS_TIMEOUT,
+                what=f"the worker to reach {name}", context=daemon.tail)
+            if first_look[0]["event"] == "file.claimed":
+                # taken mid-upload: let that apply finish, as it would in production
+                wait_done(daemon, dirs, name)
+            f.write(final[written:])
+            f.close()
+            closed = datetime.now().astimezone()
+
+        wait_done(daemon, dirs, name)
+        claims = daemon.find("file.claimed", file=name)
+        assert first_look[0]["event"] == "file.not_settled", (
+            f"{name} was claimed while its new upload was under way\n{daemon.tail()}")
+        assert len(claims) == 1, claims
+        assert event_time(claims[0]) > closed
+        row = ledger_row(db_url, name)
+        expected = final.count(b"\n") - 1  # the header
+        assert (row["status"], row["rows"], row["accepted"]) == ("done", expected, expected)
+        assert (dirs.done / name).read_bytes() == final
+        assert row["sha256"] == sha256_file(dirs.done / name)
+        assert not [n for n in listing(dirs.done) if "~" in n]  # no second copy
+        assert daemon.errors() == []
+    finally:
+        daemon.kill()
+
+
+def test_a_write_after_the_claim_rolls_back_and_the_file_settles_again(
+        db_url: str, landing: Path, tmp_path: Path, dirs: CompanyDirs) -> None:
+    """A writer's open descriptor follows the file into .processing/: bytes written there
+    after the claim, even at the last moment before the commit, roll the apply back; the
+    file goes back to the inbox, settles, and is applied whole, once."""
+    gate = tmp_path / "gate"
+    daemon = start_daemon_with(db_url, landing, tmp_path,
+                               INGESTD_FAILPOINT=f"before_commit:gate:{gate}")
+    try:
+        name = "w.persons"
+        first = persons_text("w", 200)
+        more = persons_text("w2", 50).split(b"\n", 1)[1]
+        (dirs.inbox / name).write_bytes(first)
+        wait_gate(gate, daemon)  # rows and ledger row written, not committed
+        [claimed] = [p for p in dirs.processing.glob(f"*/{name}")]
+        with open(claimed, "ab") as fh:  # as the uploader's descriptor would
+            fh.write(more)
+        gate.touch()
+        daemon.wait_event("file.changed", file=name, timeout=PROCESS_TIMEOUT)
+        wait_done(daemon, dirs, name)
+
+        row = ledger_row(db_url, name)
+        assert (row["rows"], row["accepted"]) == (250, 250)
+        assert (dirs.done / name).read_bytes() == first + more
+        assert row["sha256"] == sha256_file(dirs.done / name)
+        assert persons_count(db_url, "w") + persons_count(db_url, "w2") == 250
+        assert len(daemon.find("file.claimed", file=name)) == 2
+        assert daemon.errors() == []
+    finally:
+        daemon.kill()
+
+
+def kill_mid_upload(server: SFTPServerThread, name: str, data: bytes) -> None:
+    """An in-place upload whose client dies: the server closes the half-written file."""
+    with sftp_session(server) as (transport, sftp):
+        f = sftp.open(f"inbox/{name}", "wb")
+        f.write(data)
+        f.flush()
+        transport.close()
+    wait_for(lambda: server.sessions() == 0, 30, what="the server to drop the session")
+
+
+def status_json(db_url: str, landing: Path, tmp_path: Path) -> dict[str, Any]:
+    from daemon_helpers import run_cli
+    r = run_cli(["status", "--json"], base_env(db_url, landing, tmp_path / "state"))
+    assert r.returncode == 0, r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return report
+
+
+def test_a_killed_in_place_upload_is_held_and_a_newer_upload_replaces_it(
+        db_url: str, landing: Path, tmp_path: Path, dirs: CompanyDirs,
+        sftp_server: SFTPServerThread) -> None:
+    """Cut at 40%, mid-line: held as likely partial (file.maybe_partial, in `status`),
+    not applied; the client's retry within the grace period replaces it, and only the
+    whole upload is applied, once, without a warning."""
+    daemon = start_daemon_with(db_url, landing, tmp_path,
+                               INGESTD_PARTIAL_GRACE_SECONDS="600")
+    try:
+        name = "k.persons"
+        data = persons_text("k", 3000)
+        cut = int(len(data) * 0.4)
+        assert data[cut - 1:cut] != b"\n"
+        kill_mid_upload(sftp_server, name, data[:cut])
+
+        [held] = daemon.wait_event("file.maybe_partial", file=name, timeout=PROCESS_TIMEOUT)
+        assert (held["company"], held["size"]) == (COMPANY, cut)
+        report = status_json(db_url, landing, tmp_path)
+        [acme] = [c for c in report["companies"] if c["company"] == COMPANY]
+        assert [(f["file"], f["size"]) for f in acme["maybe_partial"]] == [(name, cut)]
+        assert not daemon.find("file.claimed", file=name)
+
+        with sftp_session(sftp_server) as (_, sftp), sftp.open(f"inbox/{name}", "wb") as f:
+            f.write(data)  # the retry, in place again
+        closed = datetime.now().astimezone()
+
+        done = wait_done(daemon, dirs, name)
+        [claim] = daemon.find("file.claimed", file=name)
+        assert event_time(claim) > closed
+        assert (done["rows"], done["accepted"]) == (3000, 3000)
+        assert result_warnings(dirs, name) == []
+        assert ledger_names(db_url) == [name]
+        assert (dirs.done / name).read_bytes() == data
+        assert persons_count(db_url, "k") == 3000
+        wait_for(lambda: not [c for c in status_json(db_url, landing, tmp_path)["companies"]
+                              if c["maybe_partial"]], 30, what="status to forget the hold")
+        assert daemon.errors() == []
+    finally:
+        daemon.kill()
+
+
+def result_warnings(dirs: CompanyDirs, name: str) -> list[str]:
+    warnings: list[str] = json.loads((dirs.done / f"{name}.result.json").read_text())[
+        "warnings"]
+    return warnings
+
+
+def test_a_held_partial_upload_is_applied_with_a_warning_after_the_grace_period(
+        db_url: str, landing: Path, tmp_path: Path, dirs: CompanyDirs,
+        sftp_server: SFTPServerThread) -> None:
+    grace = 3.0
+    daemon = start_daemon_with(db_url, landing, tmp_path,
+                               INGESTD_PARTIAL_GRACE_SECONDS=str(grace))
+    try:
+        name = "g.persons"
+        data = persons_text("g", 1000)
+        cut = int(len(data) * 0.4)
+        kill_mid_upload(sftp_server, name, data[:cut])
+
+        [held] = daemon.wait_event("file.maybe_partial", file=name, timeout=PROCESS_TIMEOUT)
+        done = wait_done(daemon, dirs, name)
+        [claim] = daemon.find("file.claimed", file=name)
+        assert (event_time(claim) - event_time(held)).total_seconds() >= grace
+        [warning] = result_warnings(dirs, name)
+        assert "written in place" in warning and "no line break" in warning
+        rows = data[:cut].count(b"\n")  # every whole line but the header, and the cut one
+        assert (done["rows"], done["accepted"]) == (rows, rows)
+        row = ledger_row(db_url, name)
+        assert row["sha256"] == sha256_file(dirs.done / name)
+        assert (dirs.done / name).read_bytes() == data[:cut]
+        assert daemon.errors() == []
+    finally:
+        daemon.kill()
+
+
+def test_an_upload_renamed_into_place_is_never_held(
+        db_url: str, landing: Path, tmp_path: Path, dirs: CompanyDirs,
+        sftp_server: SFTPServerThread) -> None:
+    """Put under a temporary name, then renamed: complete by construction, even without a
+    line break at the end; applied at once, no warning."""
+    daemon = start_daemon_with(db_url, landing, tmp_path,
+                               INGESTD_PARTIAL_GRACE_SECONDS="600")
+    try:
+        name = "n.persons"
+        data = persons_text("n", 100).rstrip(b"\n")
+        with sftp_session(sftp_server) as (_, sftp):
+            with sftp.open(f"inbox/{name}.filepart", "wb") as f:
+                f.write(data)
+            sftp.rename(f"inbox/{name}.filepart", f"inbox/{name}")
+        done = wait_done(daemon, dirs, name)
+        assert (done["rows"], done["accepted"]) == (100, 100)
+        assert daemon.find("file.maybe_partial") == []
+        assert result_warnings(dirs, name) == []
+        assert daemon.errors() == []
+    finally:
+        daemon.kill()

@@ -26,6 +26,7 @@ from carrier_server import CarrierServer, serving
 from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
+from test_contacts_format import AB_TESTS, sas_example_fixed
 
 from ingestd import errors, landing, sidecars
 from ingestd.contacts import sidecars as contacts_sidecars
@@ -326,11 +327,32 @@ def test_formula_cells_of_a_rejected_persons_row_are_neutralised(env: Env) -> No
     assert result["rejected"] == len(rows)
 
 
-def test_an_mdn_shows_with_a_leading_quote(env: Env) -> None:
+def test_a_plain_signed_number_stays_as_sent(env: Env) -> None:
+    """An mdn or a signed number is a number to a spreadsheet, not a formula: a partner who
+    fixes the row in errors.csv and sends it again sends what they sent (issue 20, item 1)."""
     name = "numbers.persons"
-    env.process(name, body("external_person_id,mdn,age,tier", f"e1,{mdn(1)},-5,platinum"))
+    env.process(name, body("external_person_id,mdn,age,balance,note,tier",
+                           f"e1,{mdn(1)},-5,-0.25,+3,platinum",
+                           "e2,+12295550002,+7,\"-1,5\",-cmd,platinum"))
     raw = (env.done / f"{name}.errors.csv").read_text(encoding="utf-8")
-    assert raw.splitlines()[1].endswith(f",e1,'{mdn(1)},'-5,platinum")
+    assert raw.splitlines()[1].endswith(f",e1,{mdn(1)},-5,-0.25,+3,platinum")
+    assert raw.splitlines()[2].endswith(',e2,+12295550002,+7,"-1,5",\'-cmd,platinum')
+    # The row as errors.csv shows it, sent again, is read as the same row.
+    [fixed] = read_csv(env.done / f"{name}.errors.csv")[1:2]
+    again = write_persons(["external_person_id", "mdn", "age", "balance", "note", "tier"],
+                          [[*fixed[5:-1], "gold"]])
+    outcome = env.process("fixed.persons", again)
+    assert (outcome.result.accepted, outcome.result.rejected) == (1, 0)
+
+
+@pytest.mark.parametrize(("cell", "shown"), [
+    ("+12295551238", "+12295551238"), ("-1", "-1"), ("-0.25", "-0.25"), ("+3", "+3"),
+    ("-1,5", "-1,5"), ("=1+2", "'=1+2"), ("-cmd", "'-cmd"), ("+", "'+"), ("-1.", "'-1."),
+    ("+1.2.3", "'+1.2.3"), ("-1e5", "'-1e5"), ("@SUM(A1)", "'@SUM(A1)"), ("\t1", "'\t1"),
+    ("\r-1", "'\r-1"), ("-\uff11", "'-\uff11"), ("12", "12"),
+])
+def test_the_guard_leaves_plain_signed_numbers_alone(cell: str, shown: str) -> None:
+    assert sidecars.neutralise(cell) == shown
 
 
 def test_the_guard_off_writes_cells_verbatim(env: Env) -> None:
@@ -438,7 +460,8 @@ def test_retry_file_is_byte_exact_with_formula_cells(env: Env, down: CarrierServ
         f"carrier lookup of {mdn(i)}" for i in range(1, len(rows) + 1)]
     assert all(r[4].endswith((": HTTP 503", ": the service is failing, lookups paused"))
                for r in rejected)
-    assert [r[5:] for r in rejected] == [[guarded(a), guarded(b), guarded(c), d]
+    # (the mdn is a plain signed number: as sent)
+    assert [r[5:] for r in rejected] == [[guarded(a), b, guarded(c), d]
                                          for a, b, c, d in rows]
 
 
@@ -493,3 +516,118 @@ def csv_file_lines(out: io.StringIO, lines: list[list[Any]], *, guard: bool) -> 
     with tempfile.TemporaryDirectory() as tmp:
         path = sidecars.csv_file(Path(tmp) / "x.csv", None, lines, guard)
         out.write(path.read_bytes().decode("utf-8"))
+
+
+# --- issue 20: byte-order marks, sidecars only when they say something, contacts errors.csv --
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _drop_bytes(env: Env, name: str, content: bytes) -> Outcome:
+    inbox = env.landing / "acme" / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / name).write_bytes(content)
+    return env.pipeline().process(landing.drop(inbox / name, 0))
+
+
+@pytest.mark.parametrize("bom", [True, False])
+def test_csv_sidecars_carry_a_bom_exactly_when_the_upload_did(env: Env, bom: bool) -> None:
+    """Excel shows "Zoë" as mojibake without the mark; the partner's tool wrote one, so it
+    expects one back (issue 20, item 2). The retry file and result.json never get one."""
+    start = BOM if bom else b""
+    persons = start + "external_person_id,note,tier\r\ne1,Zoë,platinum\r\n".encode()
+    assert _drop_bytes(env, "zoe.persons", persons).status == "done"
+    errors_csv = (env.done / "zoe.persons.errors.csv").read_bytes()
+    assert errors_csv.startswith(BOM) == bom
+    assert errors_csv.count(BOM) == (1 if bom else 0)
+    assert "Zoë" in errors_csv.decode("utf-8-sig")
+    assert not (env.done / "zoe.persons.result.json").read_bytes().startswith(BOM)
+
+    contacts = start + contacts_file().encode()
+    assert _drop_bytes(env, "zoe.csv", contacts).status == "done"
+    for suffix in (".accepted.csv", ".rejected.csv", ".errors.csv"):
+        assert (env.done / f"zoe.csv{suffix}").read_bytes().startswith(BOM) == bom, suffix
+
+    failed = start + b"responseTrackingCode,nonsense\r\nx,y\r\n"
+    assert _drop_bytes(env, "bad.csv", failed).status == "failed"
+    failed_dir = env.landing / "acme" / "failed"
+    assert (failed_dir / "bad.csv.global.csv").read_bytes().startswith(BOM) == bom
+
+
+def test_a_sidecar_is_written_only_when_it_has_something_to_say(env: Env) -> None:
+    """No 0-byte global.csv, no errors.csv that is only a header row (issue 20, item 5);
+    result.json always."""
+    env.process("clean.persons", body("external_person_id,note", "e1,fine"))
+    env.process("clean.csv", to_csv_text([[c.name for c in COLUMNS], contacts_row("c1")]))
+    assert sorted(p.name for p in env.done.iterdir()) == [
+        "clean.csv", "clean.csv.accepted.csv", "clean.csv.result.json",
+        "clean.persons", "clean.persons.result.json"]
+    # every row rejected: no accepted.csv
+    env.process("allbad.csv", to_csv_text([[c.name for c in COLUMNS],
+                                            contacts_row("c2", objectVariables="x")]))
+    assert sorted(p.name for p in env.done.iterdir() if p.name.startswith("allbad")) == [
+        "allbad.csv", "allbad.csv.errors.csv", "allbad.csv.rejected.csv",
+        "allbad.csv.result.json"]
+    # a failed contacts file says why in global.csv, and nothing else is written
+    assert _drop_bytes(env, "nohead.csv", b"nonsense\r\n").status == "failed"
+    failed_dir = env.landing / "acme" / "failed"
+    assert sorted(p.name for p in failed_dir.iterdir()) == [
+        "nohead.csv", "nohead.csv.global.csv", "nohead.csv.result.json"]
+    assert (failed_dir / "nohead.csv.global.csv").stat().st_size > 0
+
+
+def to_csv_text(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
+    return out.getvalue()
+
+
+def test_contacts_errors_csv_has_every_row_of_a_rejected_section(env: Env) -> None:
+    """The public SAS example: the first contact (records 1-3) is rejected for its
+    objectVariables on record 1. rejected.csv stays the API's one line; errors.csv, for
+    the partner, has a header row and a line for each of the three rows, the column at
+    fault and what was wrong; result.json counts rows and names the unit (issue 20, item 4)."""
+    name = "sas.csv"
+    outcome = env.process(name, sas_example_fixed())
+    result = json.loads((env.done / f"{name}.result.json").read_text(encoding="utf-8"))
+    assert (result["rows"], result["accepted"], result["rejected"]) == (4, 1, 3)
+    assert result["count_unit"] == "rows" and result["rejected_sections"] == 1
+    assert outcome.result is not None
+
+    [rejected] = read_csv(env.done / f"{name}.rejected.csv")
+    [expected] = read_csv(Path(__file__).parent / "data" / "sas-example-rejected.csv")
+    del rejected[1 + AB_TESTS]  # the fixed example's empty abTests field
+    assert rejected == expected
+
+    header, *lines = read_csv(env.done / f"{name}.errors.csv")
+    request = read_csv_text(sas_example_fixed())
+    assert header == ["record", "error_message", "error_field", "error_detail", *request[0]]
+    assert [line[0] for line in lines] == ["1", "2", "3"]
+    assert [line[4:] for line in lines] == request[1:4]
+    first, second, third = lines
+    assert first[1:3] == [OBJECT_VARIABLES_MESSAGE, "objectVariables"]
+    assert first[3] == "objectVariables is 'ov1~~~A;ov2~~~B'"
+    for line in (second, third):
+        assert line[1] == f"{OBJECT_VARIABLES_MESSAGE} (record 1)"
+        assert line[2] == ""
+        assert line[3] == "rejected with its section (records 1-3): record 1 is at fault"
+
+
+def read_csv_text(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_check_lists_every_rejected_row_it_counts(db_url: str, landing: Path,
+                                                  tmp_path: Path) -> None:
+    """`check` and result.json agree: 3 rejected rows, and all three are listed."""
+    setup_company(db_url, landing, "acme")
+    path = tmp_path / "sas.csv"
+    path.write_text(sas_example_fixed(), encoding="utf-8")
+    env = base_env(db_url, landing, tmp_path / "state")
+    r = run_cli(["check", str(path), "--company", "acme"], env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "would be done: 4 rows, 1 accepted, 3 rejected (rows of 1 rejected section(s))" \
+        in r.stdout
+    listed = [line.split(":")[0].strip() for line in r.stdout.splitlines()
+              if line.startswith("  record ")]
+    assert listed == ["record 1", "record 2", "record 3"]

@@ -136,7 +136,8 @@ def test_unit_contract() -> None:
     stop_default = Settings.model_fields["stop_timeout"].default
     assert _seconds(one["TimeoutStopSec"]) >= 2 * stop_default
     assert one["UMask"] == "0007"
-    assert one["CapabilityBoundingSet"] == ""
+    # CAP_LEASE only: the read lease that tells an upload still open for writing.
+    assert one["CapabilityBoundingSet"] == one["AmbientCapabilities"] == "CAP_LEASE"
     assert one["ProtectSystem"] == "strict"
     assert set(one["ReadWritePaths"].split()) == {"/srv/ingestd/landing", "/var/lib/ingestd"}
     # tmpfiles creates what ReadWritePaths names (a missing path fails the start).

@@ -29,6 +29,7 @@ from ingestd.contacts.reader import (
     HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
     ContactRow,
+    Fault,
     Section,
     Value,
     open_contacts,
@@ -54,6 +55,7 @@ from ingestd.errors import (
     CONTACTS_UPDATE_REJECTED,
     FileError,
     RowError,
+    quoted,
 )
 from ingestd.partner_files import open_partner_file
 from ingestd.uuid7 import uuid7s
@@ -66,6 +68,7 @@ class ContactsProcessor:
     format = "contacts"
 
     def apply(self, ctx: ApplyContext) -> None:
+        ctx.results.rejected_sections = 0  # result.json says how many sections were rejected
         unmodified_since = _read_headers(ctx)
         with open_contacts(ctx.path, ctx.settings.max_line_bytes) as reader:
             ctx.columns = list(reader.columns)
@@ -162,28 +165,49 @@ class _Resolver:
         accept = self._results.accept
         for section in batch:
             if section.error is not None:
-                self._reject(section, RowError(CONTACTS_REJECTED, section.error))
+                fault = section.fault or Fault(section.first.record, "", "")
+                self._reject(section, CONTACTS_REJECTED, section.error, fault)
                 continue
             contact = contacts.get(section.code)
             if contact is None:
                 contacts[section.code] = contact = _create(section, next(self._ids))
             else:
-                error = self._update(contact, section)
-                if error is not None:
-                    self._reject(section, error)
+                rejection = self._update(contact, section)
+                if rejection is not None:
+                    self._reject(section, *rejection)
                     continue
             ref = contact.id
             for row in section.rows:
                 accept(row.record, row.fields, ref=ref, keep=True)
 
-    def _reject(self, section: Section, error: RowError) -> None:
-        first = section.first
-        self._results.reject(first.record, error, first.fields, rows=len(section.rows))
+    def _reject(self, section: Section, error_class: str, message: str, fault: Fault) -> None:
+        """Reject every row of ``section``: its first row leads (the rejected line of the
+        API's answer), the others are taken along; each row's error says which record was
+        at fault and, on that record, the column and what was wrong."""
+        first, last = section.first, section.rows[-1]
+        span = (f"records {first.record}-{last.record}" if last is not first
+                else f"record {first.record}")
+        along = f"rejected with its section ({span}): record {fault.record} is at fault"
+        suffix = f" (record {fault.record})"
+        for row in section.rows:
+            at_fault = row.record == fault.record
+            error = RowError(
+                error_class,
+                message if at_fault or message.endswith(suffix) or row is first
+                else message + suffix,
+                fault.column if at_fault else "",
+                fault.detail if at_fault else along)
+            if row is first:
+                self._results.reject(row.record, error, row.fields, rows=len(section.rows))
+            else:
+                self._results.reject_along(row.record, first.record, error, row.fields)
 
-    def _update(self, contact: Contact, section: Section) -> RowError | None:
-        error = self._precondition(contact) or self._immutable_error(contact, section)
-        if error is not None:
-            return error
+    def _update(self, contact: Contact,
+                section: Section) -> tuple[str, str, Fault] | None:
+        rejection = (self._precondition(contact, section)
+                     or self._immutable_error(contact, section))
+        if rejection is not None:
+            return rejection
         for name in CONTACT_UPDATABLE:
             contact.values[name] = section.contact[name]
         for treatment in section.treatments:
@@ -196,7 +220,8 @@ class _Resolver:
         contact.touched = True
         return None
 
-    def _immutable_error(self, contact: Contact, section: Section) -> RowError | None:
+    def _immutable_error(self, contact: Contact,
+                         section: Section) -> tuple[str, str, Fault] | None:
         """``_immutable_error``, answered at once when nothing immutable differs."""
         if self._contact_key(section.contact) == self._contact_key(contact.values):
             stored = contact.treatments
@@ -209,14 +234,21 @@ class _Resolver:
                 return None
         return _immutable_error(contact, section)
 
-    def _precondition(self, contact: Contact) -> RowError | None:
+    def _precondition(self, contact: Contact,
+                      section: Section) -> tuple[str, str, Fault] | None:
         if contact.touched or contact.modified_at is None:
             return None
         since = self._unmodified_since
+        record = section.first.record
         if since is None:
-            return RowError(CONTACTS_PRECONDITION_REQUIRED, PRECONDITION_REQUIRED)
+            return CONTACTS_PRECONDITION_REQUIRED, PRECONDITION_REQUIRED, Fault(
+                record, "", f"contact {section.code} existed before this file: an update needs"
+                " NAME.csv.headers with If-Unmodified-Since, uploaded before the CSV")
         if _modified_after(contact.modified_at, since):
-            return RowError(CONTACTS_PRECONDITION_FAILED, PRECONDITION_FAILED)
+            return CONTACTS_PRECONDITION_FAILED, PRECONDITION_FAILED, Fault(
+                record, "", f"contact {section.code} was modified at "
+                f"{contact.modified_at.isoformat()}, after If-Unmodified-Since "
+                f"{since.isoformat()}")
         return None
 
 
@@ -246,29 +278,50 @@ def _create(section: Section, contact_id: str) -> Contact:
     return Contact(contact_id, values, treatments, None, new=True, touched=True)
 
 
-def _immutable_error(contact: Contact, section: Section) -> RowError | None:
+def _immutable_error(contact: Contact, section: Section) -> tuple[str, str, Fault] | None:
     """The first immutable column the section would change, or an unknown treatment."""
     for name, value in section.contact.items():  # only the header's columns are compared
         if name in IMMUTABLE and contact.values[name] != value:
             return _update_error(
                 f"The value for the {name} column differs from the stored contact; "
-                "it cannot be changed.", section, section.first)
+                "it cannot be changed.", section, section.first, name,
+                f"{name} is {_given(section.first, name)}; the stored contact has"
+                f" {_shown(contact.values[name])}")
     for row, treatment in zip(section.rows, section.treatments, strict=True):
         treatment_id = str(treatment[TREATMENT_ID])
         stored = contact.treatments.get(treatment_id)
         if stored is None:
             return _update_error(
-                f"The contact has no treatment with treatmentId {treatment_id}.", section, row)
+                f"The contact has no treatment with treatmentId {treatment_id}.", section, row,
+                TREATMENT_ID, f"contact {section.code} has no treatment {quoted(treatment_id)}")
         for name, value in treatment.items():
             if name in IMMUTABLE and stored[name] != value:
                 return _update_error(
                     f"The value for the {name} column differs from the stored treatment "
-                    f"{treatment_id}; it cannot be changed.", section, row)
+                    f"{treatment_id}; it cannot be changed.", section, row, name,
+                    f"{name} is {_given(row, name)}; the stored treatment has"
+                    f" {_shown(stored[name])}")
     return None
 
 
-def _update_error(message: str, section: Section, row: ContactRow) -> RowError:
+def _update_error(message: str, section: Section, row: ContactRow, column: str,
+                  detail: str) -> tuple[str, str, Fault]:
     # The rejected line shows the section's first row: name the record when it is another.
     if row is not section.first:
         message = f"{message} (record {row.record})"
-    return RowError(CONTACTS_UPDATE_REJECTED, message)
+    return CONTACTS_UPDATE_REJECTED, message, Fault(row.record, column, detail)
+
+
+def _given(row: ContactRow, column: str) -> str:
+    return quoted(row.values.get(column, ""))
+
+
+def _shown(value: Value) -> str:
+    """A stored value as a detail shows it."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, datetime):
+        return quoted(value.isoformat())
+    if isinstance(value, bool):
+        return quoted("true" if value else "false")
+    return quoted(str(value))

@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from ingestd.bounded_csv import (
     DEFAULT_MAX_LINE_BYTES,
@@ -56,7 +56,7 @@ from ingestd.bounded_csv import (
     Oversize,
     Unparsable,
 )
-from ingestd.errors import CONTACTS_GLOBAL, FileError
+from ingestd.errors import CONTACTS_GLOBAL, FileError, quoted
 from ingestd.partner_files import open_partner_file
 
 # A typed cell: text, boolean, timestamp, or None for a blank cell.
@@ -150,6 +150,28 @@ class ContactRow:
         return {name: self.fields[i] for name, i in self.index.items()}
 
 
+class Fault(NamedTuple):
+    """What was wrong with a rejected section, for the partner's errors.csv: the record
+    at fault, the column (empty when the row as a whole is wrong), and the detail."""
+
+    record: int
+    column: str
+    detail: str
+
+
+class _Problem(NamedTuple):
+    """A row check's verdict: the API's message, the column at fault, the detail."""
+
+    message: str
+    column: str
+    detail: str
+
+
+def _bad_cell(message: str, column: str, raw: str) -> _Problem:
+    return _Problem(message, column, f"{column} is {quoted(raw)}" if raw.strip()
+                    else f"{column} is blank")
+
+
 @dataclass(slots=True)
 class Section:
     """Contiguous rows of one contact; ``error`` is the first validation error, if any.
@@ -161,6 +183,7 @@ class Section:
     code: str
     rows: list[ContactRow] = field(default_factory=list)
     error: str | None = None
+    fault: Fault | None = None  # with ``error``: the record at fault, its column, what was wrong
     contact: dict[str, Value] = field(default_factory=dict)
     treatments: list[dict[str, Value]] = field(default_factory=list)
 
@@ -362,18 +385,21 @@ class _SectionBuilder:
         section.rows.append(ContactRow(record, fields, layout.index if fits else None))
         if section.error is not None:
             return  # the section is rejected already; keep its rows for the counts
-        error = self._check(fields) if fits else (
-            f"The row has {len(fields)} fields; the header has {layout.width}.")
-        if error is not None:
+        problem = self._check(fields) if fits else _Problem(
+            f"The row has {len(fields)} fields; the header has {layout.width}.", "",
+            f"the row has {len(fields)} fields; the header has {layout.width}")
+        if problem is not None:
             first = len(section.rows) == 1
-            section.error = error if first else f"{error} (record {record})"
+            message = problem.message
+            section.error = message if first else f"{message} (record {record})"
+            section.fault = Fault(record, problem.column, problem.detail)
             section.contact.clear()
             section.treatments.clear()
 
-    def _check(self, fields: list[str]) -> str | None:
+    def _check(self, fields: list[str]) -> _Problem | None:
         layout = self._layout
         if not fields[layout.index[CODE]].strip():
-            return BLANK_CODE_MESSAGE
+            return _Problem(BLANK_CODE_MESSAGE, CODE, f"{CODE} is blank")
         first = self._first
         if not first:
             return self._check_first(fields)
@@ -384,7 +410,7 @@ class _SectionBuilder:
             return error or self._add_treatment(treatment)
         section = self.section
         treatment = {}
-        changed: list[tuple[str, Value]] = []  # contact-level cells not as in the first row
+        changed: list[tuple[_Cell, Value]] = []  # contact-level cells not as in the first row
         for cell in layout.cells:
             raw = fields[cell.position]
             if cell.contact:
@@ -392,19 +418,22 @@ class _SectionBuilder:
                     continue
                 value, message = cell.typed(raw)
                 if message is not None:
-                    return message
-                changed.append((cell.name, value))
+                    return _bad_cell(message, cell.name, raw)
+                changed.append((cell, value))
             else:
                 value, message = cell.typed(raw)
                 if message is not None:
-                    return message
+                    return _bad_cell(message, cell.name, raw)
                 treatment[cell.name] = value
-        for name, value in changed:
-            if section.contact[name] != value:
-                return f"The rows of this contact disagree on the {name} column."
+        for cell, value in changed:
+            if section.contact[cell.name] != value:
+                return _Problem(
+                    f"The rows of this contact disagree on the {cell.name} column.", cell.name,
+                    f"{cell.name} is {quoted(fields[cell.position])} here but "
+                    f"{quoted(first[cell.position])} in record {section.first.record}")
         return self._add_treatment(treatment)
 
-    def _check_first(self, fields: list[str]) -> str | None:
+    def _check_first(self, fields: list[str]) -> _Problem | None:
         contact: dict[str, Value] = {}
         treatment: dict[str, Value] = {}
         error = _type_cells(self._layout.cells, fields, contact, treatment)
@@ -415,17 +444,20 @@ class _SectionBuilder:
         self._first_contact = self._layout.contact_of(fields)
         return self._add_treatment(treatment)
 
-    def _add_treatment(self, treatment: dict[str, Value]) -> str | None:
+    def _add_treatment(self, treatment: dict[str, Value]) -> _Problem | None:
         treatment_id = treatment[TREATMENT_ID]
         if treatment_id in self._treatment_ids:
-            return f"The treatmentId {treatment_id} appears more than once in this contact."
+            return _Problem(
+                f"The treatmentId {treatment_id} appears more than once in this contact.",
+                TREATMENT_ID, f"treatmentId {quoted(str(treatment_id))} is given twice in this"
+                " contact")
         self._treatment_ids.add(treatment_id)
         self.section.treatments.append(treatment)
         return None
 
 
 def _type_cells(cells: tuple[_Cell, ...], fields: list[str], contact: dict[str, Value],
-                treatment: dict[str, Value]) -> str | None:
+                treatment: dict[str, Value]) -> _Problem | None:
     """Type ``cells`` of a row into ``contact`` and ``treatment``; the first error, if any."""
     for cell in cells:
         raw = fields[cell.position]
@@ -434,7 +466,7 @@ def _type_cells(cells: tuple[_Cell, ...], fields: list[str], contact: dict[str, 
         else:
             value, error = cell.typed(raw)
             if error is not None:
-                return error
+                return _bad_cell(error, cell.name, raw)
         (contact if cell.contact else treatment)[cell.name] = value
     return None
 
@@ -449,6 +481,8 @@ class ContactsReader:
     def __init__(self, stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self._stream = stream
         self._too_long = f"The row is longer than max_line_bytes ({max_line_bytes} bytes)."
+        self._too_long_detail = (f"the row is longer than max_line_bytes ({max_line_bytes}"
+                                 " bytes); its fields are not shown")
         self._records = self._data(BoundedCsv(stream, max_line_bytes))
         header = next(self._records, None)
         if header is None:
@@ -496,7 +530,8 @@ class ContactsReader:
                 if builder is not None:
                     yield builder.section
                     builder = None
-                yield Section(code="", rows=[ContactRow(record, [])], error=self._too_long)
+                yield Section(code="", rows=[ContactRow(record, [])], error=self._too_long,
+                              fault=Fault(record, "", self._too_long_detail))
                 continue
             code = self._layout.code_of(fields)
             blank = not code.strip()

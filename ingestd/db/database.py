@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ingestd.db import identity, leases, migrations
-from ingestd.db.embedded import EmbeddedPostgres, ping
+from ingestd.db.embedded import EmbeddedPostgres
 from ingestd.db.liveness import Sessions, connection_params
 from ingestd.errors import DatabaseRefused, DatabaseUnavailable
 from ingestd.settings import Settings
@@ -114,8 +114,10 @@ class Database:
         # Every connection opened here is named after this process and fails once the
         # server is silent for db_dead_after_seconds (ingestd/db/liveness.py).
         self.instance_id = uuid.uuid4().hex[:12]
-        self.sessions = Sessions(self.instance_id)
         self.params = connection_params(settings.db_dead_after_seconds)
+        # A connect outlives its connect_timeout only by what the name lookup takes.
+        self.sessions = Sessions(self.instance_id,
+                                 connecting_for=2.0 * self.params["connect_timeout"] + 10)
         size = pool_size or settings.pool_max_size
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.url, min_size=min(settings.pool_min_size, size), max_size=size,
@@ -143,9 +145,11 @@ class Database:
     def end_dead_sessions(self, conn: psycopg.Connection[Any]) -> list[int]:
         """End this process's server sessions whose connections broke here (the server
         kept them: a partition) on ``conn``; their pids."""
-        ended = leases.end_own_sessions(
-            conn, self.sessions.prefix,
-            self.sessions.live(connecting_for=2.0 * self.params["connect_timeout"] + 10))
+        # The server's clock first, our live connections next: a connection made after
+        # that look started after that time, and is spared.
+        now = leases.server_time(conn)
+        live = self.sessions.live()
+        ended = leases.end_own_sessions(conn, self.sessions.prefix, live, started_before=now)
         if ended:
             log.warning("db.own_sessions_ended", pids=ended, instance=self.instance_id,
                         reason="connections of ours that broke, kept by the server: their"
@@ -217,10 +221,6 @@ class Database:
     def upgrade(self) -> list[str]:
         with self.connect() as conn:
             return migrations.upgrade(conn)
-
-    def reachable(self) -> bool:
-        return ping(self.url, timeout=min(3, self.params["connect_timeout"]),
-                    params=self.params)
 
     def close(self) -> None:
         self._pool.close()

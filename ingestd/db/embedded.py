@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import psycopg
 import structlog
@@ -50,10 +50,10 @@ log = structlog.get_logger(__name__)
 PORT = 5432  # only names the socket file: .s.PGSQL.5432 in the socket directory
 
 
-def ping(url: str, timeout: int = 3, params: dict[str, Any] | None = None) -> bool:
-    """True when a server answers at ``url``. ``params``: libpq keepalive settings."""
+def ping(url: str, timeout: int = 3) -> bool:
+    """True when a server answers at ``url``."""
     try:
-        with psycopg.connect(url, **{**(params or {}), "connect_timeout": timeout}) as conn:
+        with psycopg.connect(url, connect_timeout=timeout) as conn:
             conn.execute("SELECT 1")
         return True
     except psycopg.Error:

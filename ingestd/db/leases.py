@@ -11,7 +11,8 @@ Every time is the database's ``now()``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -95,21 +96,30 @@ def expire(conn: psycopg.Connection[Any], instance_id: str, by: str,
     return Expired(instance_id, row[0], int(row[1]), sorted(companies))
 
 
-def end_own_sessions(conn: psycopg.Connection[Any], prefix: str,
-                     live: list[str]) -> list[int]:
+def server_time(conn: psycopg.Connection[Any]) -> datetime:
+    """The server's clock now (not the transaction's start)."""
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return cast(datetime, row[0])
+
+
+def end_own_sessions(conn: psycopg.Connection[Any], prefix: str, live: list[str],
+                     started_before: datetime) -> list[int]:
     """End this process's sessions that are not live here any more: connections that
     broke on our side while the server kept their sessions (a partition), perhaps with
     the company's advisory lock, an open transaction and row locks. As ``expire`` does
     for a stale peer: once ended, those roll back and go, and the next ``acquire`` of a
     lease the session held bumps its epoch. ``prefix``: the process's
-    ``application_name`` prefix; ``live``: its names still in use. The pids ended."""
+    ``application_name`` prefix; ``live``: its names in use when ``started_before``
+    (``server_time``) had passed, so a connection made since is never taken for dead.
+    The pids ended."""
     # MATERIALIZED: the terminate must only ever see the rows chosen first.
     return [int(r[0]) for r in conn.execute(
         "WITH dead AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
         " WHERE left(application_name, length(%s)) = %s AND application_name <> ALL(%s)"
-        " AND pid <> pg_backend_pid())"
+        " AND backend_start < %s AND pid <> pg_backend_pid())"
         " SELECT pid FROM dead WHERE pg_terminate_backend(pid, 5000)",
-        (prefix, prefix, live))]
+        (prefix, prefix, live, started_before))]
 
 
 def acquire(conn: psycopg.Connection[Any], company: str, instance_id: str) -> int | None:

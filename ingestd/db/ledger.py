@@ -145,10 +145,14 @@ class RejectedRow:
 
 
 def rejected_rows(conn: psycopg.Connection[Any], file_id: int,
-                  error_class: str | None = None) -> Iterator[RejectedRow]:
-    """Stream rejected rows in record order (server-side cursor: constant memory)."""
+                  error_class: str | None = None, *,
+                  leaders_only: bool = False) -> Iterator[RejectedRow]:
+    """Stream rejected rows in record order (server-side cursor: constant memory);
+    ``leaders_only``: without the rows a contacts section took along."""
     query = ("SELECT record, error_class, message, error_field, error_detail,"
              " to_json(fields)::text FROM ingestd.row_results WHERE file_id = %s AND NOT accepted")
+    if leaders_only:
+        query += " AND ref IS NULL"
     params: tuple[Any, ...] = (file_id,)
     if error_class is not None:
         query += " AND error_class = %s"
@@ -196,7 +200,8 @@ def counts_since(conn: psycopg.Connection[Any], company: str, seconds: float) ->
         " AND committed_at > now() - make_interval(secs => %s) GROUP BY status",
         (company, seconds),
     ).fetchall()
-    return {str(s): int(n) for s, n in rows}
+    # Every status, zero too: a reader of `status --json` should not have to guess.
+    return {"done": 0, "failed": 0} | {str(s): int(n) for s, n in rows}
 
 
 # -- requeue and retention ----------------------------------------------------------------
@@ -278,6 +283,10 @@ def mark_pruned(conn: psycopg.Connection[Any], file_id: int) -> None:
 
 # -- row results ---------------------------------------------------------------------------
 
+# Rejected rows kept in memory for the CLI to print (the sidecars have them all).
+SAMPLE_ERRORS = 1000
+
+
 class RowResults:
     """Counts outcomes and stores the ones sidecars need in ``ingestd.row_results``.
 
@@ -302,7 +311,10 @@ class RowResults:
         self.accepted = 0
         self.rejected = 0
         self.rejected_by_class: Counter[str] = Counter()
-        # kept in memory only up to a bound, for `ingestd check` to print
+        # Rejected contacts sections; None for a format that rejects rows one by one (the
+        # contacts applier sets it to 0).
+        self.rejected_sections: int | None = None
+        # kept in memory only up to a bound, for `ingestd check` and `ingest` to print
         self.sample_errors: list[tuple[int, RowError]] = []
 
     def accept(
@@ -324,15 +336,30 @@ class RowResults:
         self.accepted += len(records)
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
-        """Record one rejected record (or a contacts section of ``rows`` rows led by it)."""
+        """Record one rejected record (or a contacts section of ``rows`` rows led by it:
+        every row counts; the others are stored with ``reject_along``)."""
         self.rows += rows
         self.rejected += rows
         self.rejected_by_class[error.error_class] += rows
-        if len(self.sample_errors) < 1000:
+        if self.rejected_sections is not None:
+            self.rejected_sections += 1
+        self._store_rejected(record, None, error, fields)
+
+    def reject_along(self, record: int, leader: int, error: RowError,
+                     fields: Sequence[str]) -> None:
+        """Store a row rejected with the section that ``leader`` (a record number) leads,
+        for errors.csv; ``reject`` of the leader counted it already."""
+        self._store_rejected(record, str(leader), error, fields)
+
+    def _store_rejected(self, record: int, leader: str | None, error: RowError,
+                        fields: Sequence[str]) -> None:
+        if len(self.sample_errors) < SAMPLE_ERRORS:
             self.sample_errors.append((record, error))
         if self._conn is not None:
+            # ``ref`` holds a taken-along row's leader; a leader's is NULL.
             self._pending.append(
-                f"{self._prefix}{record}\tf\t\\N\t{text(error.error_class)}"
+                f"{self._prefix}{record}\tf\t{NULL if leader is None else leader}"
+                f"\t{text(error.error_class)}"
                 f"\t{text(error.message)}\t{text(error.field)}\t{text(error.detail)}"
                 f"\t{text_array(fields)}\n")
             if len(self._pending) >= self._limit:

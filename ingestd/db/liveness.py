@@ -63,8 +63,9 @@ class Sessions:
     being set up is never taken for a dead one.
     """
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, connecting_for: float = 120.0) -> None:
         self.tag = tag  # the process's instance id
+        self.connecting_for = connecting_for
         self._lock = threading.Lock()
         self._serial = itertools.count(1)
         # name -> the connection, or the monotonic time its connect began
@@ -78,31 +79,37 @@ class Sessions:
         """A new connection's ``application_name``."""
         name = f"{self.prefix}{next(self._serial)}"
         with self._lock:
+            self._purge()
             self._names[name] = time.monotonic()
         return name
 
     def opened(self, conn: psycopg.Connection[Any]) -> None:
         """``conn`` is connected: live until it is closed or broken."""
-        name = conn.info.parameter_status("application_name")
+        # As this client asked for it (the server's report may be missing or rewritten).
+        name = conn.info.get_parameters().get("application_name")
         if name is None:
             return
         with self._lock:
             self._names[name] = weakref.ref(conn)
 
-    def live(self, connecting_for: float = 120.0) -> list[str]:
-        """Names whose connection is open and not known broken, or being made (for
-        at most ``connecting_for`` seconds: a connect that failed leaves no session)."""
-        now = time.monotonic()
+    def live(self) -> list[str]:
+        """Names whose connection is open and not known broken, or being made."""
         with self._lock:
-            for name, entry in list(self._names.items()):
-                if isinstance(entry, float):
-                    alive = now - entry < connecting_for
-                else:
-                    conn = entry()
-                    alive = conn is not None and not conn.closed and not conn.broken
-                if not alive:
-                    del self._names[name]
+            self._purge()
             return list(self._names)
+
+    def _purge(self) -> None:
+        """Forget closed and broken connections, and connects begun more than
+        ``connecting_for`` ago (one that failed leaves no session). Under the lock."""
+        now = time.monotonic()
+        for name, entry in list(self._names.items()):
+            if isinstance(entry, float):
+                alive = now - entry < self.connecting_for
+            else:
+                conn = entry()
+                alive = conn is not None and not conn.closed and not conn.broken
+            if not alive:
+                del self._names[name]
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import errors, failpoints, formats, landing, partner_files
+from ingestd import errors, failpoints, formats, landing, partner_files, readiness
 from ingestd.apply_context import ApplyContext
 from ingestd.db import ledger, locks
 from ingestd.db.companies import Company, get_company_later
@@ -49,9 +49,22 @@ def sha256_of(path: Path, companion: Path | None = None,
     return h.hexdigest()
 
 
-def _stat_key(path: Path) -> tuple[int, int]:
-    st = os.lstat(path)
-    return st.st_size, st.st_mtime_ns
+def starts_with_bom(path: Path) -> bool:
+    """The file begins with a UTF-8 byte-order mark: its CSV sidecars will too, since the
+    partner's tool wrote one and expects one (Excel reads UTF-8 only with it)."""
+    try:
+        with partner_files.open_partner_file(path) as fh:
+            return fh.read(len(_BOM)) == _BOM
+    except OSError:
+        return False  # unreadable: the file fails, and says why, elsewhere
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _stat_key(path: Path) -> readiness.Key:
+    # ctime and inode too: any write (even one keeping size and mtime) moves the ctime.
+    return readiness.key_of(os.lstat(path))
 
 
 @dataclass
@@ -65,7 +78,7 @@ class _Run:
     started: datetime
     t0: float
     sha: str = ""
-    before: tuple[int, int] = (0, 0)  # (size, mtime) that must still hold after reading
+    before: readiness.Key | None = None  # the stat key that must still hold at the commit
     error: FileError | None = None
     duplicate: tuple[int, str] | None = None
     results: RowResults = field(default_factory=lambda: RowResults(None, None))
@@ -93,6 +106,12 @@ class Applying:
         run = _Run(claim.company, name, formats.for_file(name), os.lstat(claim.path).st_size,
                    started, t0)
         run.error, run.sha, run.before = self._inspect(ctx, name, self.settings.marker_mode)
+        if claim.settled is not None and claim.settled.maybe_partial:
+            run.warnings.append(
+                f"{name} was written in place and its last record has no line break, as "
+                "a cut-off upload leaves it; it was held "
+                f"{self.settings.partial_grace_seconds:g} s for a newer upload, none came, "
+                "and it was applied as it is: check its last row")
         with conn.transaction(force_rollback=dry_run):
             company, file_id = self._open(conn, claim, run)
             if run.error is None:
@@ -102,6 +121,8 @@ class Applying:
             if (run.error is None and run.duplicate is None and company is not None
                     and run.fmt is not None):
                 self._apply_rows(ctx, run, company, run.fmt, file_id, dry_run)
+            if run.sha and starts_with_bom(claim.path):  # sha: a plain file we could read
+                run.meta["bom"] = True
             result = _result(claim, run)
             # The final name is chosen and recorded in the apply's own commit, before
             # anything is written, so a crash re-finishes under the same name (under the
@@ -113,8 +134,13 @@ class Applying:
             entry = ledger.complete(conn, file_id, result.to_json(), run.meta,
                                     run.duplicate[0] if run.duplicate else None, final)
             if not dry_run:
-                failpoints.hit(failpoints.BEFORE_COMMIT)
+                failpoints.hit(failpoints.BEFORE_COMMIT, conn)
                 ctx.guard()
+            # Last thing before the commit: the bytes hashed and read are still the file's.
+            # A writer's open descriptor follows the file into .processing/, so a write
+            # after the claim lands here; rolled back, the file goes back to settle.
+            if run.before is not None and _stat_key(claim.path) != run.before:
+                raise FileChangedError(run.name)
         if not dry_run:
             log.info("file.applied", company=claim.company, file=run.name,
                      status=result.status, rows=result.rows, accepted=result.accepted,
@@ -166,19 +192,17 @@ class Applying:
                                   f"internal error: {type(exc).__name__}: {exc}")
             run.results = RowResults(None, None)
         run.meta = {"columns": actx.columns, **actx.extra}
-        if _stat_key(claim.path) != run.before:
-            raise FileChangedError(run.name)
 
     @staticmethod
     def _inspect(ctx: FileContext, name: str,
-                 marker_mode: bool) -> tuple[FileError | None, str, tuple[int, int]]:
+                 marker_mode: bool) -> tuple[FileError | None, str, readiness.Key | None]:
         """What can be known before the transaction: a file-level problem, or the
-        content hash and the (size, mtime) that must still hold after reading."""
+        content hash and the stat key that must still hold at the commit."""
         claim = ctx.claim
         path = claim.path
         bad_name = landing.name_problem(claim.name)
         if bad_name is not None:
-            return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", (0, 0)
+            return FileError(errors.INVALID_FILE_NAME, f"{name}: {bad_name}"), "", None
         try:
             # The drop, then every companion (a marker too, though it is never read):
             # nothing of the file is opened unless all of them are plain files.
@@ -187,11 +211,11 @@ class Applying:
             before = _stat_key(path)
             return None, sha256_of(path, claim.headers_path, ctx.progress), before
         except FileError as exc:
-            return exc, "", (0, 0)
+            return exc, "", None
         except OSError as exc:  # e.g. uploaded with mode 0600: we may move it, not read it
             which = landing.display_name(Path(exc.filename).name) if exc.filename else name
             return FileError(errors.UNREADABLE_FILE,
-                             f"{which} cannot be read by ingestd: {exc.strerror}"), "", (0, 0)
+                             f"{which} cannot be read by ingestd: {exc.strerror}"), "", None
 
 
 def _file_problem(company: Company | None, run: _Run) -> FileError | None:
@@ -222,6 +246,7 @@ def _result(claim: Claim, run: _Run) -> FileResult:
         accepted=results.accepted,
         rejected=results.rejected,
         rejected_by_class=dict(results.rejected_by_class),
+        rejected_sections=results.rejected_sections,
         started_at=run.started.isoformat(),
         finished_at=datetime.now(UTC).isoformat(),
         duration_s=round(time.monotonic() - run.t0, 3),

@@ -15,10 +15,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from ingestd import landing
+from ingestd import landing, readiness
 from ingestd.db import locks
 from ingestd.db.database import Database
-from ingestd.errors import LandingError
+from ingestd.errors import LandingError, NotSettled
 from ingestd.fleet import Fleet, Lease
 from ingestd.landing import CompanyDirs
 from ingestd.lifecycle.context import Claim, FileContext, Held
@@ -70,9 +70,16 @@ def _lease(fleet: Fleet | None, conn: psycopg.Connection[Any],
         yield lease is not None, lease
 
 
-def claim(held: Held, path: Path, name: str | None, marker_mode: bool) -> Claim | None:
+def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
+          settled: readiness.Settled | None = None) -> Claim | None:
     """Atomic rename into .processing/<claim>/; None if someone else took it first.
-    ``name``: the name to keep, when ``path`` is a staged copy."""
+    ``name``: the name to keep, when ``path`` is a staged copy.
+
+    ``settled``: the file as the watcher judged it ready. It may have waited in the
+    queue behind a long file while the partner began a new upload under the same name
+    (``put`` writes in place), so it is looked at again here: NotSettled if it changed
+    since, or if a writer has it open (a read lease, held over the rename, so a writer
+    opening it in that instant is seen too)."""
     dirs = held.dirs
     try:
         dirs.ensure()
@@ -82,8 +89,25 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool) -> Claim 
             f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
             "done/ and failed/ for the ingestd user (docs/operations.md: SFTP accounts)"
         ) from exc
-    taken = Claim(dirs, landing.new_claim_id(), name or path.name)
+    taken = Claim(dirs, landing.new_claim_id(), name or path.name, settled=settled)
     held.guard(taken.name)
+    if settled is not None and (reason := readiness.unsettled_reason(path, settled)):
+        raise NotSettled(reason)
+    try:
+        with readiness.read_lease(path) as lease:
+            if not _rename_in(taken, path, marker_mode):
+                return None
+            if lease.broken():
+                unclaim(FileContext(held, taken))
+                raise NotSettled("a writer opened it while it was being claimed")
+    except readiness.WriterOpen:
+        raise NotSettled("a writer still has it open") from None
+    log.info("file.claimed", company=dirs.company, file=taken.name, claim=taken.claim_id)
+    return taken
+
+
+def _rename_in(taken: Claim, path: Path, marker_mode: bool) -> bool:
+    """The file and its companions into the claim folder; False if the file is gone."""
     taken.dir.mkdir(mode=0o700)
     # The .headers companion goes first: it must travel with its CSV.
     for comp in landing.companions(path.parent, path.name, marker_mode):
@@ -97,9 +121,8 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool) -> Claim 
         for comp in taken.dir.iterdir():  # give companions back
             os.rename(comp, path.parent / (path.name + comp.name[len(taken.name):]))
         taken.dir.rmdir()
-        return None
-    log.info("file.claimed", company=dirs.company, file=taken.name, claim=taken.claim_id)
-    return taken
+        return False
+    return True
 
 
 def unclaim(ctx: FileContext) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from ingestd import fleet, landing
+from ingestd import fleet, landing, readiness
 from ingestd.landing import CompanyDirs
 from ingestd.progress import NO_PROGRESS, Handle
 from ingestd.results import FileResult
@@ -28,6 +28,7 @@ class Claim:
     claim_id: str
     name: str  # as dropped
     source: Path | None = None  # `ingestd check` reads the file where it is
+    settled: readiness.Settled | None = None  # as judged ready (None: not known)
 
     @property
     def company(self) -> str:
@@ -91,8 +92,10 @@ class FileContext:
 
 # done, failed: finished (``result`` says how); busy: another worker or instance holds
 # the company; gone: someone else claimed the file first; changed: it changed while
-# being read and went back to the inbox; fenced: the lease was lost meanwhile.
-Status = Literal["done", "failed", "busy", "gone", "changed", "fenced"]
+# being read and went back to the inbox; fenced: the lease was lost meanwhile;
+# unsettled: changed (or open for writing) since it was judged ready, so not claimed: it
+# settles again in the inbox.
+Status = Literal["done", "failed", "busy", "gone", "changed", "fenced", "unsettled"]
 
 
 @dataclass
@@ -100,3 +103,4 @@ class Outcome:
     status: Status
     final_path: Path | None = None
     result: FileResult | None = None  # only when done or failed
+    given_back: Path | None = None  # unsettled: the file, still in the inbox

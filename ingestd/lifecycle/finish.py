@@ -101,6 +101,8 @@ def _log_finished(ctx: FileContext, result: FileResult, final: Path) -> None:
     if result.error is not None:
         fields["error_class"] = result.error.error_class
         fields["error_message"] = result.error.message
+        if result.error.detail:
+            fields["error_detail"] = result.error.detail
     if result.duplicate_of is not None:
         fields["duplicate_of"] = result.duplicate_of
     (log.info if result.status == "done" else log.warning)(event, **fields)

@@ -16,7 +16,7 @@ import structlog
 
 from ingestd import formats, landing, progress
 from ingestd.db.database import Database
-from ingestd.errors import FileChangedError
+from ingestd.errors import FileChangedError, NotSettled
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import claim as claiming
 from ingestd.lifecycle.apply import Applying
@@ -87,7 +87,13 @@ class Pipeline:
 
     def _process_held(self, held: Held, drop: Drop, name: str | None) -> Outcome:
         self.recovery.run(held, self.fleet)  # a listing: cheap when there is nothing left
-        taken = claiming.claim(held, drop.path, name, self.settings.marker_mode)
+        try:
+            taken = claiming.claim(held, drop.path, name, self.settings.marker_mode,
+                                   drop.settled)
+        except NotSettled as exc:
+            log.info("file.not_settled", company=drop.company, file=drop.name,
+                     reason=str(exc))
+            return Outcome("unsettled", given_back=drop.path)
         if taken is None:
             return Outcome("gone")
         return self._apply_and_finish(FileContext(held, taken))
@@ -96,14 +102,17 @@ class Pipeline:
         with self._in_hand(ctx.claim) as handle:
             ctx = replace(ctx, progress=handle)
             try:
-                _, entry = self.applying.apply(ctx)
+                applied, entry = self.applying.apply(ctx)
             except FileChangedError:
                 claiming.unclaim(ctx)
                 log.warning("file.changed", company=ctx.claim.company, file=ctx.claim.name,
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            return finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+            outcome = finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+            if outcome.result is not None:  # rebuilt from the ledger: add what it keeps not
+                outcome.result.sample_errors = applied.sample_errors
+            return outcome
 
     def _finish(self, ctx: FileContext) -> Outcome:
         return finish(ctx, self.settings.sidecar_formula_guard, self.tracker)

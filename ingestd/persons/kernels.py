@@ -26,7 +26,11 @@ from phonenumbers import PhoneNumberType
 from ingestd import columns
 from ingestd.columns import STRING
 from ingestd.persons.custom_fields import GSM7_BASIC, FieldDefinition
-from ingestd.persons.mdn_fast import deciding_alternatives, ten_digit_country_code
+from ingestd.persons.mdn_fast import (
+    deciding_alternatives,
+    international_prefix_pattern,
+    ten_digit_country_code,
+)
 from ingestd.persons.reader import Record
 
 _MOBILE = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
@@ -76,6 +80,9 @@ class MdnKernel:
         found = (deciding_alternatives(self.country_code, _NATIONAL_DIGITS)
                  if self.country_code is not None else None)
         self._general = f"^(?:{found[0]})$" if found else None
+        # Ten digits that begin with the region's international prefix are no number there.
+        idd = international_prefix_pattern(region)
+        self._idd = f"^(?:{idd})" if idd else None
         # Only whether the first alternative that matches is a mobile type matters, so
         # neighbouring alternatives of one pattern on the same side are one expression.
         self._steps: list[tuple[list[str], bool]] = []
@@ -96,6 +103,8 @@ class MdnKernel:
         prefix = f"+{self.country_code}"
         plus = columns.matches(col, f"^\\+{self.country_code}[0-9]{{{_NATIONAL_DIGITS}}}$")
         ten = columns.matches(col, f"^[0-9]{{{_NATIONAL_DIGITS}}}$")
+        if self._idd is not None:
+            ten = pc.and_(ten, pc.invert(columns.matches(col, self._idd)))
         national = pc.if_else(plus, pc.utf8_slice_codeunits(col, len(prefix)), col)
         mobile = pc.and_(pc.or_(plus, ten), columns.matches(national, self._general))
         taken: pa.Array | None = None  # an earlier alternative matched

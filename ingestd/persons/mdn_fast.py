@@ -21,10 +21,14 @@ them, else its full type check.
 The ``+`` form is read the way ``parse`` reads clean digits, without its repairs:
 the country code is the first 1-3 digit prefix phonenumbers knows and the rest is
 the national number as given (E.164 has no trunk prefix, so ``+112295551234`` and
-``+49030123456`` stay invalid). Ten digits in a NANP region are the national
+``+49030123456`` stay invalid). Ten digits are always a national number of the
+region: ten digits that begin with the region's international dialling prefix
+(``011`` in NANP, ``00`` in most others) are invalid, never read as a foreign number
+the way ``parse`` would read them. Ten digits in a NANP region are the national
 number (``parse`` would only strip a leading ``1``, leaving nine digits: invalid
 either way). Ten digits in any other region (trunk prefixes differ too much to
-mimic) fall back to ``phonenumbers.parse`` and the library's own calls.
+mimic) fall back to ``phonenumbers.parse`` and the library's own calls, and count
+only when ``parse`` read them as a number of that region.
 ``tests/test_mdn_fast.py`` checks that the verdicts are the library's.
 """
 
@@ -35,7 +39,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import phonenumbers
-from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat, PhoneNumberType
+from phonenumbers import (
+    CountryCodeSource,
+    PhoneMetadata,
+    PhoneNumber,
+    PhoneNumberFormat,
+    PhoneNumberType,
+)
 
 MAX_E164_DIGITS = 15
 _NANP_COUNTRY_CODE = 1
@@ -72,10 +82,36 @@ def classify(raw: str, region: str = "US") -> Mdn | None:
         return _classify_national(country_code, national)
     if len(raw) != 10 or not _ascii_digits(raw):
         return None
+    if international_prefix(raw, region) is not None:
+        return None
     nanp = ten_digit_country_code(region)
     if nanp is not None:
         return _classify_national(nanp, raw)
     return _classify_by_parse(raw, region.upper())
+
+
+def international_prefix_pattern(region: str) -> str | None:
+    """The regular expression of ``region``'s international dialling prefix, if it has
+    one (``international_prefix`` matches it at the start of the digits)."""
+    metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+    prefix = metadata.international_prefix if metadata is not None else None
+    return str(prefix) if prefix else None
+
+
+def international_prefix(digits: str, region: str) -> str | None:
+    """The international dialling prefix of ``region`` that ``digits`` begin with, if any."""
+    try:
+        pattern = _IDD[region]
+    except KeyError:
+        prefix = international_prefix_pattern(region)
+        pattern = _IDD[region] = re.compile(prefix) if prefix else None
+    if pattern is None:
+        return None
+    found = pattern.match(digits)
+    return found.group(0) if found else None
+
+
+_IDD: dict[str, re.Pattern[str] | None] = {}
 
 
 def split_country_code(digits: str) -> tuple[int, str] | None:
@@ -140,9 +176,11 @@ def _number(country_code: int, national: str) -> PhoneNumber:
 
 def _classify_by_parse(raw: str, region: str) -> Mdn | None:
     try:
-        number = phonenumbers.parse(raw, region)
+        number = phonenumbers.parse(raw, region, keep_raw_input=True)
     except phonenumbers.NumberParseException:
         return None
+    if number.country_code_source != CountryCodeSource.FROM_DEFAULT_COUNTRY:
+        return None  # parse read a country code into the digits: no national number
     return _verdict(number)
 
 

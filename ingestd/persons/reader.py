@@ -220,7 +220,7 @@ def open_persons(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES)
         if row is None:
             raise FileError(INVALID_IMPORT_FILE_FORMAT, NO_HEADER_ROW_MESSAGE)
         names = row
-    fields = _check_fields(names)
+    fields = _check_fields(names, None if "fields" in headers else delimiter)
     return PersonsReader(fields, delimiter, multi, warnings, rows, max_line_bytes)
 
 
@@ -282,7 +282,9 @@ def _delimiter_header(headers: dict[str, str], name: str, default: str) -> str:
     return value
 
 
-def _check_fields(names: Sequence[str]) -> list[str]:
+def _check_fields(names: Sequence[str], row_delimiter: str | None) -> list[str]:
+    """The field names, checked; ``row_delimiter``: the delimiter they were split by,
+    when they came from a header row (None: from a ``Fields`` header)."""
     fields = [name.strip(" ") for name in names]
     seen: set[str] = set()
     for position, name in enumerate(fields, 1):
@@ -295,8 +297,32 @@ def _check_fields(names: Sequence[str]) -> list[str]:
             raise FileError(INVALID_IMPORT_FILE_FORMAT, f"field {name!r} appears twice")
         seen.add(name)
     if seen.isdisjoint(IDENTIFYING):
-        raise FileError(INVALID_IMPORT_FILE_FORMAT, NO_IDENTIFYING_COLUMN_MESSAGE)
+        raise FileError(INVALID_IMPORT_FILE_FORMAT, NO_IDENTIFYING_COLUMN_MESSAGE,
+                        _delimiter_hint(fields, row_delimiter))
     return fields
+
+
+# Delimiters a spreadsheet saves with (Excel's ";" where the decimal mark is a comma;
+# "Unicode Text" is tab-separated), as a Delimiter header would name them.
+_SPREADSHEET_DELIMITERS = ((";", ";"), ("\t", "tab"))
+
+
+def _delimiter_hint(fields: Sequence[str], row_delimiter: str | None) -> str:
+    """How to fix a header row that was split by the wrong delimiter, or "".
+
+    The source's message for a file without an identifying column stays as it is (partners
+    match on it); this says why a file exported from a spreadsheet has none."""
+    if row_delimiter is None:
+        return ""
+    for delimiter, word in _SPREADSHEET_DELIMITERS:
+        if delimiter == row_delimiter:
+            continue
+        parts = {part.strip(" ").lower() for name in fields for part in name.split(delimiter)}
+        if not parts.isdisjoint(IDENTIFYING):
+            shown = "`;`" if word == ";" else "tab"
+            return (f"the header row looks {shown}-separated: add a `Delimiter: {word}`"
+                    " header block")
+    return ""
 
 
 def _decode(raw: bytes, line_no: int) -> str:

@@ -1,5 +1,6 @@
-"""The Person Import's sidecars: ``NAME.errors.csv`` always (when applied), and
-``NAME.retry.persons`` when rows failed the carrier lookup transiently."""
+"""The Person Import's sidecars: ``NAME.errors.csv`` when rows were rejected, and
+``NAME.retry.persons`` when rows failed the carrier lookup transiently. A sidecar is
+written only when it has something to say; ``result.json`` always is (by the lifecycle)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def write(done: Finished) -> None:
     if not done.result.applied:
         return  # nothing was applied: result.json alone says why
     columns = done.meta.get("columns", [])
-    # A query only where rows were stored: a clean small file needs no round trip.
-    rejected = ledger.rejected_rows(done.conn, done.file_id) if done.result.rejected else ()
-    errors_csv(done.directory, done.name, columns, rejected, guard=done.guard)
+    if done.result.rejected:
+        errors_csv(done.directory, done.name, columns,
+                   ledger.rejected_rows(done.conn, done.file_id), guard=done.guard,
+                   bom=done.bom)
     if done.result.rejected_by_class.get(TRANSIENT_LOOKUP_FAILURE):
         retry_file(done.directory, done.name, columns, done.meta.get("delimiter", ","),
                    done.meta.get("multi_select_delimiter", "|"),
@@ -30,14 +32,15 @@ def write(done: Finished) -> None:
 
 
 def errors_csv(directory: Path, name: str, columns: Sequence[str],
-               rejected: Iterable[RejectedRow], *, guard: bool = True) -> Path:
+               rejected: Iterable[RejectedRow], *, guard: bool = True,
+               bom: bool = False) -> Path:
     """NAME.errors.csv: record, error_class, error_message, error_field, error_detail,
     then the row's fields."""
     return csv_file(directory / (name + ERRORS_CSV),
                     ["record", "error_class", "error_message", "error_field", "error_detail",
                      *columns],
                     ((r.record, r.error_class, r.message, r.error_field, r.error_detail,
-                      *r.fields) for r in rejected), guard)
+                      *r.fields) for r in rejected), guard, bom=bom)
 
 
 def retry_file(directory: Path, name: str, columns: Sequence[str], delimiter: str,
