@@ -17,6 +17,11 @@ record too. A UTF-8 byte-order mark at the start of the stream is dropped.
 The csv module's own field limit (process-wide) is raised to at least
 ``limit``: a record within the limit never fails on it, so there is one bound,
 and a failure always comes with a known record end.
+
+Kept hand-written on purpose: no CSV library bounds the bytes of one record while
+keeping the record numbers of the records after an oversized one (the csv module,
+pandas, polars and pyarrow all read a whole line or block first, and a bad record
+there ends the file or loses the count).
 """
 
 from __future__ import annotations

@@ -6,12 +6,9 @@ import argparse
 import importlib.metadata
 import json
 import os
-import shutil
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -102,10 +99,7 @@ def cmd_company_add(args: argparse.Namespace, settings: Settings) -> int:
             print(f"ingestd: {exc}", file=sys.stderr)
             return 2
         fields = list_fields(conn, args.id)
-    landing.CompanyDirs(settings.landing_root / args.id).root.mkdir(parents=True, exist_ok=True)
-    dirs = landing.CompanyDirs(settings.landing_root / args.id)
-    dirs.inbox.mkdir(exist_ok=True)
-    dirs.ensure()
+    landing.company_dirs_of(settings.landing_root, args.id).create()
     print(f"company {args.id} {'added' if created else 'already exists'}")
     return _write_fields_file(settings, args.id, fields)
 
@@ -192,48 +186,19 @@ def _target(args: argparse.Namespace, settings: Settings) -> tuple[Path, str]:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from ingestd import progress_bar
-    from ingestd.lifecycle import Pipeline
-    from ingestd.persons.carrier import make_carrier
-    from ingestd.progress import Tracker
+    from ingestd.ingest import NotImportable, check_importable, ingest
 
     path, company = _target(args, settings)
-    dirs = landing.CompanyDirs(settings.landing_root / company)
-    outside = path.parent.absolute() != dirs.inbox.absolute()
-    if outside and not landing.is_regular(path):
-        # Only a regular file can be copied in; in an inbox, the pipeline itself fails
-        # a symlink or FIFO without opening it.
-        kind = "a directory" if path.is_dir() else "not a regular file"
-        print(f"failed: {path} is {kind}; only regular files are imported", file=sys.stderr)
+    try:
+        check_importable(path, landing.company_dirs_of(settings.landing_root, company))
+    except NotImportable as exc:
+        print(f"failed: {exc}", file=sys.stderr)
         return 1
-    staged: list[Path] = []
     _second_interrupt_exits()
-    # the company lock, the carrier cache and the progress rows (ingestd.in_hand)
     with _db(settings, pool_size=3) as db:
         _require_company(db, company)
-        dirs.inbox.mkdir(parents=True, exist_ok=True)
-        on_terminal = sys.stderr.isatty()
-        tracker = Tracker(progress_seconds=settings.progress_seconds,
-                          stuck_seconds=settings.stuck_seconds, pool=db.pool,
-                          log_lines=not on_terminal)  # a bar instead of file.progress lines
-        view = (progress_bar.bar(tracker, sys.stderr, lambda stream: logs.configure(
-                    "info", settings.log_format, stream=stream, quiet=_QUIET))
-                if on_terminal else nullcontext())
-        tracker.start()
-        try:
-            source = _stage(path, dirs.inbox, settings.marker_mode, staged) if outside else path
-            pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
-            with view:
-                while True:
-                    outcome = pipeline.process(landing.drop(source, 0), name=path.name)
-                    if outcome.status != "busy":
-                        break
-                    time.sleep(0.5)  # a daemon is working on this company; wait our turn
-        finally:
-            tracker.stop()
-            for p in staged:  # copies the pipeline did not claim (interrupted, busy)
-                if os.path.lexists(p):
-                    p.unlink()
+        outcome = ingest(settings, db, path, company, quiet=_QUIET,
+                         terminal=sys.stderr if sys.stderr.isatty() else None)
     if outcome.status == "gone":
         print(f"ingestd: {path} was taken by someone else", file=sys.stderr)
         return 1
@@ -273,18 +238,6 @@ def _require_company(db: Database, company: str) -> None:
         if get_company(conn, company) is None:
             raise _UsageError(f"company {company!r} is not set up "
                               f"(ingestd company add {company})")
-
-
-def _stage(path: Path, inbox: Path, marker_mode: bool, staged: list[Path]) -> Path:
-    """Copy a file from elsewhere into the inbox under an in-flight name, so a running
-    daemon leaves it alone; the pipeline keeps ``path.name`` as the file's name."""
-    target = inbox / f".ingest-{landing.new_claim_id()}-{path.name}"
-    for comp in landing.companions(path.parent, path.name, marker_mode):
-        staged.append(inbox / (target.name + comp.name[len(path.name):]))
-        shutil.copy2(comp, staged[-1])
-    staged.append(target)
-    shutil.copy2(path, target, follow_symlinks=False)
-    return target
 
 
 def _print_result(result: FileResult, final: Path | None, *, dry_run: bool = False) -> None:
@@ -419,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: retention_days)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
 
+    _setup_commands(add)
+    return p
+
+
+def _setup_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """db, company and fields: the commands that set a landing root and database up."""
     db = add("db", _usage, "database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     add("upgrade", cmd_db_upgrade, "apply pending migrations", dbsub)
@@ -438,7 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--company", required=True)
     fls = add("list", cmd_fields_list, "list a company's custom fields", fisub)
     fls.add_argument("--company", required=True)
-    return p
 
 
 # A one-off command borrows the embedded server (or starts it for a moment): saying so

@@ -36,12 +36,16 @@ def write(dirs: CompanyDirs, files: list[dict[str, Any]]) -> None:
 
 
 def read(dirs: CompanyDirs) -> list[dict[str, Any]]:
+    """The company's held files whose grace period has not ended (a list left behind by
+    a daemon that was killed says nothing once its time is past)."""
     try:
         data = json.loads((dirs.processing / HELD_FILE).read_text())
     except (OSError, ValueError):
         return []
     files = data.get("files") if isinstance(data, dict) else None
-    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+    now = iso(datetime.now(UTC).timestamp())
+    return [f for f in files if isinstance(f, dict) and str(f.get("until", "")) >= now
+            ] if isinstance(files, list) else []
 
 
 def iso(wall: float) -> str:

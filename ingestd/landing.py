@@ -173,6 +173,12 @@ class CompanyDirs:
     def failed(self) -> Path:
         return self.root / FAILED
 
+    def create(self) -> None:
+        """The company's folder with all of its own (``ingestd company add``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.inbox.mkdir(exist_ok=True)
+        self.ensure()
+
     def ensure(self) -> None:
         """Create our folders; .processing is the daemon's alone (0700)."""
         self.processing.mkdir(mode=0o700, exist_ok=True)

@@ -5,12 +5,9 @@ global default: registering the same name twice in one registry raises, so a
 global registry would make a second daemon in one process (tests start several)
 fail, and would mix ingestd's series with whatever else the process registers.
 
-Two ways to use it:
-
-* the module-level functions (``record_file``, ``set_backlog`` …) act on
-  ``DEFAULT``, one ``Metrics`` per process, which is what the daemon uses;
-* a test or a second daemon builds its own ``Metrics()`` and passes it to
-  ``start_server(..., metrics=m)`` so its counters start at zero.
+There is no process-wide instance: the daemon builds one ``Metrics`` and hands it to
+the parts that record (``wiring``, ``supervisor``) and to ``start_server``; a test
+builds its own, so its counters start at zero.
 
 All recording functions are cheap, thread-safe (prometheus-client locks per
 series) and never raise on odd label values: metrics must not break ingestion.
@@ -78,6 +75,11 @@ class Metrics:
             "ingestd_carrier_lookups", "Carrier lookups, by outcome.", ["outcome"], registry=r)
         self.carrier_retries = Counter(
             "ingestd_carrier_retries", "Carrier lookup attempts that were retries.", registry=r)
+        self._queue_and_health_gauges(r)
+        self._companies: set[str] = set()
+        self._companies_lock = threading.Lock()
+
+    def _queue_and_health_gauges(self, r: CollectorRegistry) -> None:
         self.backlog = Gauge(
             "ingestd_backlog_files", "Ready files waiting to be applied, by company.",
             ["company"], registry=r)
@@ -114,8 +116,6 @@ class Metrics:
             "ingestd_misplaced_files",
             "Files under the landing root that no company's inbox/ holds, so that nothing "
             "will ever apply them (each is logged once as file.misplaced).", registry=r)
-        self._companies: set[str] = set()
-        self._companies_lock = threading.Lock()
 
     def init_company(self, company: str) -> None:
         """Create the company's series at zero, so that the first file's ``increase()``
@@ -200,85 +200,6 @@ class Metrics:
     def record_carrier_retry(self) -> None:
         """One carrier lookup attempt was a retry (tenacity's ``before_sleep`` hook)."""
         self.carrier_retries.inc()
-
-
-DEFAULT = Metrics()
-"""The process's metrics, used by the module-level functions and served by default."""
-
-
-def record_file(
-    company: str,
-    fmt: str,
-    outcome: Outcome,
-    accepted: int = 0,
-    rejected_by_class: Mapping[str, int] | None = None,
-    duration_s: float | None = None,
-) -> None:
-    """``DEFAULT.record_file``: count one finished file."""
-    DEFAULT.record_file(company, fmt, outcome, accepted, rejected_by_class, duration_s)
-
-
-def set_backlog(company: str, n: int) -> None:
-    """``DEFAULT.set_backlog``."""
-    DEFAULT.set_backlog(company, n)
-
-
-def set_oldest_ready_age(seconds: float | None) -> None:
-    """``DEFAULT.set_oldest_ready_age``."""
-    DEFAULT.set_oldest_ready_age(seconds)
-
-
-def init_company(company: str) -> None:
-    """``DEFAULT.init_company``: a set-up company's series, at zero."""
-    DEFAULT.init_company(company)
-
-
-def is_company(company: str) -> bool:
-    """``DEFAULT.is_company``."""
-    return DEFAULT.is_company(company)
-
-
-def set_backlog_oldest_age(company: str, seconds: float | None) -> None:
-    """``DEFAULT.set_backlog_oldest_age``."""
-    DEFAULT.set_backlog_oldest_age(company, seconds)
-
-
-def set_database_up(up: bool) -> None:
-    """``DEFAULT.set_database_up``."""
-    DEFAULT.set_database_up(up)
-
-
-def watch_carrier_circuit(is_open: Callable[[], bool]) -> None:
-    """``DEFAULT.watch_carrier_circuit``."""
-    DEFAULT.watch_carrier_circuit(is_open)
-
-
-def set_workers_stuck(n: int) -> None:
-    """``DEFAULT.set_workers_stuck``: busy workers with no progress for stuck_seconds."""
-    DEFAULT.set_workers_stuck(n)
-
-
-def watch_cache(cache: str, entries: Callable[[], int]) -> None:
-    """``DEFAULT.watch_cache``."""
-    DEFAULT.watch_cache(cache, entries)
-
-
-def watch_maybe_partial(held: Callable[[], int]) -> None:
-    """``DEFAULT.watch_maybe_partial``."""
-    DEFAULT.watch_maybe_partial(held)
-def set_misplaced_files(n: int) -> None:
-    """``DEFAULT.set_misplaced_files``: files the landing root holds outside any inbox/."""
-    DEFAULT.set_misplaced_files(n)
-
-
-def record_carrier(outcome: str) -> None:
-    """``DEFAULT.record_carrier``."""
-    DEFAULT.record_carrier(outcome)
-
-
-def record_carrier_retry() -> None:
-    """``DEFAULT.record_carrier_retry``."""
-    DEFAULT.record_carrier_retry()
 
 
 # -- HTTP server --------------------------------------------------------------------
@@ -410,7 +331,7 @@ def start_server(
     health: Callable[[], Mapping[str, bool]],
     ready: Callable[[], bool],
     *,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> ServerHandle:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``address`` in a daemon thread.
 
@@ -428,7 +349,7 @@ def start_server(
     if _is_ipv6(host):
         server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
     server = server_cls((host, port), _Handler)
-    server.metrics = metrics if metrics is not None else DEFAULT
+    server.metrics = metrics
     server.health = health
     server.ready = ready
     bound_port = int(server.server_address[1])

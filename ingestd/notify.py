@@ -6,6 +6,10 @@ per message, sent to the path in ``$NOTIFY_SOCKET``, holding newline-separated
 ``KEY=VALUE`` assignments. A leading ``@`` names a socket in the abstract
 namespace (its first byte on the wire is NUL). See sd_notify(3).
 
+Kept hand-written on purpose: no maintained Python library reads ``$WATCHDOG_PID``
+(whether the watchdog pings are meant for this very process, not a parent's or a
+child's), and the daemon relies on that to stay quiet when it is not the service.
+
 Everything here is a no-op when the daemon is not started by systemd with
 ``Type=notify`` (no ``$NOTIFY_SOCKET``), so the daemon can call it
 unconditionally. A failed send never raises: losing a status line must not stop

@@ -7,10 +7,15 @@ chunk and bounded waits (a carrier retry's back-off, a carrier request with its
 time-out) call ``alive``. A handle that has not moved for ``stuck_seconds`` marks a
 stuck worker; the daemon then stops feeding systemd's watchdog.
 
-The ``Tracker`` also reports: every ``progress_seconds`` a ``file.progress`` log line
-per file in hand for longer than that, and the figures in ``ingestd.in_hand`` (on
-connections of their own, outside the file's transaction), which is what
-``ingestd status`` reads from any shell, host or instance.
+Four parts, one job each, put together by ``Tracker``:
+
+* ``Registry``: the handles of this process's files in hand, and who listens;
+* ``StuckDetector``: which of them have not moved for ``stuck_seconds``;
+* ``InHandRows``: the ``ingestd.in_hand`` rows (on connections of their own, outside
+  the file's transaction), which is what ``ingestd status`` reads from any shell,
+  host or instance; the lifecycle deletes a finished file's row in its last commit;
+* ``Reporter``: every ``progress_seconds`` a ``file.progress`` log line per file in
+  hand for longer than that, and the figures into the rows.
 
 Thread safety: a handle is written by its worker (and that worker's carrier threads)
 and read by the reporter and the supervisor; each field is a single attribute store,
@@ -100,32 +105,96 @@ NO_PROGRESS: Handle = _NoProgress()
 Listener = Callable[[str, Handle], None]  # ("begin" | "end", handle)
 
 
-class Tracker:
-    """The files in hand of this process; reports them to the log and the database."""
+class InHandRows:
+    """This process's files in hand as rows of ``ingestd.in_hand``. Progress is for
+    people watching: a database problem is logged once, never raised."""
 
-    def __init__(self, *, progress_seconds: float, stuck_seconds: float,
-                 pool: ConnectionPool[psycopg.Connection[Any]] | None = None,
-                 log_lines: bool = True) -> None:
-        self.progress_seconds = progress_seconds
-        self.stuck_seconds = stuck_seconds
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]] | None) -> None:
         self._pool = pool
-        self._log_lines = log_lines
-        self._handles: dict[str, Handle] = {}
-        self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._db_failing = False
+        self._failing = False
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
-    # -- the workers' side ---------------------------------------------------------
+    def insert(self, handle: Handle) -> None:
+        self._db(lambda conn: in_hand.insert(
+            conn, claim_id=handle.claim_id, company=handle.company, file=handle.file,
+            host=self.host, pid=self.pid, started_at=handle.started_at,
+            bytes_total=handle.bytes_total))
+
+    def delete(self, handle: Handle) -> None:
+        """Its row, unless it already went with the file's last commit."""
+        if not handle.row_deleted:
+            self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
+
+    def delete_with(self, conn: psycopg.Connection[Any], handle: Handle) -> None:
+        """The handle's row deleted on ``conn``, in a transaction the caller commits: a
+        finished file's row goes with its last commit (one round trip fewer). The caller
+        says ``deleted`` once that commit is through; until then ``delete`` does it."""
+        if self._pool is not None:
+            in_hand.delete(conn, handle.claim_id, self._owner(handle))
+
+    @staticmethod
+    def deleted(handle: Handle) -> None:
+        handle.row_deleted = True
+
+    def discard(self, claim_id: str) -> None:
+        """Forget a claim's row left by a dead owner (recovery finishes the claim)."""
+        self._db(lambda conn: in_hand.discard(conn, claim_id))
+
+    def update(self, rows: list[in_hand.Progress]) -> None:
+        if rows:
+            self._db(lambda conn: in_hand.update(conn, rows))
+
+    def progress(self, handle: Handle, stuck: bool) -> in_hand.Progress:
+        return in_hand.Progress(handle.claim_id, self._owner(handle), handle.rows_done,
+                                handle.bytes_done, stuck)
+
+    def clean_host(self) -> None:
+        """Remove this host's rows left by processes that are gone."""
+        def clean(conn: psycopg.Connection[Any]) -> None:
+            gone = [pid for pid in in_hand.pids_of(conn, self.host)
+                    if pid == self.pid or not _pid_alive(pid)]
+            if gone:
+                in_hand.delete_for(conn, self.host, gone)
+        self._db(clean)
+
+    def delete_all(self) -> None:
+        # Whatever is still in hand rolls back when this process exits.
+        self._db(lambda conn: in_hand.delete_for(conn, self.host, [self.pid]))
+
+    def _owner(self, handle: Handle) -> in_hand.Owner:
+        return in_hand.Owner(self.host, self.pid, handle.started_at)
+
+    def _db(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+        if self._pool is None:
+            return
+        try:
+            # One round trip where the work allows, and no wait for the WAL flush: these
+            # rows are for people watching, and a server crash ends what they describe.
+            with self._pool.connection() as conn, conn.pipeline():
+                conn.execute("SET LOCAL synchronous_commit = off")
+                work(conn)
+                conn.commit()
+        except psycopg.Error as exc:
+            if not self._failing:
+                log.warning("progress.db_error", error=str(exc))
+            self._failing = True
+        else:
+            self._failing = False
+
+
+class Registry:
+    """The handles of this process's files in hand; listeners hear of each begin and end."""
+
+    def __init__(self, rows: InHandRows) -> None:
+        self._rows = rows
+        self._handles: dict[str, Handle] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
 
     def begin(self, company: str, file: str, claim_id: str, bytes_total: int) -> Handle:
         handle = Handle(company, file, claim_id, bytes_total)
-        self._db(lambda conn: in_hand.insert(
-            conn, claim_id=claim_id, company=company, file=file, host=self.host, pid=self.pid,
-            started_at=handle.started_at, bytes_total=bytes_total))
+        self._rows.insert(handle)
         with self._lock:
             self._handles[claim_id] = handle
         self._notify("begin", handle)
@@ -134,27 +203,8 @@ class Tracker:
     def end(self, handle: Handle) -> None:
         with self._lock:
             self._handles.pop(handle.claim_id, None)
-        if not handle.row_deleted:
-            self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
+        self._rows.delete(handle)
         self._notify("end", handle)
-
-    def delete_row(self, conn: psycopg.Connection[Any], handle: Handle) -> None:
-        """The handle's row deleted on ``conn``, in a transaction the caller commits: a
-        finished file's row goes with its last commit (one round trip fewer). The caller
-        says ``row_deleted`` once that commit is through; until then ``end`` deletes it."""
-        if self._pool is not None:
-            in_hand.delete(conn, handle.claim_id, self._owner(handle))
-
-    @staticmethod
-    def row_deleted(handle: Handle) -> None:
-        handle.row_deleted = True
-
-    def _owner(self, handle: Handle) -> in_hand.Owner:
-        return in_hand.Owner(self.host, self.pid, handle.started_at)
-
-    def discard(self, claim_id: str) -> None:
-        """Forget a claim's row left by a dead owner (recovery finishes the claim)."""
-        self._db(lambda conn: in_hand.discard(conn, claim_id))
 
     @contextmanager
     def tracking(self, company: str, file: str, claim_id: str,
@@ -166,15 +216,9 @@ class Tracker:
         finally:
             self.end(handle)
 
-    # -- the watchers' side --------------------------------------------------------
-
     def in_hand(self) -> list[Handle]:
         with self._lock:
             return sorted(self._handles.values(), key=lambda h: h.started)
-
-    def stuck(self) -> list[Handle]:
-        now = time.monotonic()
-        return [h for h in self.in_hand() if h.idle_s(now) > self.stuck_seconds]
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -186,12 +230,38 @@ class Tracker:
             except Exception:  # a watcher's bug (the progress bar) must not fail the file
                 log.exception("progress.listener_failed")
 
-    # -- reporting -----------------------------------------------------------------
+
+class StuckDetector:
+    """A busy worker whose file has not moved for ``stuck_seconds`` is stuck."""
+
+    def __init__(self, registry: Registry, stuck_seconds: float) -> None:
+        self._registry = registry
+        self.stuck_seconds = stuck_seconds
+
+    def is_stuck(self, handle: Handle, now: float) -> bool:
+        return handle.idle_s(now) > self.stuck_seconds
+
+    def stuck(self) -> list[Handle]:
+        now = time.monotonic()
+        return [h for h in self._registry.in_hand() if self.is_stuck(h, now)]
+
+
+class Reporter:
+    """Every ``progress_seconds``: a ``file.progress`` line per file in hand for longer
+    than that (unless ``log_lines`` is off: a progress bar shows it), and the rows."""
+
+    def __init__(self, registry: Registry, detector: StuckDetector, rows: InHandRows, *,
+                 progress_seconds: float, log_lines: bool = True) -> None:
+        self._registry = registry
+        self._detector = detector
+        self._rows = rows
+        self.progress_seconds = progress_seconds
+        self._log_lines = log_lines
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Remove this host's rows left by processes that are gone, then report."""
-        self._db(self._clean_host)
-        self._thread = threading.Thread(target=self._report_loop, name="ingestd-progress",
+        self._thread = threading.Thread(target=self._loop, name="ingestd-progress",
                                         daemon=True)
         self._thread.start()
 
@@ -199,16 +269,8 @@ class Tracker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
-        # Whatever is still in hand rolls back when this process exits.
-        self._db(lambda conn: in_hand.delete_for(conn, self.host, [self.pid]))
 
-    def _clean_host(self, conn: psycopg.Connection[Any]) -> None:
-        gone = [pid for pid in in_hand.pids_of(conn, self.host)
-                if pid == self.pid or not _pid_alive(pid)]
-        if gone:
-            in_hand.delete_for(conn, self.host, gone)
-
-    def _report_loop(self) -> None:
+    def _loop(self) -> None:
         while not self._stop.wait(self.progress_seconds):
             try:
                 self.report()
@@ -216,39 +278,56 @@ class Tracker:
                 log.exception("progress.report_failed")
 
     def report(self) -> None:
-        handles = self.in_hand()
         now = time.monotonic()
         rows = []
-        for h in handles:
-            stuck = h.idle_s(now) > self.stuck_seconds
-            rows.append(in_hand.Progress(h.claim_id, self._owner(h), h.rows_done, h.bytes_done,
-                                         stuck))
+        for h in self._registry.in_hand():
+            rows.append(self._rows.progress(h, self._detector.is_stuck(h, now)))
             if self._log_lines and h.elapsed_s(now) >= self.progress_seconds:
                 rows_per_s, eta = h.rates(now)
                 log.info("file.progress", company=h.company, file=h.file, claim=h.claim_id,
                          rows_done=h.rows_done, bytes_done=h.bytes_done,
                          bytes_total=h.bytes_total, rows_per_s=round(rows_per_s, 1),
                          eta_s=None if eta is None else round(eta, 1))
-        if rows:
-            self._db(lambda conn: in_hand.update(conn, rows))
+        self._rows.update(rows)
 
-    def _db(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
-        """Progress is for people watching: a database problem must not fail the file."""
-        if self._pool is None:
-            return
-        try:
-            # One round trip where the work allows, and no wait for the WAL flush: these
-            # rows are for people watching, and a server crash ends what they describe.
-            with self._pool.connection() as conn, conn.pipeline():
-                conn.execute("SET LOCAL synchronous_commit = off")
-                work(conn)
-                conn.commit()
-        except psycopg.Error as exc:
-            if not self._db_failing:
-                log.warning("progress.db_error", error=str(exc))
-            self._db_failing = True
-        else:
-            self._db_failing = False
+
+class Tracker:
+    """The four parts put together, as ``ingestd run`` and ``ingestd ingest`` use them."""
+
+    def __init__(self, *, progress_seconds: float, stuck_seconds: float,
+                 pool: ConnectionPool[psycopg.Connection[Any]] | None = None,
+                 log_lines: bool = True) -> None:
+        self.rows = InHandRows(pool)
+        self.registry = Registry(self.rows)
+        self.detector = StuckDetector(self.registry, stuck_seconds)
+        self.reporter = Reporter(self.registry, self.detector, self.rows,
+                                 progress_seconds=progress_seconds, log_lines=log_lines)
+        # The registry's side, as the workers and the progress bar use it.
+        self.begin, self.end = self.registry.begin, self.registry.end
+        self.tracking, self.in_hand = self.registry.tracking, self.registry.in_hand
+        self.listen, self.stuck = self.registry.listen, self.detector.stuck
+        self.report = self.reporter.report
+
+    @property
+    def host(self) -> str:
+        return self.rows.host
+
+    @host.setter
+    def host(self, host: str) -> None:
+        self.rows.host = host
+
+    @property
+    def pid(self) -> int:
+        return self.rows.pid
+
+    def start(self) -> None:
+        """Remove this host's rows left by processes that are gone, then report."""
+        self.rows.clean_host()
+        self.reporter.start()
+
+    def stop(self) -> None:
+        self.reporter.stop()
+        self.rows.delete_all()
 
 
 def _pid_alive(pid: int) -> bool:

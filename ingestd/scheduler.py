@@ -90,35 +90,23 @@ class Scheduler:
         with self._cond:
             queue = self._ready.setdefault(work.company, {})
             if slot in queue:
-                if isinstance(work, Drop) and work.settled is not None:
-                    # judged ready again: a newer version (re-uploaded while queued) is
-                    # what the claim must find, in its own place in drop order
+                queued = queue[slot][0]
+                if (isinstance(work, Drop) and isinstance(queued, Drop)
+                        and work.settled is not None and work.settled != queued.settled):
+                    # judged ready again as a newer version (re-uploaded while queued):
+                    # that is what the claim must find, in its own place in drop order
                     queue[slot] = (work, key)
                 return False
             queue[slot] = (work, key)
             self._cond.notify()
             return True
 
-    def backlog(self) -> dict[str, int]:
+    def waiting(self) -> dict[str, list[int]]:
+        """Per company, the mtime_ns of each file waiting (0: put back after a busy
+        company, of no known age); recoveries are not files."""
         with self._cond:
-            return {c: sum(1 for slot in q if slot is not None) for c, q in self._ready.items()}
-
-    def oldest_ready_mtime_ns(self) -> int | None:
-        with self._cond:
-            keys = [k[0] for q in self._ready.values() for slot, (_, k) in q.items()
-                    if slot is not None]
-        return min(keys) if keys else None
-
-    def oldest_ready_by_company(self) -> dict[str, int]:
-        """Per company with files waiting: the oldest one's mtime_ns (files put back
-        after a busy company, queued with 0, have no known age and are left out)."""
-        with self._cond:
-            found: dict[str, int] = {}
-            for c, q in self._ready.items():
-                keys = [k[0] for slot, (_, k) in q.items() if slot is not None and k[0] > 0]
-                if keys:
-                    found[c] = min(keys)
-            return found
+            return {c: [k[0] for slot, (_, k) in q.items() if slot is not None]
+                    for c, q in self._ready.items()}
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) or self._stopping

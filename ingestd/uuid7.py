@@ -1,6 +1,9 @@
 """Time-ordered (version 7) UUIDs for the keys ingestd makes: ids made one after another
 sort one after another, so their inserts land at the right edge of a b-tree index
-instead of scattering over all of it (random version 4 keys do)."""
+instead of scattering over all of it (random version 4 keys do).
+
+Kept hand-written until Python 3.14's ``uuid.uuid7`` can be required: a few lines of
+RFC 9562, not worth a dependency."""
 
 from __future__ import annotations
 

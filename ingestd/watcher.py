@@ -190,6 +190,11 @@ class Watcher:
         self._observer.stop()
         self._observer.join(timeout=5)
         self._thread.join(timeout=5)
+        for company in list(self._held):  # nobody holds them any more
+            try:
+                held.write(landing.company_dirs_of(self.root, company), [])
+            except OSError:
+                pass
 
     def alive(self) -> bool:
         """Observer thread and our loop both running, and the loop not wedged."""

@@ -7,7 +7,8 @@ found once the test sets ``release``, or at its end). A number without a script 
 ``default`` (found). Every answer waits ``delay`` seconds first; ``arrived`` is set by the
 first request and ``times(mdn)`` are the requests' arrivals. With ``strict``, a request
 off the contract (path, query, Accept header) is answered 400 and recorded in
-``bad_requests``.
+``bad_requests``. With ``keep_alive``, it speaks HTTP/1.1 and keeps connections open;
+``peers`` are the client addresses of the requests, in order.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ CARRIER = "TestTel"
 class CarrierServer:
     CARRIER = CARRIER
 
-    def __init__(self, *, strict: bool = False, default: list[Step] | None = None) -> None:
+    def __init__(self, *, strict: bool = False, default: list[Step] | None = None,
+                 keep_alive: bool = False) -> None:
         self.strict = strict
+        self.keep_alive = keep_alive
+        self.peers: list[tuple[str, int]] = []
         self.default: list[Step] = default or [200]
         self.script: dict[str, list[Step]] = {}
         self.calls: Counter[str] = Counter()
@@ -82,7 +86,11 @@ class CarrierServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+
             def do_GET(self) -> None:
+                with server.cond:
+                    server.peers.append(self.client_address)
                 if server.strict and server._off_contract(self.path, self.headers.get("Accept")):
                     with server.cond:
                         server.bad_requests.append(self.path)

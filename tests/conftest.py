@@ -1,4 +1,12 @@
-"""Shared fixtures: a real PostgreSQL for the whole run, a fresh database per test.
+"""Shared fixtures: a real PostgreSQL for the whole run, a fresh database per test; and
+the tests arranged by cost.
+
+Tests by cost: a test that starts a process of its own (the daemon, the CLI, a server,
+a tool such as mypy) is marked ``process`` here, at collection, by reading its code and
+the code of its module's helpers and fixtures it uses. ``pytest -m "not process"`` is
+the fast inner loop (real PostgreSQL, real files, in-process HTTP servers); under it a
+test that starts a process anyway fails at once, saying so, so the split stays honest.
+Plain ``pytest`` runs everything.
 
 By default the suite starts its own server (the same embedded PostgreSQL the daemon
 uses). Set INGESTD_TEST_DATABASE_URL to use a given server instead; each test then
@@ -8,10 +16,15 @@ start clean and fast.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import signal
+import subprocess
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +39,77 @@ from ingestd.db.companies import Company, add_company
 from ingestd.db.embedded import EmbeddedPostgres
 
 TEMPLATE = "ingestd_test_template"
+
+# -- tests by cost --------------------------------------------------------------------------
+
+PROCESS = "process"
+# Words in a test's code (or in a helper or fixture of its module it uses) that start a
+# process; the conftest fixtures that do.
+_STARTS_A_PROCESS = ("Daemon(", "start_daemon", "run_cli(", "subprocess", "Popen",
+                     "own_postgres", "EmbeddedPostgres(")
+_PROCESS_FIXTURES = frozenset({"start_daemon", "daemons", "own_postgres"})
+
+
+@cache
+def _process_names(path: str) -> frozenset[str]:
+    """The module's top-level functions and classes that start a process, directly or
+    through another of them."""
+    with open(path, encoding="utf-8") as fh:
+        source = fh.read()
+    tree, lines = ast.parse(source), source.splitlines()
+    defs = {n.name: n for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    text = {name: "\n".join(lines[n.lineno - 1:n.end_lineno]) for name, n in defs.items()}
+    found = {name for name in defs if any(w in text[name] for w in _STARTS_A_PROCESS)}
+    for n in tree.body:  # what it imports from a helper module beside it (blackhole.py)
+        helper = Path(path).with_name(f"{getattr(n, 'module', '')}.py")
+        if isinstance(n, ast.ImportFrom) and n.level == 0 and helper.is_file():
+            starting = _process_names(str(helper))
+            found |= {a.asname or a.name for a in n.names if a.name in starting}
+    while True:
+        more = {name for name, n in defs.items() if name not in found and any(
+            isinstance(x, ast.Name) and x.id in found for x in ast.walk(n))}
+        if not more:
+            return frozenset(found)
+        found |= more
+
+
+def _starts_a_process(item: pytest.Item) -> bool:
+    function = getattr(item, "function", None)
+    if function is None:
+        return False
+    names = _process_names(str(item.path)) | _PROCESS_FIXTURES
+    if names & set(getattr(item, "fixturenames", ())):
+        return True
+    code = textwrap.dedent(inspect.getsource(function))
+    return any(w in code for w in _STARTS_A_PROCESS) or any(
+        isinstance(x, ast.Name) and x.id in names for x in ast.walk(ast.parse(code)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{PROCESS}: starts a process of its own (the daemon, the CLI, a server, a"
+                   " tool); set at collection. Fast inner loop: pytest -m 'not process'")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_a_process(item):
+            item.add_marker(PROCESS)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_in_the_fast_loop(request: pytest.FixtureRequest,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``-m "not process"``, a test that starts a process fails, naming the cause."""
+    if "not process" not in (request.config.getoption("markexpr") or "") or \
+            request.node.get_closest_marker(PROCESS) is not None:
+        return
+
+    def refuse(popen: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}) but is not"
+                             " marked 'process': see tests/conftest.py, tests by cost")
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -198,6 +198,22 @@ def test_server_slower_than_the_timeout_is_transient(server: CarrierServer) -> N
     assert events.of("retry") == Counter(timeout=1)
 
 
+def test_lookups_one_after_another_share_one_kept_alive_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled client: a file's numbers do not each pay a new connection (over https, a
+    new TLS handshake too)."""
+    numbers = ["+12295550001", "+12295550002", "+12295550003"]
+    with serving(monkeypatch, keep_alive=True) as server:
+        lookup = http(server.url)
+        try:
+            for n in numbers:
+                assert lookup.lookup_many([n]) == {n: FOUND}
+        finally:
+            lookup.close()
+    assert len(server.peers) == 3
+    assert len(set(server.peers)) == 1, server.peers
+
+
 def test_numbers_are_deduplicated_and_url_encoded(server: CarrierServer) -> None:
     lookup = http(server.url + "?key=secret")
     got = lookup.lookup_many([US, UK_MOBILE, US, UK_MOBILE, US])

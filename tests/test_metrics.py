@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingestd import metrics
 from ingestd.metrics import Metrics, ServerHandle, parse_address, start_server
 
 
@@ -121,24 +120,6 @@ def test_separate_instances_do_not_collide(m: Metrics) -> None:
     labels = {"company": "acme", "format": "persons", "outcome": "done"}
     assert other.registry.get_sample_value("ingestd_files_total", labels) == 1
     assert m.registry.get_sample_value("ingestd_files_total", labels) is None
-
-
-def test_module_functions_use_default(probe: Probe) -> None:
-    handle = start_server("127.0.0.1:0", lambda: probe.checks, lambda: probe.ready)
-    try:
-        key = ("ingestd_files_total",
-               frozenset({"company": "modfn", "format": "persons", "outcome": "done"}.items()))
-        before = scrape(handle).get(key, 0)
-        metrics.record_file("modfn", "persons", "done", accepted=2, duration_s=0.1)
-        metrics.set_backlog("modfn", 1)
-        metrics.set_oldest_ready_age(3)
-        metrics.record_carrier("ok")
-        metrics.record_carrier_retry()
-        s = scrape(handle)
-        assert s[key] == before + 1
-        assert val(s, "ingestd_backlog_files", company="modfn") == 1
-    finally:
-        handle.stop()
 
 
 def test_healthz(server: ServerHandle, probe: Probe) -> None:

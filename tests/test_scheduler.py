@@ -16,6 +16,7 @@ from daemon_helpers import wait_for
 from ingestd import landing
 from ingestd import scheduler as scheduler_module
 from ingestd.lifecycle import Outcome
+from ingestd.readiness import Settled
 from ingestd.scheduler import Scheduler
 from ingestd.work import Drop, Recover
 
@@ -25,6 +26,7 @@ TIMEOUT = 30.0
 class FakePipeline:
     def __init__(self, expected: int) -> None:
         self.holds: list[list[str]] = []  # one list per company lock taken
+        self.drops: list[Drop] = []  # every drop handed over, as handed
         self.expected = expected
         self.finished = threading.Event()
         self.gate = threading.Event()  # set: files go through
@@ -39,6 +41,7 @@ class FakePipeline:
         while True:
             self.gate.wait(TIMEOUT)
             files.append(drop.name)
+            self.drops.append(drop)
             outcome = Outcome("done")
             with self._lock:
                 self._count += 1
@@ -104,3 +107,23 @@ def test_a_company_is_let_go_after_hold_seconds(tmp_path: Path,
     assert fake.finished.wait(TIMEOUT)
     assert sched.stop(TIMEOUT)
     assert fake.holds == [["a.persons"], ["b.persons"], ["c.persons"]], fake.holds
+
+
+def test_a_file_judged_ready_again_while_queued_is_handed_over_as_judged_last(
+        tmp_path: Path) -> None:
+    """A partner re-uploads a queued file; the watcher judges the new version ready and
+    submits it again: the queue keeps one entry, with the newer facts (and place), which
+    the claim then checks the file against."""
+    fake = FakePipeline(expected=2)
+    sched = started(fake, tmp_path, "first.persons")
+    path = tmp_path / "acme" / "inbox" / "q.persons"
+    old = Settled(size=10, mtime_ns=200, ctime_ns=200, ino=7, arrival="written")
+    new = Settled(size=99, mtime_ns=300, ctime_ns=300, ino=7, arrival="written")
+    assert sched.submit(landing.drop(path, old.mtime_ns, old)) is True
+    assert sched.submit(landing.drop(path, new.mtime_ns, new)) is False  # already queued
+    assert sched.backlog() == {"acme": 1}
+    fake.gate.set()
+    assert fake.finished.wait(TIMEOUT)
+    assert sched.stop(TIMEOUT)
+    [handed] = [d for d in fake.drops if d.name == "q.persons"]
+    assert (handed.settled, handed.mtime_ns) == (new, 300)

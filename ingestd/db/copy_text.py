@@ -3,6 +3,9 @@
 psycopg's ``Copy.write_row`` dumps a list element by element in Python; the row results
 (``ledger.RowResults``), a text[] of the row's fields each, encode their lines here
 instead and send a batch as one ``Copy.write``. What PostgreSQL reads back is the same.
+
+Kept hand-written on purpose: psycopg's own dumpers are the per-element path this
+replaces, and no library exposes COPY's text escaping as plain string functions.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ def try_lock(conn: psycopg.Connection[Any], key: Key) -> bool:
     return bool(row and row[0])
 
 
+def lock(conn: psycopg.Connection[Any], key: Key) -> None:
+    """Wait for the session lock (in PostgreSQL's queue: no polling)."""
+    conn.execute(*_call("pg_advisory_lock", key))
+
+
 def unlock(conn: psycopg.Connection[Any], key: Key) -> None:
     conn.execute(*_call("pg_advisory_unlock", key))
 

@@ -27,9 +27,10 @@ log = structlog.get_logger("ingestd.lifecycle")
 
 
 @contextmanager
-def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held | None]:
+def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs, *,
+         wait: bool = False) -> Iterator[Held | None]:
     """Hold the company's session advisory lock (and lease), or yield None if someone
-    else has it.
+    else has it; ``wait``: wait for the lock instead (``ingestd ingest``).
 
     Several instances may share a landing root: whoever holds the lock is the only
     one claiming, applying or recovering that company's files, which keeps drop order.
@@ -37,10 +38,12 @@ def hold(db: Database, fleet: Fleet | None, dirs: CompanyDirs) -> Iterator[Held 
     key = locks.company(dirs.company)
     with db.pool.connection() as conn:
         conn.autocommit = True
+        if wait:
+            locks.lock(conn, key)
         # Not free: perhaps held by a session of ours whose connection broke and that the
         # server kept (a partition); ended, it frees the lock.
-        if not locks.try_lock(conn, key) and not (db.end_dead_sessions(conn)
-                                                  and locks.try_lock(conn, key)):
+        elif not locks.try_lock(conn, key) and not (db.end_dead_sessions(conn)
+                                                    and locks.try_lock(conn, key)):
             yield None
             return
         try:

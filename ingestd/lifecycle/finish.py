@@ -18,16 +18,16 @@ from ingestd import failpoints, formats, landing, sidecars
 from ingestd.db import ledger
 from ingestd.errors import NoLedgerRow
 from ingestd.lifecycle.context import FileContext, Outcome
-from ingestd.progress import NO_PROGRESS, Tracker
+from ingestd.progress import NO_PROGRESS, InHandRows
 from ingestd.results import FileResult
 
 log = structlog.get_logger("ingestd.lifecycle")
 
 
-def finish(ctx: FileContext, formula_guard: bool, tracker: Tracker | None,
+def finish(ctx: FileContext, formula_guard: bool, rows: InHandRows | None,
            entry: ledger.LedgerEntry | None = None) -> Outcome:
     """Sidecars, then the move. ``entry``: the ledger row as the apply committed it
-    (None: read it, as recovery does)."""
+    (None: read it, as recovery does); ``rows``: the in-hand rows, if kept."""
     conn, claim = ctx.conn, ctx.claim
     failpoints.hit(failpoints.AFTER_COMMIT)
     if entry is None:
@@ -46,10 +46,10 @@ def finish(ctx: FileContext, formula_guard: bool, tracker: Tracker | None,
         ctx.guard()
         os.rename(p, final.parent / (final.name + suffix))
     handle = ctx.progress
-    if tracker is not None and handle is not NO_PROGRESS:
+    if rows is not None and handle is not NO_PROGRESS:
         # Its in-hand row goes in the same commit: one round trip fewer a file.
-        ledger.set_finished(conn, entry.id, also=lambda c: tracker.delete_row(c, handle))
-        tracker.row_deleted(handle)
+        ledger.set_finished(conn, entry.id, also=lambda c: rows.delete_with(c, handle))
+        rows.deleted(handle)
     else:
         ledger.set_finished(conn, entry.id)
     try:

@@ -40,14 +40,16 @@ class Pipeline:
                  tracker: Tracker | None = None) -> None:
         self.settings = settings
         self.db = db
-        self.tracker = tracker  # None: nobody watches progress
+        # None: nobody watches progress
+        self.registry = tracker.registry if tracker is not None else None
+        self.rows = tracker.rows if tracker is not None else None
         self.root = settings.landing_root
         self.fleet: Fleet | None = None  # set by `ingestd run`: company leases
         # `check` looks up uncached: it writes nothing
         self.applying = Applying(settings, carrier, formats.cached_carrier(
             carrier, db.pool, settings.carrier_cache_ttl))
         self.recovery = Recovery(settings.marker_mode, self._apply_and_finish, self._finish,
-                                 tracker)
+                                 self.rows)
 
     def process(self, drop: Drop, name: str | None = None, *,
                 then: Then | None = None) -> Outcome:
@@ -69,6 +71,15 @@ class Pipeline:
                     return outcome
                 drop, name = following, None
         # Reached when fleet.holding swallowed a fence (logged): mypy cannot tell.
+        return Outcome("fenced")  # type: ignore[unreachable]
+
+    def process_waiting(self, drop: Drop, name: str | None = None) -> Outcome:
+        """``process`` one file, waiting for its company's lock if another worker or
+        instance holds it (``ingestd ingest``): never "busy"."""
+        with claiming.hold(self.db, self.fleet, landing.drop_dirs(drop), wait=True) as held:
+            if held is None:
+                return Outcome("busy")
+            return self._process_held(held, drop, name)
         return Outcome("fenced")  # type: ignore[unreachable]
 
     def recover(self, work: Recover) -> None:
@@ -109,20 +120,20 @@ class Pipeline:
                             reason="file changed while being read; will retry once it settles")
                 return Outcome("changed")
             handle.alive()  # committed; the sidecars and the move come next
-            outcome = finish(ctx, self.settings.sidecar_formula_guard, self.tracker, entry)
+            outcome = finish(ctx, self.settings.sidecar_formula_guard, self.rows, entry)
             if outcome.result is not None:  # rebuilt from the ledger: add what it keeps not
                 outcome.result.sample_errors = applied.sample_errors
             return outcome
 
     def _finish(self, ctx: FileContext) -> Outcome:
-        return finish(ctx, self.settings.sidecar_formula_guard, self.tracker)
+        return finish(ctx, self.settings.sidecar_formula_guard, self.rows)
 
     def _in_hand(self, taken: Claim) -> AbstractContextManager[progress.Handle]:
-        if self.tracker is None:
+        if self.registry is None:
             return nullcontext(progress.NO_PROGRESS)
         try:
             size = os.lstat(taken.path).st_size
         except OSError:
             size = 0
-        return self.tracker.tracking(taken.company, landing.display_name(taken.name),
+        return self.registry.tracking(taken.company, landing.display_name(taken.name),
                                      taken.claim_id, size)

@@ -19,7 +19,7 @@ from ingestd.errors import RecoveryFailed
 from ingestd.fleet import Fleet
 from ingestd.lifecycle import claim as claiming
 from ingestd.lifecycle.context import Claim, FileContext, Held, Outcome
-from ingestd.progress import Tracker
+from ingestd.progress import InHandRows
 
 log = structlog.get_logger("ingestd.lifecycle")
 
@@ -30,11 +30,11 @@ class Recovery:
     """``apply_and_finish`` redoes a claim never applied; ``finish`` one that was."""
 
     def __init__(self, marker_mode: bool, apply_and_finish: Step, finish: Step,
-                 tracker: Tracker | None) -> None:
+                 rows: InHandRows | None) -> None:
         self.marker_mode = marker_mode
         self._apply_and_finish = apply_and_finish
         self._finish = finish
-        self._tracker = tracker
+        self._rows = rows
 
     def run(self, held: Held, fleet: Fleet | None) -> None:
         """Every claim of the held company; ``RecoveryFailed`` for the first that fails
@@ -97,8 +97,8 @@ class Recovery:
         log.info("file.recovered", company=held.company, file=name,
                  claim=claim_dir.name, action=action)
         if entry is not None:
-            if self._tracker is not None:
-                self._tracker.discard(claim_dir.name)  # its owner died in hand
+            if self._rows is not None:
+                self._rows.discard(claim_dir.name)  # its owner died in hand
             self._finish(ctx)
         else:
             self._apply_and_finish(ctx)

@@ -38,7 +38,10 @@ HTTP (``carrier_mode = "http"``) -- the contract a lookup service must implement
     ============================================  ===========================================
 
     ``carrier_timeout`` is the time-out of each blocking socket operation of one request
-    (connect, each read). Redirects are followed; ``HTTP(S)_PROXY`` / ``NO_PROXY`` are honoured.
+    (connect, each read, each write, and the wait for a pooled connection). Redirects are
+    followed; ``HTTP(S)_PROXY`` / ``NO_PROXY`` are honoured. One pooled client (httpx)
+    serves every lookup of the instance, so a busy file does not pay a new connection (and
+    over https a new TLS handshake) for every number.
 
 Retries (tenacity)
     Exponential backoff with full jitter (``wait_random_exponential``: the n-th wait is
@@ -97,18 +100,16 @@ Observability hook
 from __future__ import annotations
 
 import contextvars
-import http.client
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import httpx
 import phonenumbers
 import structlog
 from phonenumbers import carrier as pn_carrier
@@ -256,7 +257,7 @@ class _StopIfCircuitOpen(stop_base):
         self._owner = owner
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._owner._circuit_is_open()
+        return self._owner.circuit_open()
 
 
 class HttpCarrierLookup:
@@ -287,14 +288,22 @@ class HttpCarrierLookup:
         self.backoff_max = backoff_max
         self.max_wait = max_wait
         self.circuit_cooldown = max_wait if circuit_cooldown is None else circuit_cooldown
+        self._breaker = _Breaker(self.circuit_cooldown, on_event)
         self._on_event = on_event
         # Shared by every caller of this instance: the bound on requests on the wire.
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._circuit_lock = threading.Lock()
-        self._open_until = 0.0  # time.monotonic() until which the breaker is open
-        # Our own opener (default handlers: proxies from the environment, redirects), so a
-        # global urllib.request.install_opener elsewhere cannot change this client.
-        self._opener = urllib.request.build_opener()
+        # One pool for every caller: at most `concurrency` requests are ever on the wire
+        # (the semaphore), so that many kept-alive connections are enough. trust_env:
+        # proxies from the environment, as operators expect of an HTTP client.
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout), follow_redirects=True, trust_env=True,
+            headers={"Accept": "application/json"},
+            limits=httpx.Limits(max_connections=concurrency,
+                                max_keepalive_connections=concurrency))
+
+    def close(self) -> None:
+        """Close the pooled connections (the lookup is meant to live as long as the process)."""
+        self._client.close()
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -327,7 +336,7 @@ class HttpCarrierLookup:
             # Out of attempts or of time (or stopped by a breaker another number opened).
             structlog.get_logger().warning("carrier.lookup_failed", mdn=mdn, reason=exc.reason,
                                            attempts=sent[0])
-            self._trip(exc.reason)
+            self._breaker.trip(exc.reason)
             result = CarrierResult(None, TRANSIENT, _transient_detail(mdn, exc.reason, sent[0]))
             outcome = "transient"
         except _GiveUp as exc:
@@ -374,32 +383,36 @@ class HttpCarrierLookup:
         return log
 
     def _attempt(self, mdn: str, sent: list[int]) -> tuple[CarrierResult, str]:
-        if self._circuit_is_open():
+        if self._breaker.is_open():
             raise _CircuitOpen
         with self._slots:
             # The breaker may have opened while this thread waited for a slot.
-            if self._circuit_is_open():
+            if self._breaker.is_open():
                 raise _CircuitOpen
             sent[0] += 1
             return self._request(mdn)
 
     def _request(self, mdn: str) -> tuple[CarrierResult, str]:
-        request = urllib.request.Request(
-            self._url_for(mdn), headers={"Accept": "application/json"}, method="GET")
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                body = response.read(_MAX_BODY + 1)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # frees the connection; the body is not needed
-            return self._classify_status(exc.code, mdn)
-        except urllib.error.URLError as exc:
-            # Raised for connect-phase failures; the cause is in .reason.
-            if isinstance(exc.reason, TimeoutError):
-                raise _Retryable(f"timed out connecting: {exc.reason}", "timeout") from exc
-            raise _Retryable(f"connection failed: {exc.reason}", "connection") from exc
-        except TimeoutError as exc:  # a read after the connect timed out
+            with self._client.stream("GET", self._url_for(mdn)) as response:
+                if not 200 <= response.status_code < 300:
+                    return self._classify_status(response.status_code, mdn)
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_BODY:
+                        break  # enough to know it is too large
+        except httpx.ConnectTimeout as exc:
+            raise _Retryable(f"timed out connecting: {exc}", "timeout") from exc
+        except httpx.TimeoutException as exc:  # a read (or write) after the connect
             raise _Retryable(f"timed out: {exc}", "timeout") from exc
-        except (OSError, http.client.HTTPException) as exc:  # reset, bad status line, ...
+        except httpx.ConnectError as exc:  # refused, DNS, unreachable
+            raise _Retryable(f"connection failed: {exc}", "connection") from exc
+        except httpx.TransportError as exc:  # reset, bad status line, too many redirects...
+            raise _Retryable(f"connection failed: {exc!r}", "connection") from exc
+        except httpx.TooManyRedirects as exc:  # a misconfigured service: a retry cannot help
+            raise _GiveUp(f"too many redirects: {exc}") from exc
+        except httpx.HTTPError as exc:  # a response that cannot be decoded, say
             raise _Retryable(f"connection failed: {exc!r}", "connection") from exc
         return self._parse_found(body), "found"
 
@@ -433,26 +446,34 @@ class HttpCarrierLookup:
         query = f"{parts.query}&{query}" if parts.query else query
         return urllib.parse.urlunsplit(parts._replace(query=query))
 
-    # -- circuit breaker --------------------------------------------------------------------
-
     def circuit_open(self) -> bool:
         """True while the breaker is open (for the ``ingestd_carrier_circuit_open`` gauge)."""
-        return self._circuit_is_open()
+        return self._breaker.is_open()
 
-    def _circuit_is_open(self) -> bool:
+
+class _Breaker:
+    """Open for ``cooldown`` seconds once a number ran out of retries: the service is down."""
+
+    def __init__(self, cooldown: float, on_event: EventHook | None) -> None:
+        self.cooldown = cooldown
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # time.monotonic() until which the breaker is open
+
+    def is_open(self) -> bool:
         # Read without the lock: one float read is atomic, and a stale answer only means
         # one more (or one fewer) request at the edge of the cool-down.
         return time.monotonic() < self._open_until
 
-    def _trip(self, reason: str) -> None:
-        if self.circuit_cooldown <= 0:
+    def trip(self, reason: str) -> None:
+        if self.cooldown <= 0:
             return
-        with self._circuit_lock:
+        with self._lock:
             now = time.monotonic()
             if now < self._open_until:
                 return  # already open: numbers it stopped must not extend it
-            self._open_until = now + self.circuit_cooldown
-        structlog.get_logger().warning("carrier.circuit_open", cooldown=self.circuit_cooldown,
+            self._open_until = now + self.cooldown
+        structlog.get_logger().warning("carrier.circuit_open", cooldown=self.cooldown,
                                        reason=reason)
         _emit(self._on_event, "circuit", "open")
 

@@ -1,0 +1,35 @@
+"""Fixtures of the Person Import processor tests: ``env`` (a landing root and a database
+with company acme and its custom fields; it stands in for the suite's daemon ``env``
+here) and ``server`` (a strict local carrier lookup service)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from carrier_server import CarrierServer, serving
+from persons_helpers import FIELDS, Conn, Env
+
+from ingestd.db.companies import Company
+from ingestd.db.database import Database
+from ingestd.persons.field_store import replace_fields
+from ingestd.settings import load_settings
+
+
+@pytest.fixture
+def env(db_url: str, conn: Conn, company: Company, landing: Path,
+        tmp_path: Path) -> Iterator[Env]:
+    replace_fields(conn, "acme", FIELDS)
+    conn.commit()
+    settings = load_settings(database_url=db_url, landing_root=landing,
+                             state_dir=tmp_path / "state")
+    with Database(settings, pool_size=2) as db:
+        yield Env(db_url, landing, tmp_path / "state", conn, db)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[CarrierServer]:
+    with serving(monkeypatch, strict=True) as srv:
+        yield srv
+    assert srv.bad_requests == []
