@@ -24,6 +24,7 @@ print("exit", code, "pyarrow", "pyarrow" in sys.modules, file=sys.stderr)
 
 
 def _run(args: list[str], db_url: str, tmp_path: Path) -> str:
+    (tmp_path / "landing").mkdir(exist_ok=True)
     env = base_env(db_url, tmp_path / "landing", tmp_path / "state")
     done = subprocess.run([sys.executable, "-c", _PROBE, *args], env=env,
                           capture_output=True, text=True, timeout=120)
