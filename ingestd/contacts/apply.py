@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 
 from ingestd.apply_context import ApplyContext
+from ingestd.batch_loop import run_batches
 from ingestd.contacts.reader import (
     HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
@@ -40,6 +42,7 @@ from ingestd.contacts.store import (
     TREATMENT_COLUMNS,
     TREATMENT_UPDATABLE,
     Contact,
+    Fetched,
     Store,
 )
 from ingestd.db.ledger import RowResults
@@ -76,39 +79,28 @@ class ContactsProcessor:
             with DatabaseThread("contacts-db") as db:
                 ctx.results.send_with(db.send)
                 try:
-                    self._batches(ctx, store, resolver, db, batches, reader.bytes_read)
+                    run_batches(ctx, _Steps(store, resolver, db), batches, reader.bytes_read)
                 finally:
                     ctx.results.send_with(None)
 
-    @staticmethod
-    def _batches(ctx: ApplyContext, store: Store, resolver: _Resolver, db: DatabaseThread,
-                 batches: Iterator[list[Section]], position: Callable[[], int]) -> None:
-        """Each batch: fetch, resolve, write, with the next batch read meanwhile.
 
-        The database thread runs fetch N, write N, fetch N+1, … in that order, so each
-        fetch sees every earlier write (a later section finds the contact an earlier one
-        created); while it works, this thread reads and checks the next batch's rows or
-        resolves the current one.
-        """
-        batch = next(batches, None)
-        read_to = position()  # progress counts the bytes of the rows done, not read ahead
-        found = db.run(store.fetch, _codes(batch)) if batch else None
-        while batch is not None and found is not None:
-            try:
-                following = next(batches, None)
-                unreadable: Exception | None = None
-            except Exception as e:  # the file fails there, after the sections before it
-                following, unreadable = None, e
-            following_read_to = position()
-            contacts = store.contacts(found.result())
-            resolver.resolve(batch, contacts)
-            db.run(store.write, store.encode(contacts.values()))
-            if unreadable is not None:
-                raise unreadable
-            found = db.run(store.fetch, _codes(following)) if following else None
-            ctx.results.flush()  # after the fetch the next batch waits for
-            ctx.progress.advance(ctx.results.rows, read_to)
-            batch, read_to = following, following_read_to
+class _Steps:
+    """A contacts file's steps in the batch loop (``ingestd.batch_loop``): the stored
+    contacts a batch names are fetched, its sections resolved, its changes written."""
+
+    def __init__(self, store: Store, resolver: _Resolver, db: DatabaseThread) -> None:
+        self.store, self.resolver, self.db = store, resolver, db
+
+    def check(self, sections: list[Section]) -> list[Section]:
+        return sections  # the reader has checked each row
+
+    def look_up(self, batch: list[Section]) -> Future[Fetched]:
+        return self.db.run(self.store.fetch, _codes(batch))
+
+    def resolve(self, batch: list[Section], found: Fetched) -> None:
+        contacts = self.store.contacts(found)
+        self.resolver.resolve(batch, contacts)
+        self.db.run(self.store.write, self.store.encode(contacts.values()))
 
 
 def _codes(batch: list[Section]) -> set[str]:
