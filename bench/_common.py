@@ -81,6 +81,32 @@ def write_creates(path: Path, rows: int) -> None:
             fh.write(f"{external_id(i)},{mdn(i)},{first_name(i)},{tier(i)},{signup_date(i)}\n")
 
 
+MIXED_BAD = ("229-555-0000", "platinum", "2024-13-45T00:00:00Z", "999999999")
+
+
+def write_mixed(path: Path, rows: int, offset: int) -> int:
+    """Creates like ``write_creates`` (people ``offset`` on, so they are new beside its
+    people), with 5% bad rows spread through the file (every 20th: a bad mdn, an unknown
+    tier, a bad date or an unknown person_id, in turn) and 10% of rows naming the person a
+    row 7 rows earlier created (new first_name and tier, no mdn). Returns the rows to
+    accept."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("person_id,external_person_id,mdn,first_name,tier,signup_date\n")
+        for i in range(rows):
+            n = offset + i
+            cells = ["", external_id(n), mdn(n), first_name(n), tier(n), signup_date(n)]
+            if i % 20 == 0:  # never a row that a later one names (those are i % 10 == 8)
+                kind = i // 20 % 4
+                if kind == 3:
+                    cells[0], cells[1] = MIXED_BAD[3], ""
+                else:
+                    cells[(2, 4, 5)[kind]] = MIXED_BAD[kind]
+            elif i % 10 == 5 and i >= 7:
+                cells = ["", external_id(n - 7), "", first_name(n, True), tier(n, True), ""]
+            fh.write(",".join(cells) + "\n")
+    return rows - (rows + 19) // 20
+
+
 def write_updates(path: Path, rows: int) -> None:
     """The same people by ``external_person_id``, two custom fields changed, no mdn."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -196,8 +222,11 @@ def result_of(root: Path, name: str) -> dict[str, object]:
     return result
 
 
-def ingest(env: dict[str, str], root: Path, path: Path, rows: int) -> float:
-    """Seconds of ``ingestd ingest`` of ``path``; every row must be accepted."""
+def ingest(env: dict[str, str], root: Path, path: Path, rows: int,
+           accepted: int | None = None) -> float:
+    """Seconds of ``ingestd ingest`` of ``path``; every row must be accepted (or
+    ``accepted`` of them)."""
+    rows = rows if accepted is None else accepted
     t0 = time.perf_counter()
     ingestd(env, "ingest", str(path), "--company", COMPANY)
     seconds = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/small_files.py [--database-url URL] [--files 50]
         [--backlog 1000] [--backlog-rows 20] [--companies 10] [--workers 4]
+        [--db-delay-ms 1]
 
 Without --database-url an embedded PostgreSQL is started under a temp directory.
 
@@ -14,6 +15,9 @@ Without --database-url an embedded PostgreSQL is started under a temp directory.
    is stopped (mtimes a minute old, so they are settled), then the daemon started
    with 4 workers. Prints files/s from the first ``file.claimed`` to the last
    ``file.done`` (and from ``daemon.started``).
+
+With ``--db-delay-ms D`` the daemon reaches PostgreSQL through ``delay_proxy.py``, which
+holds every byte D/2 ms each way (a database D ms away): what round trips per file cost.
 
 Figures only, no thresholds: the machine may be shared.
 """
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from delay_proxy import DelayProxy
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingestd.db.companies import add_company
 from ingestd.db.embedded import EmbeddedPostgres
@@ -162,6 +167,12 @@ def run(url: str, args: argparse.Namespace, tmp: Path) -> None:
             dirs = CompanyDirs(landing / company)
             dirs.inbox.mkdir(parents=True)
             dirs.ensure()
+    proxy = None
+    if args.db_delay_ms:
+        proxy = DelayProxy(_address(url), args.db_delay_ms / 2000)
+        url = make_conninfo(url, host="127.0.0.1", port=str(proxy.port))
+        print(f"the daemon's database is {args.db_delay_ms:g} ms away (round trip, through"
+              " a delay proxy)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env.update({"INGESTD_DATABASE_URL": url, "INGESTD_LANDING_ROOT": str(landing),
                 "INGESTD_STATE_DIR": str(tmp / "state"), "INGESTD_LOG_FORMAT": "json",
@@ -181,6 +192,17 @@ def run(url: str, args: argparse.Namespace, tmp: Path) -> None:
         print(f"backlog, {args.backlog} files of {args.backlog_rows} rows over "
               f"{args.companies} companies, {args.workers} workers: {from_claim:.0f} files/s "
               f"(first claim -> last done), {from_start:.0f} files/s from daemon.started")
+    if proxy is not None:
+        files = args.files + args.backlog
+        print(f"  the daemon's sends to PostgreSQL (about one per round trip): {proxy.sends:,}"
+              f" in all, {proxy.sends / files:.1f} a file (start-up included)")
+
+
+def _address(url: str) -> Path | tuple[str, int]:
+    """Where the server at ``url`` listens: its socket file or its host and port."""
+    params = conninfo_to_dict(url)
+    host, port = str(params.get("host") or "/var/run/postgresql"), int(params.get("port") or 5432)
+    return Path(host) / f".s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
 
 def main() -> None:
@@ -191,6 +213,8 @@ def main() -> None:
     ap.add_argument("--backlog-rows", type=int, default=20)
     ap.add_argument("--companies", type=int, default=10)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--db-delay-ms", type=float, default=0,
+                    help="the database this many ms away, round trip (half each way)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingestd-bench-") as t:
         tmp = Path(t)

@@ -15,6 +15,9 @@ Each run, in a fresh database with company ``acme`` and three custom fields
   (``LIKE acme.persons INCLUDING ALL``: the same indexes and defaults);
 * the update floor: the updates COPYed into a temp table and applied with one
   set-based ``UPDATE … FROM`` to the persons table;
+* the mixed file: as many creates of other people with 5% bad rows spread through it
+  (bad mdn, unknown option, bad date, unknown person_id) and 10% of rows naming a person
+  a row 7 rows earlier created; its ratio is to the clean creates (target: 0.6x);
 * plain COPY of the file into an unindexed text table, and pgloader into one when
   ``pgloader`` is on PATH;
 * contacts: ``--contacts`` rows (two treatments a contact) created, then the same
@@ -60,6 +63,7 @@ from _common import (
     url_for_env,
     write_contacts,
     write_creates,
+    write_mixed,
     write_updates,
 )
 
@@ -215,6 +219,7 @@ def pgloader(url: str, path: Path, table: str, columns: tuple[str, ...] | list[s
     return seconds
 
 
+MIXED = "persons: ingest mixed creates (5% bad, 10% naming an earlier row)"
 FLOOR_C = "persons: indexed floor (COPY into LIKE persons_base)"
 FLOOR_U = "persons: update floor (COPY + one upsert into persons_custom)"
 FLOOR_C_OLD = "persons: indexed floor, the 0001 table (COPY)"
@@ -249,6 +254,7 @@ def persons_run(db_url: str, env: dict[str, str], root: Path, files: dict[str, P
     vacuum(db_url, BASE)
     vacuum(db_url, CUSTOM)
     record("persons: ingest updates", ingest(env, root, files["updates"], args.rows))
+    record(MIXED, ingest(env, root, files["mixed"], args.rows, args.mixed_accepted))
     record("persons: plain COPY, unindexed text table", plain_copy(db_url, files["creates"]))
     if args.pgloader:
         record("persons: pgloader, unindexed table",
@@ -287,11 +293,13 @@ def main() -> None:
         scratch = Path(tmp)
         files = {name: scratch / file for name, file in (
             ("creates", "creates.persons"), ("updates", "updates.persons"),
+            ("mixed", "mixed.persons"),
             ("floor", "floor.csv"), ("floor_old", "floor-0001.csv"), ("contacts", "contacts.csv"),
             ("contacts_update", "contacts-update.csv"))}
         if args.only != "contacts":
             write_creates(files["creates"], args.rows)
             write_updates(files["updates"], args.rows)
+            args.mixed_accepted = write_mixed(files["mixed"], args.rows, args.rows)
             write_floor_rows(files["floor"], args.rows, keys=True)
             write_floor_rows(files["floor_old"], args.rows, keys=False)
         if args.contacts and args.only != "persons":
@@ -307,6 +315,7 @@ def main() -> None:
     compare = {
         "persons: ingest creates": (pg_p, FLOOR_C),
         "persons: ingest updates": (pg_p, FLOOR_U),
+        MIXED: (pg_p, "persons: ingest creates"),
         FLOOR_C: (pg_p, None), FLOOR_U: (pg_p, None),
         FLOOR_C_OLD: (pg_p, None), FLOOR_U_OLD: (pg_p, None),
         "persons: plain COPY, unindexed text table": (pg_p, None),

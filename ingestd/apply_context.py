@@ -41,6 +41,9 @@ class ApplyContext:
     # file must be written with).
     columns: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # An HTTP request is answered 428/412 as a whole (the SAS API's contract): a
+    # precondition that fails is then a file error, not one rejected section.
+    whole_request: bool = False
     # Advanced after every chunk: `ingestd status`, file.progress and the stuck watchdog.
     progress: Handle = NO_PROGRESS
 

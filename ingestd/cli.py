@@ -165,6 +165,48 @@ def cmd_fields_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_token_add(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.db.companies import get_company
+    from ingestd.http import tokens
+
+    try:
+        scopes = tokens.parse_scopes(args.scope)
+    except tokens.TokenError as exc:
+        raise _UsageError(str(exc)) from None
+    with _db(settings) as db, db.connect() as conn:
+        if get_company(conn, args.company) is None:
+            print(f"ingestd: company {args.company!r} is not set up", file=sys.stderr)
+            return 2
+        token_id, token = tokens.add(conn, args.company, args.name, scopes)
+    # The token itself goes to stdout alone, once: it is kept only as a hash.
+    print(f"token {token_id} for {args.company} (scopes {','.join(scopes)}); "
+          "store it now, it is not shown again:", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.http import tokens
+
+    with _db(settings) as db, db.connect() as conn:
+        for t in tokens.list_tokens(conn, args.company):
+            state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
+            print(f"{t.id}\t{t.company}\t{t.name}\t{','.join(t.scopes)}\t"
+                  f"{t.created_at.isoformat()}\t{state}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from ingestd.http import tokens
+
+    with _db(settings) as db, db.connect() as conn:
+        if not tokens.revoke(conn, args.id):
+            print(f"ingestd: no active token {args.id}", file=sys.stderr)
+            return 1
+    print(f"token {args.id} revoked")
+    return 0
+
+
 class _UsageError(IngestdError):
     """A bad argument: printed as one line, exit 2."""
 
@@ -377,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """db, company and fields: the commands that set a landing root and database up."""
+    """db, company, fields and token: the commands that set a landing root and database
+    up."""
     db = add("db", _usage, "database maintenance")
     dbsub = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     add("upgrade", cmd_db_upgrade, "apply pending migrations", dbsub)
@@ -397,6 +440,19 @@ def _setup_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     fl.add_argument("--company", required=True)
     fls = add("list", cmd_fields_list, "list a company's custom fields", fisub)
     fls.add_argument("--company", required=True)
+
+    to = add("token", _usage, "HTTP bearer tokens (docs/http.md)")
+    tosub = to.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    ta = add("add", cmd_token_add, "make a token for a company; printed once, kept hashed",
+             tosub)
+    ta.add_argument("company")
+    ta.add_argument("--name", default="", help="what the token is for (shown by list)")
+    ta.add_argument("--scope", default="contacts,persons,read",
+                    help="comma-separated: contacts, persons, read (default: all three)")
+    tl = add("list", cmd_token_list, "list tokens (never the tokens themselves)", tosub)
+    tl.add_argument("company", nargs="?", help="only this company's")
+    tr = add("revoke", cmd_token_revoke, "revoke a token by its id", tosub)
+    tr.add_argument("id", type=int)
 
 
 # A one-off command borrows the embedded server (or starts it for a moment): saying so

@@ -75,8 +75,12 @@ class Daemon:
         self.metrics.watch_cache("mdn", phones.cache_entries)
         try:
             # each worker: its company-lock connection, plus one for the carrier cache
+            # HTTP: a request in hand may hold its Idempotency-Key's connection, the
+            # company lock's and the one its answer streams from.
+            http = 3 * settings.http_max_concurrency if settings.http_address else 0
             db = Database(settings, start=False, create=True, daemon=True,
-                          pool_size=max(settings.pool_max_size, 2 * settings.workers + 2))
+                          pool_size=max(settings.pool_max_size,
+                                        2 * settings.workers + 2 + http))
             connected = DatabaseWait(
                 retry_initial=settings.db_retry_initial, retry_max=settings.db_retry_max,
                 notifier=self.notifier, stop=self.stop_event).connect(db)

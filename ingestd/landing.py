@@ -141,9 +141,30 @@ def is_regular(path: Path) -> bool:
         return False
 
 
-def new_claim_id() -> str:
-    # time first so claims sort by age when an operator lists .processing/
+def new_claim_id(request_id: str | None = None) -> str:
+    """A claim folder's name. Time first, so claims sort by arrival (recovery applies
+    leftovers in that order, and an operator lists .processing/ by age). An HTTP
+    request's claim names its request, so that whoever applies it (the request, or a
+    recovery after a crash) can say so in result.json."""
+    if request_id is not None:
+        return f"{time.time_ns():x}{HTTP_CLAIM}{request_id}"
     return f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
+
+
+HTTP_CLAIM = "-http-"
+
+
+def request_of(claim_id: str) -> str | None:
+    """The HTTP request id a claim was made for, or None for a drop's claim."""
+    _, sep, request_id = claim_id.partition(HTTP_CLAIM)
+    return request_id if sep else None
+
+
+def spool_path(dirs: CompanyDirs, claim_id: str, extension: str) -> Path:
+    """Where an HTTP request's body is written before it becomes a claim: a plain file in
+    .processing/ (recovery only looks at claim folders, so a half-written body is never
+    taken for a claim), named by its claim-to-be."""
+    return dirs.processing / f".spool-{claim_id}{extension}"
 
 
 def company_dirs(root: Path) -> list[CompanyDirs]:

@@ -76,6 +76,13 @@ class Metrics:
         self.carrier_retries = Counter(
             "ingestd_carrier_retries", "Carrier lookup attempts that were retries.", registry=r)
         self._queue_and_health_gauges(r)
+        self.http_requests = Counter(
+            "ingestd_http_requests", "HTTP requests answered, by route and status.",
+            ["route", "status"], registry=r)
+        self.http_duration = Histogram(
+            "ingestd_http_request_duration_seconds",
+            "Time from a request's headers to the end of its answer, by route.",
+            ["route"], buckets=_DURATION_BUCKETS, registry=r)
         self._companies: set[str] = set()
         self._companies_lock = threading.Lock()
 
@@ -196,6 +203,11 @@ class Metrics:
     def record_carrier(self, outcome: str) -> None:
         """One carrier lookup finished (e.g. ``ok``, ``cached``, ``not_found``, ``error``)."""
         self.carrier_lookups.labels(outcome=outcome).inc()
+
+    def record_http(self, route: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (``route``: the path template, not the path)."""
+        self.http_requests.labels(route=route, status=str(status)).inc()
+        self.http_duration.labels(route=route).observe(seconds)
 
     def record_carrier_retry(self) -> None:
         """One carrier lookup attempt was a retry (tenacity's ``before_sleep`` hook)."""

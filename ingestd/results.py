@@ -37,6 +37,7 @@ class FileResult:
     error: FileError | None = None
     duplicate_of: str | None = None  # the earlier file with the same content
     stored_as: str | None = None  # the name in done/ or failed/, when it is not ``file``
+    request_id: str | None = None  # the HTTP request whose body this was (source "http")
     # Not in result.json: the first rejected rows, for `ingestd check` to print.
     sample_errors: list[tuple[int, RowError]] = field(default_factory=list)
 
@@ -74,6 +75,9 @@ class FileResult:
             out["duplicate_of"] = self.duplicate_of
         if self.stored_as is not None:
             out["stored_as"] = self.stored_as
+        if self.request_id is not None:
+            out["source"] = "http"
+            out["request_id"] = self.request_id
         return out
 
     @classmethod
@@ -99,4 +103,5 @@ class FileResult:
                    if error else None),
             duplicate_of=data.get("duplicate_of"),
             stored_as=data.get("stored_as"),
+            request_id=data.get("request_id"),
         )

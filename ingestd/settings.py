@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     # Several instances: a peer whose heartbeat is older than this loses its companies.
     lease_seconds: float = Field(30.0, gt=0)
 
+    # HTTP intake (docs/http.md): off unless http_address is set.
+    http_address: str | None = None
+    http_body_limit: int = Field(256 << 20, ge=1024)  # bytes of one request body
+    http_header_timeout: float = Field(10.0, gt=0)  # to receive a request's headers
+    http_body_timeout: float = Field(30.0, gt=0)  # the longest wait for the next body bytes
+    http_max_concurrency: int = Field(16, ge=1)  # requests in hand; more get 503
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
@@ -212,6 +219,12 @@ def _check_settings(s: Settings, config: str | None) -> None:
         except ValueError as exc:
             raise SettingsError(f"invalid setting metrics_address "
                                 f"({_where('metrics_address', config)}): {exc}") from None
+    if s.http_address is not None:
+        try:
+            parse_host_port(s.http_address)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting http_address "
+                                f"({_where('http_address', config)}): {exc}") from None
     if s.carrier_url is not None:
         url = urlsplit(s.carrier_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -263,15 +276,17 @@ def check_landing_root(s: Settings) -> None:
 def check_for_run(s: Settings) -> None:
     """What only ``ingestd run`` needs, checked before the database or the watcher start."""
     check_landing_root(s)
-    if s.metrics_address is not None:
-        host, port = parse_host_port(s.metrics_address)
+    for key, address in (("metrics_address", s.metrics_address),
+                         ("http_address", s.http_address)):
+        if address is None:
+            continue
+        host, port = parse_host_port(address)
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
-                # as the metrics server binds: TIME_WAIT from a previous run is no conflict
+                # as the servers bind: TIME_WAIT from a previous run is no conflict
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise SettingsError(f"metrics_address {s.metrics_address} cannot be bound: "
-                                f"{reason}") from None
+            raise SettingsError(f"{key} {address} cannot be bound: {reason}") from None

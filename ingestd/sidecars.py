@@ -19,12 +19,13 @@ partner's tool wrote one, so it expects one, and Excel needs it to read UTF-8.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -125,12 +126,31 @@ def csv_file(path: Path, header: Sequence[str] | None, rows: Iterable[Sequence[A
     """A CSV sidecar: RFC 4180 line ends, cells guarded against formulas if ``guard``,
     a byte-order mark first if ``bom``."""
     def fill(fh: TextIO) -> None:
-        if bom:
-            fh.write("\ufeff")
-        # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
-        w = csv.writer(fh, lineterminator="\r\n")
-        lines = rows if header is None else itertools.chain([header], rows)
-        if guard:
-            lines = map(_guarded, lines)
-        w.writerows(lines)
+        fh.writelines(csv_text(header, rows, guard, bom=bom))
     return write_atomic(path, fill)
+
+
+# Text handed on at a time by ``csv_text``: an HTTP answer's chunk, a file's write.
+CSV_CHUNK_CHARS = 1 << 16
+
+
+def csv_text(header: Sequence[str] | None, rows: Iterable[Sequence[Any]], guard: bool, *,
+             bom: bool = False) -> Iterator[str]:
+    """A CSV sidecar's text in chunks of about ``CSV_CHUNK_CHARS``: the one encoding of
+    the sidecars, whether they go to a file or into an HTTP answer (bounded memory)."""
+    out = io.StringIO()
+    if bom:
+        out.write("\ufeff")
+    # CRLF as RFC 4180 says; it also makes the writer quote a field holding a lone CR.
+    w = csv.writer(out, lineterminator="\r\n")
+    lines = rows if header is None else itertools.chain([header], rows)
+    if guard:
+        lines = map(_guarded, lines)
+    for line in lines:
+        w.writerow(line)
+        if out.tell() >= CSV_CHUNK_CHARS:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    if out.tell():
+        yield out.getvalue()

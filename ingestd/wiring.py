@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -25,6 +26,9 @@ from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings
 from ingestd.supervisor import Health, MisplacedReport
 from ingestd.watcher import Watcher
+
+if TYPE_CHECKING:
+    from ingestd.http.server import HttpServer
 
 log = structlog.get_logger("ingestd.daemon")
 
@@ -71,6 +75,8 @@ class Parts:
     fleet: Fleet
     server: ServerHandle | None = None
     pruner: threading.Thread | None = None
+    http: HttpServer | None = None
+    on_outcome: Callable[[str, Outcome, float], None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, db: Database, metrics: Metrics,
@@ -85,8 +91,9 @@ class Parts:
         def given_back(path: Path) -> None:
             watcher.poke(path)  # given back unsettled, still where it was: look again
 
+        on_outcome = outcome_recorder(metrics, given_back)
         scheduler = Scheduler(pipeline.process, pipeline.recover, settings.workers,
-                              on_outcome=outcome_recorder(metrics, given_back))
+                              on_outcome=on_outcome)
         misplaced = MisplacedReport(settings.landing_root, metrics, health)
 
         def on_rescan() -> None:
@@ -100,7 +107,7 @@ class Parts:
         # A stale peer's claims are recovered at once, not at the next rescan.
         fleet = Fleet(db, settings.lease_seconds, on_expired=lambda companies: watcher.rescan())
         pipeline.fleet = fleet
-        return cls(tracker, pipeline, scheduler, watcher, fleet)
+        return cls(tracker, pipeline, scheduler, watcher, fleet, on_outcome=on_outcome)
 
     def healthy(self) -> bool:
         """The watcher's and the workers' threads are running."""
@@ -119,6 +126,13 @@ class Parts:
                                 "workers": self.scheduler.alive()},
                 ready=lambda: health.started and health.db_ok and self.watcher.alive(),
                 metrics=metrics)
+        if settings.http_address:
+            from ingestd.http.intake import Intake
+            from ingestd.http.server import HttpServer
+
+            self.http = HttpServer(Intake(settings, self.pipeline.db, self.pipeline,
+                                          on_outcome=self.on_outcome), metrics)
+            self.http.start()
 
     def start_pruner(self, settings: Settings, db: Database, stop: threading.Event) -> None:
         if settings.retention_days:
@@ -128,6 +142,8 @@ class Parts:
         """Stop in reverse, by ``deadline`` (monotonic) even with the database silent;
         whether every thread has ended (else one still waits on the database)."""
         self.watcher.stop()
+        if self.http is not None:  # requests in hand are answered first
+            self.http.stop(max(0.0, deadline - time.monotonic()))
         finished = self.scheduler.stop(max(0.0, deadline - time.monotonic()))
 
         def wind_down() -> None:

@@ -297,7 +297,8 @@ def fast_apply(conn: Conn, schema: str, path: Path, headers: Path | None, chunk_
 Seeded = list[tuple[str, list[str], datetime]]  # code, a row of its section, modified_at
 
 
-def draw(rnd: random.Random) -> tuple[list[str], Seeded, list[list[str]], str | None, int]:
+def draw(rnd: random.Random, bad_share: float = 0.1, sections: int = 10
+         ) -> tuple[list[str], Seeded, list[list[str]], str | None, int]:
     """The header, the stored contacts, the file's records, the precondition, chunk_size.
 
     Drawn from a seeded ``random.Random`` rather than by Hypothesis' own strategies: these
@@ -319,14 +320,14 @@ def draw(rnd: random.Random) -> tuple[list[str], Seeded, list[list[str]], str | 
         cells = {**contact, **{n: rnd.choice(VALUES[n][0]) for n in TREATMENT}}
         cells[TREATMENT_ID] = treatment
         kind = rnd.random()
-        if kind < 0.1:  # a bad value somewhere
+        if kind < bad_share:  # a bad value somewhere
             name = rnd.choice([n for n in VALUES if VALUES[n][1]])
             cells[name] = rnd.choice(VALUES[name][1])
-        elif kind < 0.3:  # the same instant written differently, or a changed cell
+        elif kind < bad_share + 0.2:  # the same instant written differently, or a change
             name = rnd.choice(["creationTimeStamp", "subjectId", "channel",
                                "excludeFromContactRule", "treatmentGroupId", "objectVariables"])
             cells[name] = rnd.choice(VALUES[name][0])
-        elif kind < 0.32:
+        elif kind < bad_share + 0.22:
             cells[CODE] = rnd.choice(["", " "])
         fields = ["" if h == "id" else cells.get(h.strip(), "") for h in header]
         if rnd.random() < 0.04:
@@ -343,7 +344,7 @@ def draw(rnd: random.Random) -> tuple[list[str], Seeded, list[list[str]], str | 
                               for h in [c.name for c in COLUMNS]], rnd.choice([OLD, NEW])))
         seeded[-1][1][[c.name for c in COLUMNS].index("treatmentGroupId")] = ""
     records: list[list[str]] = []
-    for _ in range(rnd.randint(1, 10)):
+    for _ in range(rnd.randint(1, sections)):
         code = rnd.choice(CODES)
         if code not in known or rnd.random() < 0.2:
             known[code] = contact_cells(code)
@@ -422,6 +423,16 @@ def agree(conn: Conn, tmp_path: Path, header: list[str], seeded: Seeded,
 def test_the_applier_agrees_with_the_row_at_a_time_reference(
         seed: int, conn: Conn, tmp_path: Path) -> None:
     agree(conn, tmp_path, *draw(random.Random(seed)))
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), bad_share=st.sampled_from([0.02, 0.6]))
+def test_longer_files_mostly_clean_or_mostly_bad_agree(
+        seed: int, bad_share: float, conn: Conn, tmp_path: Path) -> None:
+    """Files of up to 60 sections through the shared batch loop, most rows valid or most
+    rows bad, batches of 1 to 5,000 rows."""
+    agree(conn, tmp_path, *draw(random.Random(seed), bad_share, sections=60))
 
 
 def test_the_draws_reach_every_outcome(conn: Conn, tmp_path: Path) -> None:

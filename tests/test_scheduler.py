@@ -121,7 +121,7 @@ def test_a_file_judged_ready_again_while_queued_is_handed_over_as_judged_last(
     new = Settled(size=99, mtime_ns=300, ctime_ns=300, ino=7, arrival="written")
     assert sched.submit(landing.drop(path, old.mtime_ns, old)) is True
     assert sched.submit(landing.drop(path, new.mtime_ns, new)) is False  # already queued
-    assert sched.backlog() == {"acme": 1}
+    assert sched.waiting() == {"acme": [new.mtime_ns]}  # one entry, the newer version
     fake.gate.set()
     assert fake.finished.wait(TIMEOUT)
     assert sched.stop(TIMEOUT)

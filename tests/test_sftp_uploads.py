@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -44,6 +45,7 @@ from daemon_helpers import (
     is_finished,
     ledger,
     listing,
+    run_cli,
     scalar,
     setup_company,
     wait_for,
@@ -413,7 +415,6 @@ def ledger_row(db_url: str, name: str) -> dict[str, Any]:
 
 
 def sha256_file(path: Path) -> str:
-    import hashlib
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -527,7 +528,6 @@ def kill_mid_upload(server: SFTPServerThread, name: str, data: bytes) -> None:
 
 
 def status_json(db_url: str, landing: Path, tmp_path: Path) -> dict[str, Any]:
-    from daemon_helpers import run_cli
     r = run_cli(["status", "--json"], base_env(db_url, landing, tmp_path / "state"))
     assert r.returncode == 0, r.stderr
     report: dict[str, Any] = json.loads(r.stdout)
@@ -554,6 +554,9 @@ def test_a_killed_in_place_upload_is_held_and_a_newer_upload_replaces_it(
         report = status_json(db_url, landing, tmp_path)
         [acme] = [c for c in report["companies"] if c["company"] == COMPANY]
         assert [(f["file"], f["size"]) for f in acme["maybe_partial"]] == [(name, cut)]
+        table = run_cli(["status"], base_env(db_url, landing, tmp_path / "state"))
+        assert "acme: held as likely partial uploads" in table.stdout, table.stdout
+        assert f"  {name}  " in table.stdout, table.stdout
         assert not daemon.find("file.claimed", file=name)
 
         with sftp_session(sftp_server) as (_, sftp), sftp.open(f"inbox/{name}", "wb") as f:

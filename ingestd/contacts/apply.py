@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import datetime
 
 from ingestd.apply_context import ApplyContext
+from ingestd.batch_loop import run_batches
 from ingestd.contacts.reader import (
     HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
@@ -40,6 +42,7 @@ from ingestd.contacts.store import (
     TREATMENT_COLUMNS,
     TREATMENT_UPDATABLE,
     Contact,
+    Fetched,
     Store,
 )
 from ingestd.db.ledger import RowResults
@@ -70,44 +73,34 @@ class ContactsProcessor:
         with open_contacts(ctx.path, ctx.settings.max_line_bytes) as reader:
             ctx.columns = list(reader.columns)
             store = Store(ctx.conn, ctx.company.schema)
-            resolver = _Resolver(ctx.results, unmodified_since, reader.names)
+            resolver = _Resolver(ctx.results, unmodified_since, reader.names,
+                                 whole_request=ctx.whole_request)
             batches = _batches(reader.sections(), ctx.settings.chunk_size)
             with DatabaseThread("contacts-db") as db:
                 ctx.results.send_with(db.send)
                 try:
-                    self._batches(ctx, store, resolver, db, batches, reader.bytes_read)
+                    run_batches(ctx, _Steps(store, resolver, db), batches, reader.bytes_read)
                 finally:
                     ctx.results.send_with(None)
 
-    @staticmethod
-    def _batches(ctx: ApplyContext, store: Store, resolver: _Resolver, db: DatabaseThread,
-                 batches: Iterator[list[Section]], position: Callable[[], int]) -> None:
-        """Each batch: fetch, resolve, write, with the next batch read meanwhile.
 
-        The database thread runs fetch N, write N, fetch N+1, … in that order, so each
-        fetch sees every earlier write (a later section finds the contact an earlier one
-        created); while it works, this thread reads and checks the next batch's rows or
-        resolves the current one.
-        """
-        batch = next(batches, None)
-        read_to = position()  # progress counts the bytes of the rows done, not read ahead
-        found = db.run(store.fetch, _codes(batch)) if batch else None
-        while batch is not None and found is not None:
-            try:
-                following = next(batches, None)
-                unreadable: Exception | None = None
-            except Exception as e:  # the file fails there, after the sections before it
-                following, unreadable = None, e
-            following_read_to = position()
-            contacts = store.contacts(found.result())
-            resolver.resolve(batch, contacts)
-            db.run(store.write, store.encode(contacts.values()))
-            if unreadable is not None:
-                raise unreadable
-            found = db.run(store.fetch, _codes(following)) if following else None
-            ctx.results.flush()  # after the fetch the next batch waits for
-            ctx.progress.advance(ctx.results.rows, read_to)
-            batch, read_to = following, following_read_to
+class _Steps:
+    """A contacts file's steps in the batch loop (``ingestd.batch_loop``): the stored
+    contacts a batch names are fetched, its sections resolved, its changes written."""
+
+    def __init__(self, store: Store, resolver: _Resolver, db: DatabaseThread) -> None:
+        self.store, self.resolver, self.db = store, resolver, db
+
+    def check(self, sections: list[Section]) -> list[Section]:
+        return sections  # the reader has checked each row
+
+    def look_up(self, batch: list[Section]) -> Future[Fetched]:
+        return self.db.run(self.store.fetch, _codes(batch))
+
+    def resolve(self, batch: list[Section], found: Fetched) -> None:
+        contacts = self.store.contacts(found)
+        self.resolver.resolve(batch, contacts)
+        self.db.run(self.store.write, self.store.encode(contacts.values()))
 
 
 def _codes(batch: list[Section]) -> set[str]:
@@ -156,9 +149,10 @@ class _Resolver:
     """Decides each section's fate in file order and records its rows' outcomes."""
 
     def __init__(self, results: RowResults, unmodified_since: datetime | None,
-                 names: list[str]) -> None:
+                 names: list[str], *, whole_request: bool = False) -> None:
         self._results = results
         self._unmodified_since = unmodified_since
+        self._whole_request = whole_request
         # The immutable columns the header has: a section leaves them as stored when these
         # read alike (one C-level comparison); only then is each column compared, to name
         # the first that differs.
@@ -212,8 +206,17 @@ class _Resolver:
 
     def _update(self, contact: Contact,
                 section: Section) -> tuple[str, str, Fault] | None:
-        rejection = (self._precondition(contact, section)
-                     or self._immutable_error(contact, section))
+        precondition = self._precondition(contact, section)
+        if precondition is not None and self._whole_request:
+            # Over HTTP the whole request is answered 428/412 and nothing of it applied.
+            error_class, message, _ = precondition
+            raise FileError(error_class, (
+                f"{message}: record {section.first.record} updates the contact "
+                f"{section.code!r}, which existed before this request"
+                + ("" if self._unmodified_since is None else
+                   f" and was modified after {self._unmodified_since.isoformat()}")
+                + "."))
+        rejection = precondition or self._immutable_error(contact, section)
         if rejection is not None:
             return rejection
         for name in CONTACT_UPDATABLE:

@@ -4,7 +4,7 @@ ingestd.row_results (its rows' stored outcomes, written by ``RowResults``)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -328,6 +328,12 @@ class RowResults:
                 f"\t\\N\t\\N\t\t\t{text_array(fields)}\n")
             if len(self._pending) >= self._limit:
                 self.flush()
+
+    def accept_many(self, records: Sized) -> None:
+        """Count accepted records whose fields nobody needs again (rows decided in bulk;
+        ``records``: their numbers, a column of them)."""
+        self.rows += len(records)
+        self.accepted += len(records)
 
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it:

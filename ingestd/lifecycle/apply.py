@@ -173,7 +173,8 @@ class Applying:
                             headers_path=claim.headers_path, results=run.results,
                             settings=self.settings,
                             carrier=self.carrier if dry_run else self.cached_carrier,
-                            warnings=run.warnings, progress=ctx.progress)
+                            warnings=run.warnings, progress=ctx.progress,
+                            whole_request=landing.request_of(claim.claim_id) is not None)
         try:
             with conn.transaction():
                 if not dry_run:
@@ -253,4 +254,5 @@ def _result(claim: Claim, run: _Run) -> FileResult:
         warnings=warnings,
         error=run.error,
         duplicate_of=run.duplicate[1] if run.duplicate else None,
+        request_id=landing.request_of(claim.claim_id),
     )

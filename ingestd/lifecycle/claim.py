@@ -74,9 +74,11 @@ def _lease(fleet: Fleet | None, conn: psycopg.Connection[Any],
 
 
 def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
-          settled: readiness.Settled | None = None) -> Claim | None:
+          settled: readiness.Settled | None = None,
+          claim_id: str | None = None) -> Claim | None:
     """Atomic rename into .processing/<claim>/; None if someone else took it first.
-    ``name``: the name to keep, when ``path`` is a staged copy.
+    ``name``: the name to keep, when ``path`` is a staged copy; ``claim_id``: the
+    claim's name when it is decided already (an HTTP request's).
 
     ``settled``: the file as the watcher judged it ready. It may have waited in the
     queue behind a long file while the partner began a new upload under the same name
@@ -92,7 +94,7 @@ def claim(held: Held, path: Path, name: str | None, marker_mode: bool,
             f"cannot create {exc.filename}: {exc.strerror}; create .processing (0700), "
             "done/ and failed/ for the ingestd user (docs/operations.md: SFTP accounts)"
         ) from exc
-    taken = Claim(dirs, landing.new_claim_id(), name or path.name, settled=settled)
+    taken = Claim(dirs, claim_id or landing.new_claim_id(), name or path.name, settled=settled)
     held.guard(taken.name)
     if settled is not None and (reason := readiness.unsettled_reason(path, settled)):
         raise NotSettled(reason)

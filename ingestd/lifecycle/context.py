@@ -46,7 +46,7 @@ class Claim:
     def headers_path(self) -> Path | None:
         if landing.name_problem(self.name) is not None:
             return None  # such a name cannot have a companion (nor be applied)
-        p = self.path.with_name(self.name + landing.HEADERS_SUFFIX)
+        p = self.path.with_name(self.path.name + landing.HEADERS_SUFFIX)
         return p if os.path.lexists(p) else None  # a symlink too: it must be failed
 
 

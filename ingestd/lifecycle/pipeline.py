@@ -15,9 +15,11 @@ from pathlib import Path
 import structlog
 
 from ingestd import formats, landing, progress
+from ingestd.db import ledger
 from ingestd.db.database import Database
 from ingestd.errors import FileChangedError, NotSettled
 from ingestd.fleet import Fleet
+from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import claim as claiming
 from ingestd.lifecycle.apply import Applying
 from ingestd.lifecycle.context import Claim, FileContext, Held, Outcome
@@ -89,10 +91,44 @@ class Pipeline:
             if held is not None:
                 self.recovery.run(held, self.fleet)
 
-    def check(self, path: Path, company_id: str) -> FileResult:
-        """Validate against the database in a transaction that is always rolled back."""
+    def process_spooled(self, spool: Path, name: str, claim_id: str) -> Outcome:
+        """An HTTP request's body (``landing.spool_path``): claimed as ``claim_id`` and
+        applied like a drop, under the company lock, after the company's leftover claims.
+
+        A client that retries after a crash brings the same claim id: if an earlier
+        attempt's body was claimed, recovery applies it first, and then this spool is
+        dropped and that outcome returned, so the body is applied once. "busy": another
+        worker or instance holds the company; try again."""
+        dirs = CompanyDirs(spool.parent.parent)
+        with claiming.hold(self.db, self.fleet, dirs) as held:
+            if held is None:
+                return Outcome("busy")
+            self.recovery.run(held, self.fleet)
+            entry = ledger.by_claim(held.conn, claim_id)
+            held.conn.commit()
+            if entry is None:
+                taken = claiming.claim(held, spool, name, self.settings.marker_mode,
+                                       claim_id=claim_id)
+                if taken is not None:
+                    return self._apply_and_finish(FileContext(held, taken))
+                entry = ledger.by_claim(held.conn, claim_id)
+                held.conn.commit()
+            for p in [spool, *landing.companions(spool.parent, spool.name)]:
+                p.unlink(missing_ok=True)
+            if entry is None:
+                return Outcome("gone")
+            final = Path(entry.final_path) if entry.final_path else None
+            return Outcome("done" if entry.status == "done" else "failed", final,
+                           FileResult.from_json(entry.result))
+        return Outcome("fenced")  # type: ignore[unreachable]
+
+    def check(self, path: Path, company_id: str, *, request_id: str | None = None,
+              name: str | None = None) -> FileResult:
+        """Validate against the database in a transaction that is always rolled back.
+        ``request_id``: the HTTP request whose body this is (its rules apply)."""
         dirs = landing.company_dirs_of(self.root, company_id)
-        taken = Claim(dirs, landing.new_claim_id(), path.name, source=path)
+        taken = Claim(dirs, landing.new_claim_id(request_id), name or path.name,
+                      source=path)
         with self.db.pool.connection() as conn:
             return self.applying.apply(FileContext(Held(dirs, conn), taken), dry_run=True)[0]
 

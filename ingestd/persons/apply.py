@@ -14,19 +14,25 @@ Python work at the same time (psycopg releases the GIL while it waits).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import bisect
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingestd import errors
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestd import columns, errors
 from ingestd.apply_context import ApplyContext
+from ingestd.batch_loop import run_batches
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
-from ingestd.persons.carrier import CarrierResult
+from ingestd.persons.carrier import CarrierResult, OfflineCarrierLookup
 from ingestd.persons.custom_fields import FieldDefinition, convert, explain
 from ingestd.persons.field_store import list_fields
+from ingestd.persons.kernels import ID_COLUMNS, Bulk, Kernels, no_bulk
 from ingestd.persons.phones import explain_invalid_mdn, normalize_mdn
 from ingestd.persons.reader import (
     IDENTIFYING,
@@ -81,6 +87,20 @@ class _Row:
     custom_error: RowError | None = None
 
 
+_SKIP_KERNELS = 20
+_ROW_ATTR = {"external_person_id": "ext", "mdn": "mdn", "vibes_device_id": "device"}
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A chunk's records after the checks that need no database: rows decided in bulk
+    (``bulk``) and rows decided one at a time (``slow``, by position, in file order)."""
+
+    records: list[Record]
+    slow: list[tuple[int, _Row]]
+    bulk: Bulk
+
+
 class _Picture:
     """The chunk's picture of the company's persons, by every unique id."""
 
@@ -101,6 +121,20 @@ class _Picture:
         self.handoff = False  # an existing person took an id another one gave up
         for p in stored:
             self.add(p)
+
+    def written(self) -> None:
+        """What the picture changed is stored now: its people are stored ones from here on
+        (their real ids given), and later changes are written anew."""
+        for p in self.changed:
+            p.has_custom = p.has_custom or bool(p.patch)
+        for p in (*self.changed, *self.new):
+            p.new = p.touched = p.ids_changed = False
+            p.patch = {}
+        for p in self.new:
+            self.add(p)
+        self.changed, self.new = [], []
+        self.freed = set()
+        self.handoff = False
 
     def add(self, p: Person) -> None:
         self.by_id[p.person_id] = p
@@ -130,6 +164,79 @@ class Rules:
 
         # Where each id column is, so a row reads its ids without a lookup by name.
         self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
+        self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
+        self.skip_kernels = 0  # chunks to check row by row only
+        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
+        self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
+                        and self.kernels.mdn_kernel.country_code == 1 else None)
+
+    def check(self, records: list[Record]) -> _Chunk:
+        """A chunk's checks that need no database: its kernels first; the rows they do not
+        pass, and rows that share an id value with another row of the chunk, row by row."""
+        if self.skip_kernels > 0:
+            self.skip_kernels -= 1
+            bulk, others = no_bulk(), list(range(len(records)))
+        else:
+            bulk, others = self.kernels.check(records)
+        slow = [(i, self.prepare(records[i])) for i in others]
+        chunk = _Chunk(records, slow, bulk)
+        if len(bulk):
+            shared = None
+            for name in ID_COLUMNS:
+                col = bulk.values(name)
+                counts = pc.value_counts(col)
+                repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+                named = {v for _, r in slow if r.error is None
+                         and (v := getattr(r, _ROW_ATTR[name]))}
+                names = pa.concat_arrays([repeated, pa.array(list(named), type=col.type)])
+                hit = pc.is_in(getattr(bulk, name), value_set=names)
+                shared = hit if shared is None else pc.or_(shared, hit)
+            assert shared is not None
+            self.demote(chunk, shared)
+        return chunk
+
+    def demote(self, chunk: _Chunk, mask: pa.Array) -> None:
+        """Take the bulk rows of ``mask`` out of the bulk, to be resolved row by row."""
+        which = chunk.bulk.index.filter(mask).to_pylist()
+        if not which:
+            return
+        chunk.slow.extend((i, self.prepare(chunk.records[i])) for i in which)
+        chunk.slow.sort(key=lambda pair: pair[0])
+        chunk.bulk = chunk.bulk.keep(pc.invert(mask))
+
+    def chunk_ids(self, chunk: _Chunk) -> Ids:
+        """Every id the chunk's rows name (``ids``), the bulk's included."""
+        ids = self.ids([r for _, r in chunk.slow])
+        for name in ID_COLUMNS:
+            text = columns.json_array(getattr(chunk.bulk, name))
+            if text is not None:
+                ids.json[name] = text
+        return ids
+
+    def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
+        """Rows of the bulk that name a stored person go row by row (the anti-join)."""
+        if not len(chunk.bulk) or not stored:
+            return
+        taken = None
+        for name in ID_COLUMNS:
+            values = [v for p in stored if (v := getattr(p, name))]
+            hit = pc.is_in(getattr(chunk.bulk, name), value_set=pa.array(
+                values, type=chunk.bulk.mdn.type))
+            taken = hit if taken is None else pc.or_(taken, hit)
+        assert taken is not None
+        if pc.sum(taken).as_py() * 2 > len(chunk.bulk):
+            # Mostly rows about stored people (a file of updates): the kernels' work would
+            # be thrown away, so the next chunks go row by row (and then try again).
+            self.skip_kernels = _SKIP_KERNELS
+        self.demote(chunk, taken)
+
+    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
+        if looked.error is None:
+            return None
+        # The shared cache keeps only class and message, so a cached result has no
+        # detail; only permanent results are cached.
+        return _at(looked.error, "mdn", looked.detail or (
+            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
 
     def prepare(self, record: Record) -> _Row:
         """Checks that need no database: shape, id syntax, mdn format, custom values."""
@@ -259,11 +366,9 @@ class Rules:
             looked = lookups.get(new_mdn)
             if looked is None:  # not expected: every candidate was looked up
                 looked = lookup_carriers(self.ctx, {new_mdn})[new_mdn]
-            if looked.error is not None:
-                # The shared cache keeps only class and message, so a cached result has no
-                # detail; only permanent results are cached.
-                return _at(looked.error, "mdn", looked.detail or (
-                    f"mdn {new_mdn} is not a mobile on a valid carrier (an earlier lookup)"))
+            error = self.carrier_error(new_mdn, looked)
+            if error is not None:
+                return error
             carrier = looked.carrier
         if person is None:
             # Real id and key are assigned when the chunk is written.
@@ -308,82 +413,130 @@ class PersonsProcessor:
             rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
                           list_fields(ctx.conn, ctx.company.id), store.created_here)
             with _Database(store) as db:
-                self._chunks(ctx, rules, db, reader.chunks(ctx.settings.chunk_size),
-                             lambda: fh.tell())
+                ctx.results.send_with(db.send)
+                try:
+                    run_batches(ctx, _Steps(ctx, rules, db),
+                                reader.chunks(ctx.settings.chunk_size), lambda: fh.tell())
+                finally:
+                    ctx.results.send_with(None)
 
     @staticmethod
-    def _chunks(ctx: ApplyContext, rules: Rules, db: _Database,
-                chunks: Iterator[list[Record]], position: Callable[[], int]) -> None:
-        """Each chunk: lookup, resolve, write, with the next chunk checked meanwhile.
-
-        The database thread runs lookup N, write N, lookup N+1, write N+1, … in that order,
-        so each lookup sees every earlier write; while it works, this thread checks the
-        records of the next chunk (no database needed) or resolves the current one, so
-        PostgreSQL and Python work at the same time.
-        """
-        rows = [rules.prepare(r) for r in next(chunks, [])]
-        read_to = position()  # progress counts the bytes of the rows done, not read ahead
-        found = db.lookup(rules.ids(rows)) if rows else None
-        while found is not None:
-            try:
-                following = [rules.prepare(r) for r in next(chunks, [])]
-                unreadable: Exception | None = None
-            except Exception as e:  # the file fails there, after the rows before it
-                following, unreadable = [], e
-            following_read_to = position()
-            start = 0
-            while True:
-                start = PersonsProcessor._resolve(ctx, rules, db, rows, start, found.result())
-                if start == len(rows):
-                    break
-                found = db.lookup(rules.ids(rows[start:]))
-            if unreadable is not None:
-                raise unreadable
-            found = db.lookup(rules.ids(following)) if following else None
-            ctx.progress.advance(ctx.results.rows, read_to)
-            rows, read_to = following, following_read_to
-
-    @staticmethod
-    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, rows: list[_Row],
-                 start: int, stored: list[Person]) -> int:
-        """Resolve ``rows[start:]`` against the people their lookup found, and queue the
+    def _resolve(ctx: ApplyContext, rules: Rules, db: _Database, chunk: _Chunk,
+                 stored: list[Person]) -> None:
+        """Resolve the chunk's rows against the people their lookup found, and queue the
         outcome's write.
 
-        Returns where it stopped: before a row naming a person_id that a person created by
-        an earlier row of the same lookup may have (ids are given at write time). The rest
-        then goes on after that write, so the row finds that person as it would had each
-        row been applied alone.
+        A row naming a person_id that a person created by an earlier row of the chunk may
+        have (ids are given at write time) first has what is pending written, so it finds
+        that person as it would had each row been applied alone; then the same picture
+        goes on, with the people just written as stored ones. Bulk rows create one person
+        each, with ids nobody else in the chunk or the table has: only their mdn's lookup
+        can still reject them.
         """
         results = ctx.results
         picture = _Picture(stored)
-        rest = rows[start:] if start else rows
-        wanted = rules.new_mdns(rest, picture)
+        bulk_at = chunk.bulk.index.to_pylist()
+        wanted = rules.new_mdns([r for _, r in chunk.slow], picture)
+        if rules.offline is None:
+            wanted.update(chunk.bulk.values("mdn").to_pylist())
         lookups = lookup_carriers(ctx, wanted) if wanted else {}
         next_id: int | None = None
-        stop = len(rows)
-        for i in range(start, len(rows)):
-            row = rows[i]
-            if row.error is None and row.by == "person_id" and picture.new \
-                    and row.ident not in picture.by_id:
-                next_id = db.next_id() if next_id is None else next_id
-                if row.ident >= next_id:
-                    stop = i
-                    break
+        written = 0  # rows before this position have been written
+        # person_ids decided as no pending create's, with how many creates came before
+        absent: list[tuple[int, int]] = []
+        for i, row in chunk.slow:
+            if row.error is None and row.by == "person_id" and row.ident not in picture.by_id:
+                pending = len(picture.new) + (
+                    bisect.bisect_left(bulk_at, i) - bisect.bisect_left(bulk_at, written))
+                if pending:
+                    next_id = db.next_id() if next_id is None else next_id
+                    # The pending creates get the next ids of the sequence, as nobody else
+                    # takes any while the company is held (the write checks it did not).
+                    if next_id <= row.ident < next_id + pending:
+                        PersonsProcessor._write(rules, chunk, db, picture, written, i,
+                                                lookups, results, absent).result()
+                        picture.written()
+                        written, next_id, absent = i, None, []
+                    else:
+                        absent.append((row.ident, pending))
+                if row.ident not in picture.by_id and rules.created_here(row.ident):
+                    # A person a bulk row of this chunk created: not in the picture.
+                    for p in db.lookup(Ids(person_ids={row.ident})).result():
+                        picture.add(p)
+            created = len(picture.new)
             error = row.error or rules.resolve(row, picture, lookups)
             if error is None:
+                if len(picture.new) > created:
+                    picture.new[-1].row = i
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
-        if picture.changed or picture.new:
-            db.write(picture.changed, picture.new, picture.handoff)
-        return stop
+        PersonsProcessor._write(rules, chunk, db, picture, written, len(chunk.records),
+                                lookups, results, absent)
+
+    @staticmethod
+    def _write(rules: Rules, chunk: _Chunk, db: _Database, picture: _Picture, start: int,
+               stop: int, lookups: dict[str, CarrierResult], results: Any,
+               absent: list[tuple[int, int]]) -> Future[None]:
+        """Queue the write of the picture's changes and of the bulk rows from position
+        ``start`` to ``stop``; ``absent``: (person_id, k) for rows told that none of the
+        first k new people has it."""
+        bulk = chunk.bulk
+        if start or stop < len(chunk.records):
+            bulk = bulk.keep(pc.and_(pc.greater_equal(bulk.index, start),
+                                     pc.less(bulk.index, stop)))
+        bulk = PersonsProcessor._bulk_carriers(rules, chunk, bulk, lookups, results)
+        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent)
+
+    @staticmethod
+    def _bulk_carriers(rules: Rules, chunk: _Chunk, bulk: Bulk,
+                       lookups: dict[str, CarrierResult], results: Any) -> Bulk:
+        """The bulk rows' outcomes: each creates its person, unless its mdn's lookup fails;
+        returns the creates, each with its carrier."""
+        if not len(bulk):
+            return bulk
+        records = chunk.records
+        if rules.offline is not None:
+            rules.offline.nanp_mobiles(len(bulk) - bulk.mdn.null_count)
+            # Its carrier stays null: phonenumbers names none for NANP numbers.
+        else:
+            carriers, rejected = [], []
+            for at, mdn in zip(bulk.index.to_pylist(), bulk.mdn.to_pylist(), strict=True):
+                looked = lookups[mdn] if mdn is not None else None
+                error = rules.carrier_error(mdn, looked) if looked and mdn else None
+                if error is not None:
+                    record = records[at]
+                    results.reject(record.number, error, record.values)
+                carriers.append(looked.carrier if looked else None)
+                rejected.append(error is not None)
+            bulk.carrier = pa.array(carriers, type=bulk.mdn.type)
+            if any(rejected):
+                bulk = bulk.keep(pc.invert(pa.array(rejected)))
+        # Records are numbered one after another within a chunk.
+        results.accept_many(pc.add(bulk.index, records[0].number))
+        return bulk
+
+
+class _Steps:
+    """A Person Import's steps in the batch loop (``ingestd.batch_loop``)."""
+
+    def __init__(self, ctx: ApplyContext, rules: Rules, db: _Database) -> None:
+        self.ctx, self.rules, self.db = ctx, rules, db
+
+    def check(self, records: list[Record]) -> _Chunk:
+        return self.rules.check(records)
+
+    def look_up(self, chunk: _Chunk) -> Future[list[Person]]:
+        return self.db.lookup(self.rules.chunk_ids(chunk))
+
+    def resolve(self, chunk: _Chunk, stored: list[Person]) -> None:
+        self.rules.unstored(chunk, stored)
+        PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, stored)
 
 
 class _Database(DatabaseThread):
-    """The file's connection, used by one thread of its own, in the order asked. Row
-    results are stored by this thread meanwhile (``RowResults`` flushes on the same
-    connection); psycopg serialises the two threads' statements on the connection's lock,
-    and their order does not matter."""
+    """The file's connection, used by one thread of its own, in the order asked (row
+    results' batches too, through ``RowResults.send_with``)."""
 
     def __init__(self, store: PersonsStore) -> None:
         super().__init__("persons-db")
@@ -392,8 +545,9 @@ class _Database(DatabaseThread):
     def lookup(self, ids: Ids) -> Future[list[Person]]:
         return self.run(self.store.lookup, ids)
 
-    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
-        self.run(self.store.write, changed, new, handoff)
+    def write(self, changed: list[Person], new: list[Person], handoff: bool,
+              bulk: Bulk, absent: list[tuple[int, int]]) -> Future[None]:
+        return self.run(self.store.write, changed, new, handoff, bulk, absent)
 
     def next_id(self) -> int:
         return self.run(self.store.next_id).result()

@@ -84,9 +84,18 @@ def classify(raw: str, region: str = "US") -> Mdn | None:
         return None
     if international_prefix(raw, region) is not None:
         return None
-    if phonenumbers.country_code_for_region(region.upper()) == _NANP_COUNTRY_CODE:
-        return _classify_national(_NANP_COUNTRY_CODE, raw)
+    nanp = ten_digit_country_code(region)
+    if nanp is not None:
+        return _classify_national(nanp, raw)
     return _classify_by_parse(raw, region.upper())
+
+
+def international_prefix_pattern(region: str) -> str | None:
+    """The regular expression of ``region``'s international dialling prefix, if it has
+    one (``international_prefix`` matches it at the start of the digits)."""
+    metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
+    prefix = metadata.international_prefix if metadata is not None else None
+    return str(prefix) if prefix else None
 
 
 def international_prefix(digits: str, region: str) -> str | None:
@@ -94,8 +103,7 @@ def international_prefix(digits: str, region: str) -> str | None:
     try:
         pattern = _IDD[region]
     except KeyError:
-        metadata = PhoneMetadata.metadata_for_region(region.upper(), None)
-        prefix = metadata.international_prefix if metadata is not None else None
+        prefix = international_prefix_pattern(region)
         pattern = _IDD[region] = re.compile(prefix) if prefix else None
     if pattern is None:
         return None
@@ -199,10 +207,10 @@ class _Plan:
 class _Region:
     """One region's type check, a regular expression per national number length."""
 
-    __slots__ = ("_by_length", "_metadata", "leading_digits")
+    __slots__ = ("_by_length", "leading_digits", "metadata")
 
     def __init__(self, metadata: PhoneMetadata, *, sole: bool) -> None:
-        self._metadata = metadata
+        self.metadata = metadata
         # region_code_for_number takes a sole region without looking at the number.
         self.leading_digits = (re.compile(metadata.leading_digits)
                                if metadata.leading_digits is not None and not sole else None)
@@ -213,7 +221,7 @@ class _Region:
         try:
             compiled = self._by_length[length]
         except KeyError:
-            compiled = self._by_length[length] = _compile(self._metadata, length)
+            compiled = self._by_length[length] = _compile(self.metadata, length)
         if compiled is None:
             return PhoneNumberType.UNKNOWN
         pattern, types = compiled
@@ -260,37 +268,75 @@ def _build_plan(country_code: int) -> _Plan | None:
     return _Plan(tuple(regions))
 
 
-def _compile(metadata: PhoneMetadata, length: int) -> tuple[re.Pattern[str], dict[int, int]] | None:
-    """One expression for ``_number_type_helper`` on numbers of ``length`` digits."""
+def _alternatives(metadata: PhoneMetadata, length: int
+                  ) -> tuple[str, list[tuple[tuple[str, ...], int]]] | None:
+    """``_number_type_helper`` on numbers of ``length`` digits, as data: the general
+    pattern, then in phonenumbers' order each type with the patterns that must all match
+    the whole number for it (the first alternative that matches is the type)."""
     general = _pattern(metadata.general_desc, length)
     if general is None:
         return None
-    alternatives: list[tuple[str, int]] = []
+    alternatives: list[tuple[tuple[str, ...], int]] = []
     for attr, number_type in _SPECIAL_TYPES:
         pattern = _pattern(getattr(metadata, attr), length)
         if pattern is not None:
-            alternatives.append((f"(?:{pattern})", number_type))
+            alternatives.append(((pattern,), number_type))
     fixed = _pattern(metadata.fixed_line, length)
     mobile = _pattern(metadata.mobile, length)
     same = metadata.same_mobile_and_fixed_line_pattern
     if fixed is not None:
         if same:
-            alternatives.append((f"(?:{fixed})", PhoneNumberType.FIXED_LINE_OR_MOBILE))
+            alternatives.append(((fixed,), PhoneNumberType.FIXED_LINE_OR_MOBILE))
         else:
             if mobile is not None:
-                alternatives.append((f"(?=(?:{mobile})\\Z)(?:{fixed})",
-                                     PhoneNumberType.FIXED_LINE_OR_MOBILE))
-            alternatives.append((f"(?:{fixed})", PhoneNumberType.FIXED_LINE))
+                alternatives.append(((mobile, fixed), PhoneNumberType.FIXED_LINE_OR_MOBILE))
+            alternatives.append(((fixed,), PhoneNumberType.FIXED_LINE))
     if not same and mobile is not None:
-        alternatives.append((f"(?:{mobile})", PhoneNumberType.MOBILE))
+        alternatives.append(((mobile,), PhoneNumberType.MOBILE))
     if not alternatives:
         return None
-    body = "|".join(f"(?P<t{i}>{text})" for i, (text, _) in enumerate(alternatives))
+    return general, alternatives
+
+
+def _compile(metadata: PhoneMetadata, length: int) -> tuple[re.Pattern[str], dict[int, int]] | None:
+    """One expression for ``_number_type_helper`` on numbers of ``length`` digits."""
+    found = _alternatives(metadata, length)
+    if found is None:
+        return None
+    general, alternatives = found
+    # All but the last pattern of an alternative as lookaheads: each must match the whole.
+    texts = ["".join(f"(?=(?:{p})\\Z)" for p in patterns[:-1]) + f"(?:{patterns[-1]})"
+             for patterns, _ in alternatives]
+    body = "|".join(f"(?P<t{i}>{text})" for i, text in enumerate(texts))
     compiled = re.compile(f"(?=(?:{general})\\Z)(?:{body})")
     # The metadata patterns have no groups of their own (checked by the tests), so the
     # alternative that matched is the last group closed.
     types = {compiled.groupindex[f"t{i}"]: t for i, (_, t) in enumerate(alternatives)}
     return compiled, types
+
+
+def deciding_alternatives(country_code: int, length: int
+                          ) -> tuple[str, list[tuple[tuple[str, ...], int]]] | None:
+    """For a bulk check of many numbers at once (``ingestd.persons.kernels``): the general
+    pattern and type alternatives (see ``_alternatives``) of the region whose type decides
+    a national number of ``length`` digits under ``country_code`` whenever it is not
+    UNKNOWN, or None when no region decides that way (leading digits, the library's path).
+    A number this gives no type must go to ``classify``."""
+    plan = _plan(country_code)
+    if plan is None or plan.library or not plan.regions:
+        return None
+    first = plan.regions[0]
+    if first.leading_digits is not None:
+        return None
+    return _alternatives(first.metadata, length)
+
+
+def ten_digit_country_code(region: str) -> int | None:
+    """The country code whose national number ten digits read in ``region`` are as they
+    stand (NANP), or None when they are read by ``phonenumbers.parse``."""
+    if phonenumbers.country_code_for_region(region.upper()) == _NANP_COUNTRY_CODE:
+        return _NANP_COUNTRY_CODE
+    return None
 
 
 def _pattern(desc: phonenumbers.PhoneNumberDesc | None, length: int) -> str | None:

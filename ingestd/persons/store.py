@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
-from ingestd.uuid7 import uuid7s
+from ingestd import columns
+from ingestd.persons.kernels import Bulk
+from ingestd.uuid7 import uuid7_block, uuid7s
 
 _MAX_ID = (1 << 63) - 1
 _BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
@@ -52,6 +55,7 @@ class Person:
     touched: bool = False  # a row of this chunk accepted it
     ids_changed: bool = False  # an id or the carrier differs from the stored row
     patch: dict[str, Any] = field(default_factory=dict)
+    row: int = -1  # a new person: the position in its chunk of the row that created it
 
 
 @dataclass(slots=True)
@@ -63,6 +67,8 @@ class Ids:
     external_ids: set[str] = field(default_factory=set)
     mdns: set[str] = field(default_factory=set)
     device_ids: set[str] = field(default_factory=set)
+    # More of them as one JSON array text per column (made in C from a column of values).
+    json: dict[str, str] = field(default_factory=dict)
 
 
 class PersonsStore:
@@ -117,11 +123,15 @@ class PersonsStore:
                                      ("external_person_id", "", ids.external_ids),
                                      ("mdn", "", ids.mdns),
                                      ("vibes_device_id", "", ids.device_ids)):
-            if values:
+            more = ids.json.get(column)
+            if values or more:
                 parts.append(self._select + sql.SQL(
                     "{c} = ANY(ARRAY(SELECT jsonb_array_elements_text(%s)){cast})").format(
                         c=sql.Identifier(column), cast=sql.SQL(cast)))
-                params.append(orjson.dumps(list(values)).decode())
+                text = orjson.dumps(list(values)).decode()
+                if more:
+                    text = more if not values else f"{text[:-1]},{more[1:]}"
+                params.append(text)
         if not parts:
             return []
         rows = self.conn.execute(sql.SQL(" UNION ").join(parts), params)
@@ -138,15 +148,18 @@ class PersonsStore:
         i = bisect.bisect_right(self.created, (person_id, _MAX_ID)) - 1
         return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
-    def write(self, changed: list[Person], new: list[Person], handoff: bool) -> None:
-        """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``."""
+    def write(self, changed: list[Person], new: list[Person], handoff: bool,
+              bulk: Bulk | None = None, absent: Sequence[tuple[int, int]] = ()) -> None:
+        """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``;
+        ``bulk``: rows that each create a person, as columns; ``absent``: (person_id, k)
+        for rows that were told none of the first k new people (in file order) has it."""
         # A row that repeats what is stored changes nothing, so nothing is written for it.
         changed = [p for p in changed if p.ids_changed or p.patch]
         # Updates first: they may free an external or device id that a new person takes.
         if changed:
             self._update(changed, handoff)
-        if new:
-            self._create(new)
+        if new or bulk:
+            self._create(new, bulk, absent)
 
     def _update(self, changed: list[Person], handoff: bool) -> None:
         ids = [(p.person_id, p.external_person_id, p.mdn, p.vibes_device_id, p.carrier)
@@ -165,20 +178,56 @@ class PersonsStore:
                     if p.patch and not p.has_custom:
                         copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
 
-    def _create(self, new: list[Person]) -> None:
-        ids = [r[0] for r in self.conn.execute(self._sequence, (len(new),))]
-        for p, pid, key in zip(new, ids, person_keys(len(new)), strict=True):
-            p.person_id, p.person_key = pid, key
+    def _create(self, new: list[Person], bulk: Bulk | None,
+                absent: Sequence[tuple[int, int]]) -> None:
+        """New people get ids and keys in the order of the rows that created them (as a
+        row-at-a-time import would), whichever way those rows were decided."""
+        n = len(new) + (len(bulk) if bulk else 0)
+        ids = [r[0] for r in self.conn.execute(self._sequence, (n,))]
+        for person_id, k in absent:
+            # Only if something else took ids from the sequence meanwhile (a writer beside
+            # ingestd) can an earlier new person get the id a row was told nobody has.
+            at = bisect.bisect_left(ids, person_id)
+            if at < min(k, len(ids)) and ids[at] == person_id:
+                raise SequenceTaken(person_id)
+        keys = uuid7_block(n)
         for pid in ids:
             if self.created and self.created[-1][1] == pid - 1:
                 self.created[-1] = (self.created[-1][0], pid)
             else:
                 self.created.append((pid, pid))
+        if bulk and new:
+            rows = pa.concat_arrays([bulk.index, pa.array([p.row for p in new], pa.int64())])
+            order = columns.ranks(rows)
+            bulk_order = order.slice(0, len(bulk))
+            new_order = order.slice(len(bulk)).to_pylist()
+        else:
+            bulk_order, new_order = None, list(range(len(new)))
+        for p, rank in zip(new, new_order, strict=True):
+            p.person_id, p.person_key = ids[rank], keys[rank]
         with self.conn.cursor() as cur, cur.copy(self._copy_base) as copy:
             for p in new:
                 copy.write_row((p.person_id, p.person_key, p.external_person_id, p.mdn,
                                 p.vibes_device_id, p.carrier,
                                 orjson.dumps(p.patch).decode() if p.patch else "{}"))
+            if bulk:
+                id_col = pa.array(ids, pa.int64())
+                key_col = columns.column(keys)
+                if bulk_order is not None:
+                    id_col, key_col = id_col.take(bulk_order), key_col.take(bulk_order)
+                copy.write(columns.copy_lines([
+                    id_col.cast(columns.STRING), key_col,
+                    columns.copy_text(bulk.external_person_id), columns.copy_text(bulk.mdn),
+                    columns.copy_text(bulk.vibes_device_id), columns.copy_text(bulk.carrier),
+                    columns.copy_text(bulk.custom)]))
+
+
+class SequenceTaken(Exception):
+    """The person_id sequence moved under a file (another writer created people)."""
+
+    def __init__(self, person_id: int) -> None:
+        super().__init__(f"person_id {person_id} was decided as unknown, then created by"
+                         " this file: something beside ingestd takes person_ids meanwhile")
 
 
 def person_keys(n: int) -> Iterator[str]:
