@@ -18,6 +18,7 @@ Every exception ingestd raises on purpose derives from ``IngestdError``::
     ├── DatabaseError
     │   ├── DatabaseUnavailable   the server cannot be reached (yet)
     │   └── EmbeddedError         the embedded server cannot be started
+    ├── HttpStartError       the HTTP API could not start listening
     └── SettingsError        one line naming the bad key (exit 2); also, found later:
         ├── DatabaseRefused       the server will never accept us as configured
         ├── WrongDatabase         the landing root belongs to another database
@@ -158,6 +159,12 @@ class EmbeddedError(DatabaseError):
     def __init__(self, message: str, log_file: Path | None = None) -> None:
         super().__init__(message + (f" (log: {log_file})" if log_file else ""))
         self.log_file = log_file
+
+
+# -- the HTTP API --------------------------------------------------------------------------
+
+class HttpStartError(IngestdError):
+    """The HTTP API could not start listening where it was told to."""
 
 
 # -- settings ------------------------------------------------------------------------------

@@ -167,6 +167,11 @@ def spool_path(dirs: CompanyDirs, claim_id: str, extension: str) -> Path:
     return dirs.processing / f".spool-{claim_id}{extension}"
 
 
+def spool_dirs(spool: Path) -> CompanyDirs:
+    """The folders of the company a spooled body (``spool_path``) is for."""
+    return CompanyDirs(spool.parent.parent)
+
+
 def company_dirs(root: Path) -> list[CompanyDirs]:
     """Every company folder under the landing root (no dot-folders, no symlinks)."""
     if not root.is_dir():

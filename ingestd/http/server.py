@@ -22,6 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ingestd.errors import HttpStartError
 from ingestd.http.app import build_app
 from ingestd.http.intake import Intake
 from ingestd.metrics import Metrics
@@ -140,7 +141,7 @@ class HttpServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the HTTP server did not start on {self.address}")
+                raise HttpStartError(f"the HTTP server did not start on {self.address}")
             time.sleep(0.02)
         # The bound port: with port 0 (tests) the kernel chose it.
         self.port = int(self.server.servers[0].sockets[0].getsockname()[1])

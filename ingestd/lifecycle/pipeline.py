@@ -19,7 +19,6 @@ from ingestd.db import ledger
 from ingestd.db.database import Database
 from ingestd.errors import FileChangedError, NotSettled
 from ingestd.fleet import Fleet
-from ingestd.landing import CompanyDirs
 from ingestd.lifecycle import claim as claiming
 from ingestd.lifecycle.apply import Applying
 from ingestd.lifecycle.context import Claim, FileContext, Held, Outcome
@@ -99,7 +98,7 @@ class Pipeline:
         attempt's body was claimed, recovery applies it first, and then this spool is
         dropped and that outcome returned, so the body is applied once. "busy": another
         worker or instance holds the company; try again."""
-        dirs = CompanyDirs(spool.parent.parent)
+        dirs = landing.spool_dirs(spool)
         with claiming.hold(self.db, self.fleet, dirs) as held:
             if held is None:
                 return Outcome("busy")
