@@ -81,4 +81,4 @@ def test_the_anchor_rule_matches_githubs() -> None:
 def test_readme_sections() -> None:
     """What the README holds, in this order; everything else lives under docs/."""
     headings = re.findall(r"^## (.+)$", re.sub(r"```.*?```", "", README, flags=re.S), re.M)
-    assert headings == ["Quick start", "How it works", "Guarantees", "Documentation"]
+    assert headings == ["Quick start", "How it works", "Guarantees", "HTTP", "Documentation"]

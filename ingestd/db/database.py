@@ -149,7 +149,10 @@ class Database:
         # that look started after that time, and is spared.
         now = leases.server_time(conn)
         live = self.sessions.live()
-        ended = leases.end_own_sessions(conn, self.sessions.prefix, live, started_before=now)
+        # A dead connection was given up after about db_dead_after_seconds of silence;
+        # half of that spares any live one of ours that was used a moment ago.
+        ended = leases.end_own_sessions(conn, self.sessions.prefix, live, started_before=now,
+                                        quiet_for=self.settings.db_dead_after_seconds / 2)
         if ended:
             log.warning("db.own_sessions_ended", pids=ended, instance=self.instance_id,
                         reason="connections of ours that broke, kept by the server: their"

@@ -104,7 +104,7 @@ def server_time(conn: psycopg.Connection[Any]) -> datetime:
 
 
 def end_own_sessions(conn: psycopg.Connection[Any], prefix: str, live: list[str],
-                     started_before: datetime) -> list[int]:
+                     started_before: datetime, quiet_for: float = 0.0) -> list[int]:
     """End this process's sessions that are not live here any more: connections that
     broke on our side while the server kept their sessions (a partition), perhaps with
     the company's advisory lock, an open transaction and row locks. As ``expire`` does
@@ -112,14 +112,18 @@ def end_own_sessions(conn: psycopg.Connection[Any], prefix: str, live: list[str]
     lease the session held bumps its epoch. ``prefix``: the process's
     ``application_name`` prefix; ``live``: its names in use when ``started_before``
     (``server_time``) had passed, so a connection made since is never taken for dead.
-    The pids ended."""
+    ``quiet_for``: only sessions the server has heard nothing from for that long
+    (seconds) before ``started_before``: a connection cut off here has been silent at
+    least as long as it took us to give it up, while a live one of ours that some race
+    left out of ``live`` has just been used, and is spared. The pids ended."""
     # MATERIALIZED: the terminate must only ever see the rows chosen first.
     return [int(r[0]) for r in conn.execute(
         "WITH dead AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
         " WHERE left(application_name, length(%s)) = %s AND application_name <> ALL(%s)"
-        " AND backend_start < %s AND pid <> pg_backend_pid())"
+        " AND backend_start < %s AND pid <> pg_backend_pid()"
+        " AND coalesce(state_change, backend_start) < %s - make_interval(secs => %s))"
         " SELECT pid FROM dead WHERE pg_terminate_backend(pid, 5000)",
-        (prefix, prefix, live, started_before))]
+        (prefix, prefix, live, started_before, started_before, quiet_for))]
 
 
 def acquire(conn: psycopg.Connection[Any], company: str, instance_id: str) -> int | None:
