@@ -180,6 +180,18 @@ def fresh_database(url: str, tag: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def scratch_database(url: str | None, scratch: Path, tag: str) -> Iterator[str]:
+    """A new database on ``url``'s server, dropped afterwards; without ``url``, an
+    embedded PostgreSQL of its own under ``scratch``."""
+    if url:
+        with fresh_database(url, tag) as db_url:
+            yield db_url
+    else:
+        with server(None, scratch) as db_url:
+            yield db_url
+
+
 def url_for_env(url: str) -> str:
     """A URL form of ``url`` (pydantic settings and pgloader want a URL, not key=value)."""
     params = conninfo_to_dict(url)

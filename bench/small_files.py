@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import scratch_database
 from delay_proxy import DelayProxy
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingestd.db.companies import add_company
-from ingestd.db.embedded import EmbeddedPostgres
 from ingestd.db.migrations import upgrade
 from ingestd.landing import CompanyDirs
 
@@ -218,23 +218,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingestd-bench-") as t:
         tmp = Path(t)
-        if args.database_url:
-            # A fresh database, so earlier runs' companies and people do not get in the way.
-            scratch = f"ingestd_bench_{os.getpid()}"
-            with psycopg.connect(args.database_url, autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{scratch}"')
-            try:
-                run(make_conninfo(args.database_url, dbname=scratch), args, tmp)
-            finally:
-                with psycopg.connect(args.database_url, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-        else:
-            pg = EmbeddedPostgres(tmp / "pg")
-            pg.start()
-            try:
-                run(pg.url, args, tmp)
-            finally:
-                pg.stop()
+        with scratch_database(args.database_url, tmp, "small") as db_url:
+            run(db_url, args, tmp)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from _common import scratch_database
 
 from ingestd.db.companies import add_company
-from ingestd.db.embedded import EmbeddedPostgres
 from ingestd.db.migrations import upgrade
 from ingestd.landing import CompanyDirs
 
@@ -149,22 +148,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingestd-soak-") as t:
         tmp = Path(t)
-        if args.database_url:
-            scratch = f"ingestd_soak_{os.getpid()}"
-            with psycopg.connect(args.database_url, autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{scratch}"')
-            try:
-                run(make_conninfo(args.database_url, dbname=scratch), args, tmp)
-            finally:
-                with psycopg.connect(args.database_url, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-        else:
-            pg = EmbeddedPostgres(tmp / "pg")
-            pg.start()
-            try:
-                run(pg.url, args, tmp)
-            finally:
-                pg.stop()
+        with scratch_database(args.database_url, tmp, "soak") as db_url:
+            run(db_url, args, tmp)
 
 
 if __name__ == "__main__":
