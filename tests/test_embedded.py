@@ -61,3 +61,16 @@ def test_restart_after_kill_9_reuses_and_then_stops_the_server(tmp_path: Path) -
     # Nothing above the state directory was opened up.
     assert stat.S_IMODE(parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((state / "postgres").stat().st_mode) == 0o700
+
+
+def test_settings_given_are_added_and_the_rest_stay_durable(tmp_path: Path) -> None:
+    """The suite's own server is started with settings of its own (tests/conftest.py);
+    the ones not given keep the daemon's defaults, fsync on."""
+    server = EmbeddedPostgres(tmp_path / "state", server_settings={"synchronous_commit": "off"})
+    server.start()
+    try:
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)
+    finally:
+        server.stop()

@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -96,9 +97,13 @@ def _wrap(cmd: list[str]) -> list[str]:
 
 
 class EmbeddedPostgres:
-    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
+    def __init__(self, state_dir: Path, *, create: bool = True,
+                 server_settings: Mapping[str, str] | None = None) -> None:
+        """``server_settings`` (name to value) are added to the server's command line
+        when this starts it: the test suite's server trades durability for speed so."""
         self.state_dir = state_dir.absolute()
         self.create = create
+        self.server_settings = dict(server_settings or {})
         self.root = (state_dir / "postgres").resolve()
         self.data = self.root / "data"
         self.socket_dir = self.root / "run"
@@ -192,7 +197,7 @@ class EmbeddedPostgres:
         opts = (
             f"-c listen_addresses='' -k {self.socket_dir} -p {PORT}"
             " -c max_connections=200 -c fsync=on"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         # pg_ctl copes with a stale postmaster.pid left by a kill -9 of the whole tree.
         result = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_file),
                            "-o", opts, "-w", "-t", str(int(timeout)), "start", check=False)
