@@ -64,12 +64,17 @@ _PROCESS_FIXTURES = frozenset({"start_daemon", "daemons", "own_postgres"})
 
 
 @cache
+def _module(path: str) -> tuple[ast.Module, list[str]]:
+    with open(path, encoding="utf-8") as fh:
+        source = fh.read()
+    return ast.parse(source), source.splitlines()
+
+
+@cache
 def _process_names(path: str) -> frozenset[str]:
     """The module's top-level functions and classes that start a process, directly or
     through another of them."""
-    with open(path, encoding="utf-8") as fh:
-        source = fh.read()
-    tree, lines = ast.parse(source), source.splitlines()
+    tree, lines = _module(path)
     defs = {n.name: n for n in tree.body
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     text = {name: "\n".join(lines[n.lineno - 1:n.end_lineno]) for name, n in defs.items()}
@@ -79,12 +84,35 @@ def _process_names(path: str) -> frozenset[str]:
         if isinstance(n, ast.ImportFrom) and n.level == 0 and helper.is_file():
             starting = _process_names(str(helper))
             found |= {a.asname or a.name for a in n.names if a.name in starting}
+    uses = {name: {x.id for x in ast.walk(n) if isinstance(x, ast.Name)}
+            for name, n in defs.items()}
     while True:
-        more = {name for name, n in defs.items() if name not in found and any(
-            isinstance(x, ast.Name) and x.id in found for x in ast.walk(n))}
+        more = {name for name in defs if name not in found and uses[name] & found}
         if not more:
             return frozenset(found)
         found |= more
+
+
+@cache
+def _test_functions(path: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """The module's top-level functions: their code (decorators too) and the names they
+    use. From the module's tree, parsed once: ~1,000 tests cost a second otherwise."""
+    tree, lines = _module(path)
+    found = {}
+    for n in tree.body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([n.lineno] + [d.lineno for d in n.decorator_list])
+            found[n.name] = ("\n".join(lines[first - 1:n.end_lineno]), frozenset(
+                x.id for x in ast.walk(n) if isinstance(x, ast.Name)))
+    return found
+
+
+def _code_and_names(function: Callable[..., Any], path: str) -> tuple[str, frozenset[str]]:
+    found = _test_functions(path).get(function.__name__)
+    if found is not None:
+        return found
+    code = textwrap.dedent(inspect.getsource(function))  # not at the top of its module
+    return code, frozenset(x.id for x in ast.walk(ast.parse(code)) if isinstance(x, ast.Name))
 
 
 def _starts_a_process(item: pytest.Item) -> bool:
@@ -94,9 +122,8 @@ def _starts_a_process(item: pytest.Item) -> bool:
     names = _process_names(str(item.path)) | _PROCESS_FIXTURES
     if names & set(getattr(item, "fixturenames", ())):
         return True
-    code = textwrap.dedent(inspect.getsource(function))
-    return any(w in code for w in _STARTS_A_PROCESS) or any(
-        isinstance(x, ast.Name) and x.id in names for x in ast.walk(ast.parse(code)))
+    code, used = _code_and_names(function, str(item.path))
+    return any(w in code for w in _STARTS_A_PROCESS) or bool(used & names)
 
 
 def pytest_configure(config: pytest.Config) -> None:
