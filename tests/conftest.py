@@ -3,15 +3,17 @@ the tests arranged by cost.
 
 Tests by cost: a test that starts a process of its own (the daemon, the CLI, a server,
 a tool such as mypy) is marked ``process`` here, at collection, by reading its code and
-the code of its module's helpers and fixtures it uses. ``pytest -m "not process"`` is
-the fast inner loop (real PostgreSQL, real files, in-process HTTP servers); under it a
-test that starts a process anyway fails at once, saying so, so the split stays honest.
-Plain ``pytest`` runs everything.
+the code of its module's helpers and fixtures it uses. ``pytest -m "not process" -n auto``
+is the fast inner loop (real PostgreSQL, real files, in-process HTTP servers; under a
+minute on two cores, one pytest-xdist worker each); under it a test that starts a
+process anyway fails at once, saying so, so the split stays honest. Plain ``pytest``
+runs everything.
 
 By default the suite starts its own server (the same embedded PostgreSQL the daemon
-uses). Set INGESTD_TEST_DATABASE_URL to use a given server instead; each test then
-gets a database cloned from a migrated template (as procrastinate does), so tests
-start clean and fast.
+uses; each xdist worker its own), in memory where there is room and without fsync: it
+keeps nothing past the run. Set INGESTD_TEST_DATABASE_URL to use a given server
+instead. Either way each test gets a database cloned from a migrated template (as
+procrastinate does), so tests start clean and fast.
 """
 
 from __future__ import annotations
