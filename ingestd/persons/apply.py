@@ -87,7 +87,6 @@ class _Row:
     custom_error: RowError | None = None
 
 
-_SKIP_KERNELS = 20
 _ROW_ATTR = {"external_person_id": "ext", "mdn": "mdn", "vibes_device_id": "device"}
 
 
@@ -165,7 +164,7 @@ class Rules:
         # Where each id column is, so a row reads its ids without a lookup by name.
         self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
         self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
-        self.skip_kernels = 0  # chunks to check row by row only
+        self.worth = columns.Worth()  # whether the next chunk's kernels are worth running
         # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
         self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
                         and self.kernels.mdn_kernel.country_code == 1 else None)
@@ -173,11 +172,10 @@ class Rules:
     def check(self, records: list[Record]) -> _Chunk:
         """A chunk's checks that need no database: its kernels first; the rows they do not
         pass, and rows that share an id value with another row of the chunk, row by row."""
-        if self.skip_kernels > 0:
-            self.skip_kernels -= 1
-            bulk, others = no_bulk(), list(range(len(records)))
-        else:
+        if self.worth():
             bulk, others = self.kernels.check(records)
+        else:
+            bulk, others = no_bulk(), list(range(len(records)))
         slow = [(i, self.prepare(records[i])) for i in others]
         chunk = _Chunk(records, slow, bulk)
         if len(bulk):
@@ -224,10 +222,9 @@ class Rules:
                 values, type=chunk.bulk.mdn.type))
             taken = hit if taken is None else pc.or_(taken, hit)
         assert taken is not None
-        if pc.sum(taken).as_py() * 2 > len(chunk.bulk):
-            # Mostly rows about stored people (a file of updates): the kernels' work would
-            # be thrown away, so the next chunks go row by row (and then try again).
-            self.skip_kernels = _SKIP_KERNELS
+        # Mostly rows about stored people (a file of updates): the kernels' work is
+        # thrown away, so the next chunks go row by row.
+        self.worth.wasted(pc.sum(taken).as_py(), len(chunk.bulk))
         self.demote(chunk, taken)
 
     def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
