@@ -5,10 +5,12 @@ module, groups records into sections itself, checks every cell of every row with
 ``_typed`` (the cell-level checks, the contract's building block) and, section by
 section in file order, reads the stored contact with one SELECT and writes the outcome
 at once with plain INSERTs and UPDATEs, remembering in a set which codes this file
-created or updated. The applier (``ingestd.contacts.apply``) instead groups and checks
-rows in its reader (typing a repeated contact cell once), reads a batch's contacts with
-one query on another thread, resolves the batch in memory and writes it in bulk; the
-two share no code beyond ``_typed``, the column list and the headers-file parser.
+created or updated. The applier (``ingestd.contacts.apply``) instead checks a batch's
+cells with column kernels and creates the new contacts they pass in bulk, groups and
+checks the other rows in its reader (typing a repeated contact cell once), reads a
+batch's contacts with one query on another thread, resolves the batch in memory and
+writes it in bulk; the two share no code beyond ``_typed``, the column list and the
+headers-file parser.
 
 Files are drawn so that rows collide on purpose: codes from a small pool (some stored
 before the file, modified before or after its If-Unmodified-Since), treatments from a
@@ -16,8 +18,10 @@ small pool, the same instant written differently, invalid values of every kind, 
 of the wrong width, blank codes, repeated and non-contiguous sections; ``chunk_size``
 is small, so every rule is exercised within a batch and across batch boundaries. Each
 example applies the same file to two fresh companies seeded alike, and asserts the
-same row outcomes (record, rows, class, message, fields, which contact) and the same
-tables afterwards.
+same row outcomes (record, rows, class, message, fields, which contact), read back from
+the stored row results as the sidecars read them, and the same tables afterwards.
+Longer files of mostly new contacts (decided in bulk) mix in every error class, and one
+test breaks a kernel on purpose to show the comparison notices.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from hypothesis import strategies as st
 
 from ingestd import errors
 from ingestd.apply_context import ApplyContext
+from ingestd.contacts import kernels
 from ingestd.contacts.apply import ContactsProcessor
 from ingestd.contacts.reader import (
     BLANK_CODE_MESSAGE,
@@ -47,6 +52,7 @@ from ingestd.contacts.reader import (
     COLUMN_BY_NAME,
     COLUMNS,
     TREATMENT_ID,
+    Kind,
     Level,
     Value,
     _typed,
@@ -521,3 +527,35 @@ def test_a_section_after_its_contact_was_created_and_updated(
                row(treatmentId="t1", responseValue="clicked")]
     got = agree(conn, tmp_path, header, [], records, None, chunk_size)
     assert [o[2] for o in got] == ["", "", "", "", "", errors.CONTACTS_UPDATE_REJECTED, "", ""]
+
+
+def _kernel_case(row: dict[str, str]) -> tuple[list[str], Seeded, list[list[str]], None, int]:
+    """New contacts in one batch, the last with ``row``'s cells."""
+    header = [c.name for c in COLUMNS]
+    base = {n: VALUES[n][0][0] for n in VALUES} | {"subjectId": "s1"}
+    records = [[({**base, CODE: f"k{n}"}).get(h, "") for h in header] for n in range(6)]
+    records.append([({**base, CODE: "k9", **row}).get(h, "") for h in header])
+    return header, [], records, None, 5000
+
+
+@pytest.mark.parametrize(("kind", "broken", "row"), [
+    # Fractions finer than microseconds: PostgreSQL rounds them, the per-cell code truncates.
+    (Kind.TIMESTAMP, r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{5,8}(?:\.[0-9]+)?Z",
+     {"presentedTimeStamp": "2018-05-13T15:02:40.7191239Z"}),
+    # Spaces read as a value: the blank cell is stored as it is instead of null.
+    (Kind.TEXT, "[^\\x00]+", {"responseValue": " "}),
+    # "yes" let through: PostgreSQL takes it for true, the per-cell code rejects the row.
+    (Kind.BOOLEAN, "(?i:true|false|yes)", {"presented": "yes"}),
+])
+def test_the_reference_comparison_catches_a_broken_kernel(
+        kind: Kind, broken: str, row: dict[str, str], conn: Conn, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison is not blind to the kernels: with one kernel made wrong on purpose,
+    the same file no longer agrees (and agrees with the kernel as it is), and the rows
+    that agree are decided in bulk."""
+    in_bulk: list[int] = []
+    agree(conn, tmp_path, *_kernel_case(row), in_bulk)
+    assert in_bulk == [6]
+    monkeypatch.setitem(kernels._CELL, kind, broken)
+    with pytest.raises(AssertionError):
+        agree(conn, tmp_path, *_kernel_case(row))
