@@ -64,6 +64,12 @@ class Worth:
             self._skip = _SKIP_CHUNKS
 
 
+def integer(value: int) -> pa.Scalar:
+    """An int64 scalar for a kernel's argument: given a Python int, pyarrow tries (and
+    fails, uncached) to import dateutil on every call."""
+    return pa.scalar(value, pa.int64())
+
+
 def column(values: Sequence[str]) -> pa.Array:
     return pa.array(values, type=STRING)
 
@@ -79,7 +85,7 @@ def matches(col: pa.Array, pattern: str) -> pa.Array:
 
 
 def empty(col: pa.Array) -> pa.Array:
-    return pc.equal(pc.binary_length(col), 0)
+    return pc.equal(pc.binary_length(col), integer(0))
 
 
 def plain_id(col: pa.Array) -> pa.Array:
@@ -164,8 +170,8 @@ def copy_text(col: pa.Array, plain: bool = False) -> pa.Array:
 def split(lines: pa.Array, sep: str, width: int) -> list[pa.Array]:
     """The ``width`` columns of lines that each hold ``width`` cells joined by ``sep``."""
     cells = pc.split_pattern(lines, sep).flatten()
-    rows = pc.multiply(pa.array(range(len(lines)), pa.int64()), width)
-    return [cells.take(pc.add(rows, at)) for at in range(width)]
+    rows = pc.multiply(pa.array(range(len(lines)), pa.int64()), integer(width))
+    return [cells.take(pc.add(rows, integer(at))) for at in range(width)]
 
 
 def plain_text(col: pa.Array) -> bool:

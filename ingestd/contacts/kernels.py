@@ -61,7 +61,8 @@ class Bulk:
     def keep(self, mask: pa.Array) -> Bulk:
         """The sections of ``mask`` and their rows."""
         rows = mask.take(self.section)
-        renumbered = pc.subtract(pc.cumulative_sum(pc.cast(mask, pa.int64())), 1)
+        renumbered = pc.subtract(pc.cumulative_sum(pc.cast(mask, pa.int64())),
+                                 columns.integer(1))
         return Bulk(self.at.filter(mask), self.code.filter(mask),
                     [col.filter(mask) for col in self.contact],
                     renumbered.take(self.section).filter(rows), self.record.filter(rows),
@@ -147,7 +148,7 @@ class Kernels:
         ordinal = pc.subtract(pa.array(range(len(section)), pa.int64()), first)
         lines = columns.column([_SEP.join(f) for i in whole for _, f in batch[i]])  # type: ignore[arg-type]
         # A line with more separators has a NUL in a cell: it stands for an empty row here.
-        split = pc.equal(pc.count_substring(lines, _SEP), self.width - 1)
+        split = pc.equal(pc.count_substring(lines, _SEP), columns.integer(self.width - 1))
         lines = pc.if_else(split, lines, pa.scalar(self.no_row, STRING))
         cells = columns.split(lines, _SEP, self.width)
         masks = [split, columns.matches(lines, self.pattern),
@@ -192,5 +193,5 @@ def _distinct(section: pa.Array, treatment_id: pa.Array) -> pa.Array:
 
 def _repeated(col: pa.Array) -> pa.Array:
     counts = pc.value_counts(col)
-    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    return counts.field("values").filter(pc.greater(counts.field("counts"), columns.integer(1)))
 
