@@ -1,11 +1,13 @@
 """Applying a Person Import, a chunk at a time: the rules of its rows (no SQL here).
 
-Per chunk: each record is checked alone (shape, id syntax, mdn, custom values); one
-lookup (``PersonsStore.lookup``) finds every stored person any row names, by any id, as
-identifier or as data; rows are then resolved in Python in file order against that
-picture, so a later row sees what an earlier row did, and each row's outcome is recorded
-at once; finally the chunk's creates and changes go to ``PersonsStore.write``. Row errors
-are values, raised in ``Rules.resolve`` in the order FORMATS.md fixes ("one error a row").
+Per chunk: each record is checked alone (shape, id syntax, mdn, custom values: the
+kernels, else ``RowChecks``), and ``Triage`` sorts the rows decided in bulk from those
+resolved one at a time; one lookup (``PersonsStore.lookup``) finds every stored person
+any row names, by any id, as identifier or as data; rows are then resolved in Python in
+file order against that picture (``Rules``), so a later row sees what an earlier row did,
+and each row's outcome is recorded at once; finally the chunk's creates and changes go to
+``PersonsStore.write``. Row errors are values, raised in ``Rules.resolve`` in the order
+FORMATS.md fixes ("one error a row").
 
 Lookups and writes run on a database thread of the worker's own, in file order, while this
 thread checks the next chunk's records or resolves the current one: PostgreSQL and
@@ -148,27 +150,95 @@ class _Picture:
             self.by_device[p.vibes_device_id] = p
 
 
-class Rules:
-    """One file's rows against the company's custom fields and persons, in file order."""
+class RowChecks:
+    """A record's checks that need no database: shape, id syntax, mdn format, custom
+    values (the per-cell code every row the kernels do not pass gets)."""
 
-    def __init__(self, ctx: ApplyContext, fields: list[str], multi_delim: str,
-                 definitions: list[FieldDefinition],
-                 created_here: Callable[[int], bool]) -> None:
-        self.ctx = ctx
-        self.created_here = created_here  # whether an earlier row created this person_id
+    def __init__(self, fields: list[str], region: str, multi_delim: str,
+                 definitions: dict[str, FieldDefinition]) -> None:
+        self.region = region
         self.multi_delim = multi_delim
-        self.region = ctx.company.default_region or ctx.settings.default_region
-        self.definitions = {d.name: d for d in definitions}
-        self.pos = {name: i for i, name in enumerate(fields)}
+        self.definitions = definitions
         self.custom_cols = [(i, name) for i, name in enumerate(fields) if name not in IDENTIFYING]
-
         # Where each id column is, so a row reads its ids without a lookup by name.
-        self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
-        self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
+        pos = {name: i for i, name in enumerate(fields)}
+        self.id_pos = tuple(pos.get(name) for name in IDENTIFYING)
+
+    def prepare(self, record: Record) -> _Row:
+        row = _Row(record, error=record.error)
+        if row.error:
+            if not row.error.detail:
+                # The reader's message is already the row's own reason (counts, CSV error).
+                msg = row.error.message
+                row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
+            return row
+        self._identify(row)
+        if row.error is None:
+            self._convert_custom(row)
+        return row
+
+    def _identify(self, row: _Row) -> None:
+        """The row's ids, and which one names its person (``by``, ``ident``)."""
+        v = row.record.values
+        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = [
+            "" if i is None else v[i].strip() for i in self.id_pos]
+        pid = parse_person_id(pid_raw) if pid_raw else None
+        if isinstance(pid, RowError):
+            row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
+            return
+        key = check_person_key(key_raw) if key_raw else None
+        if isinstance(key, RowError):
+            row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
+            return
+        row.ext = ext_raw or None
+        row.device = device_raw or None
+        if mdn_raw:
+            mdn = normalize_mdn(mdn_raw, self.region)
+            if isinstance(mdn, RowError):
+                row.mdn_error = _at(mdn, "mdn", explain_invalid_mdn(mdn_raw, self.region))
+            else:
+                row.mdn = mdn
+        # The first id given wins (FORMATS.md's order, IDENTIFYING's).
+        if pid is not None:
+            row.by, row.ident = "person_id", pid
+        elif key is not None:
+            row.by, row.ident = "person_key", key
+        elif row.ext:
+            row.by, row.ident = "external_person_id", row.ext
+        elif mdn_raw:
+            row.by, row.ident = "mdn", row.mdn or mdn_raw
+        elif row.device:
+            row.by, row.ident = "vibes_device_id", row.device
+        else:
+            row.error = ERR_CREATE
+
+    def _convert_custom(self, row: _Row) -> None:
+        """The row's custom values (``custom``), or the first that fails (``custom_error``)."""
+        v = row.record.values
+        for i, name in self.custom_cols:
+            raw = v[i]
+            if raw == "":
+                continue  # an empty cell never changes anything
+            defn = self.definitions.get(name)
+            if defn is None:
+                row.custom_error = _at(ERR_FIELD_NOT_FOUND, name, f"no custom field named {name}")
+                return
+            value_or_error = convert(defn, raw, self.multi_delim)
+            if isinstance(value_or_error, RowError):
+                row.custom_error = _at(value_or_error, name, explain(defn, raw, self.multi_delim))
+                return
+            row.custom[name] = value_or_error
+
+
+class Triage:
+    """Which of a chunk's rows the kernels decide in bulk and which go row by row: the
+    rows the kernels do not pass, and those that share an id value with another row of
+    the chunk or with a stored person."""
+
+    def __init__(self, kernels: Kernels, rows: RowChecks) -> None:
+        self.kernels = kernels
+        self.rows = rows
         self.skip_kernels = 0  # chunks to check row by row only
-        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
-        self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
-                        and self.kernels.mdn_kernel.country_code == 1 else None)
 
     def check(self, records: list[Record]) -> _Chunk:
         """A chunk's checks that need no database: its kernels first; the rows they do not
@@ -178,7 +248,7 @@ class Rules:
             bulk, others = no_bulk(), list(range(len(records)))
         else:
             bulk, others = self.kernels.check(records)
-        slow = [(i, self.prepare(records[i])) for i in others]
+        slow = [(i, self.rows.prepare(records[i])) for i in others]
         chunk = _Chunk(records, slow, bulk)
         if len(bulk):
             shared = None
@@ -200,7 +270,7 @@ class Rules:
         which = chunk.bulk.index.filter(mask).to_pylist()
         if not which:
             return
-        chunk.slow.extend((i, self.prepare(chunk.records[i])) for i in which)
+        chunk.slow.extend((i, self.rows.prepare(chunk.records[i])) for i in which)
         chunk.slow.sort(key=lambda pair: pair[0])
         chunk.bulk = chunk.bulk.keep(pc.invert(mask))
 
@@ -230,71 +300,6 @@ class Rules:
             self.skip_kernels = _SKIP_KERNELS
         self.demote(chunk, taken)
 
-    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
-        if looked.error is None:
-            return None
-        # The shared cache keeps only class and message, so a cached result has no
-        # detail; only permanent results are cached.
-        return _at(looked.error, "mdn", looked.detail or (
-            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
-
-    def prepare(self, record: Record) -> _Row:
-        """Checks that need no database: shape, id syntax, mdn format, custom values."""
-        row = _Row(record, error=record.error)
-        if row.error:
-            if not row.error.detail:
-                # The reader's message is already the row's own reason (counts, CSV error).
-                msg = row.error.message
-                row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
-            return row
-        v = record.values
-        pid_raw, key_raw, ext_raw, mdn_raw, device_raw = [
-            "" if i is None else v[i].strip() for i in self.id_pos]
-        pid = parse_person_id(pid_raw) if pid_raw else None
-        if isinstance(pid, RowError):
-            row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
-            return row
-        key = check_person_key(key_raw) if key_raw else None
-        if isinstance(key, RowError):
-            row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
-            return row
-        row.ext = ext_raw or None
-        row.device = device_raw or None
-        if mdn_raw:
-            mdn = normalize_mdn(mdn_raw, self.region)
-            if isinstance(mdn, RowError):
-                row.mdn_error = _at(mdn, "mdn", explain_invalid_mdn(mdn_raw, self.region))
-            else:
-                row.mdn = mdn
-        # The first id given wins (FORMATS.md's order, IDENTIFYING's).
-        if pid is not None:
-            row.by, row.ident = "person_id", pid
-        elif key is not None:
-            row.by, row.ident = "person_key", key
-        elif row.ext:
-            row.by, row.ident = "external_person_id", row.ext
-        elif mdn_raw:
-            row.by, row.ident = "mdn", row.mdn or mdn_raw
-        elif row.device:
-            row.by, row.ident = "vibes_device_id", row.device
-        else:
-            row.error = ERR_CREATE
-            return row
-        for i, name in self.custom_cols:
-            raw = v[i]
-            if raw == "":
-                continue  # an empty cell never changes anything
-            defn = self.definitions.get(name)
-            if defn is None:
-                row.custom_error = _at(ERR_FIELD_NOT_FOUND, name, f"no custom field named {name}")
-                break
-            value_or_error = convert(defn, raw, self.multi_delim)
-            if isinstance(value_or_error, RowError):
-                row.custom_error = _at(value_or_error, name, explain(defn, raw, self.multi_delim))
-                break
-            row.custom[name] = value_or_error
-        return row
-
     @staticmethod
     def ids(rows: list[_Row]) -> Ids:
         """Every id the rows name, as identifier or as data (rows that failed are left out)."""
@@ -313,6 +318,26 @@ class Rules:
             if r.device:
                 ids.device_ids.add(r.device)
         return ids
+
+
+class Rules:
+    """Each row decided against the chunk's picture of the company's persons, in file
+    order: the row errors that need the stored persons are raised in ``resolve``."""
+
+    def __init__(self, ctx: ApplyContext, created_here: Callable[[int], bool],
+                 offline: OfflineCarrierLookup | None) -> None:
+        self.ctx = ctx
+        self.created_here = created_here  # whether an earlier row created this person_id
+        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
+        self.offline = offline
+
+    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
+        if looked.error is None:
+            return None
+        # The shared cache keeps only class and message, so a cached result has no
+        # detail; only permanent results are cached.
+        return _at(looked.error, "mdn", looked.detail or (
+            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
 
     @staticmethod
     def new_mdns(rows: list[_Row], picture: _Picture) -> set[str]:
@@ -399,6 +424,18 @@ class Rules:
         picture.add(person)
 
 
+def _triage_and_rules(ctx: ApplyContext, fields: list[str], multi_delim: str,
+                      store: PersonsStore) -> tuple[Triage, Rules]:
+    """A file's triage and rules, for its fields and the company's custom fields."""
+    region = ctx.company.default_region or ctx.settings.default_region
+    definitions = {d.name: d for d in list_fields(ctx.conn, ctx.company.id)}
+    kernels = Kernels(fields, region, multi_delim, definitions, IDENTIFYING)
+    offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
+               and kernels.mdn_kernel.country_code == 1 else None)
+    return (Triage(kernels, RowChecks(fields, region, multi_delim, definitions)),
+            Rules(ctx, store.created_here, offline))
+
+
 class PersonsProcessor:
     format = "persons"
 
@@ -410,12 +447,12 @@ class PersonsProcessor:
             ctx.extra["delimiter"] = reader.delimiter
             ctx.extra["multi_select_delimiter"] = reader.multi_select_delimiter
             store = PersonsStore(ctx.conn, ctx.company.schema)
-            rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
-                          list_fields(ctx.conn, ctx.company.id), store.created_here)
+            triage, rules = _triage_and_rules(ctx, reader.fields,
+                                              reader.multi_select_delimiter, store)
             with _Database(store) as db:
                 ctx.results.send_with(db.send)
                 try:
-                    run_batches(ctx, _Steps(ctx, rules, db),
+                    run_batches(ctx, _Steps(ctx, triage, rules, db),
                                 reader.chunks(ctx.settings.chunk_size), lambda: fh.tell())
                 finally:
                     ctx.results.send_with(None)
@@ -520,17 +557,18 @@ class PersonsProcessor:
 class _Steps:
     """A Person Import's steps in the batch loop (``ingestd.batch_loop``)."""
 
-    def __init__(self, ctx: ApplyContext, rules: Rules, db: _Database) -> None:
-        self.ctx, self.rules, self.db = ctx, rules, db
+    def __init__(self, ctx: ApplyContext, triage: Triage, rules: Rules,
+                 db: _Database) -> None:
+        self.ctx, self.triage, self.rules, self.db = ctx, triage, rules, db
 
     def check(self, records: list[Record]) -> _Chunk:
-        return self.rules.check(records)
+        return self.triage.check(records)
 
     def look_up(self, chunk: _Chunk) -> Future[list[Person]]:
-        return self.db.lookup(self.rules.chunk_ids(chunk))
+        return self.db.lookup(self.triage.chunk_ids(chunk))
 
     def resolve(self, chunk: _Chunk, stored: list[Person]) -> None:
-        self.rules.unstored(chunk, stored)
+        self.triage.unstored(chunk, stored)
         PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, stored)
 
 
