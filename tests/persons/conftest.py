@@ -13,15 +13,12 @@ from persons_helpers import FIELDS, Conn, Env
 
 from ingestd.db.companies import Company
 from ingestd.db.database import Database
-from ingestd.persons.field_store import replace_fields
 
 
 @pytest.fixture
 def env(db_url: str, conn: Conn, company: Company, landing: Path, tmp_path: Path,
         pipeline_db: Database) -> Env:
-    replace_fields(conn, "acme", FIELDS)
-    conn.commit()
-    return Env(db_url, landing, tmp_path / "state", conn, pipeline_db)
+    return Env.acme(FIELDS, db_url, conn, landing, tmp_path, pipeline_db)
 
 
 @pytest.fixture
