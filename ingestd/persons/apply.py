@@ -31,6 +31,7 @@ from ingestd.batch_loop import run_batches
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
+from ingestd.persons.bulk_updates import Updates, ext_only, named_people, no_updates, updates_of
 from ingestd.persons.carrier import CarrierResult, OfflineCarrierLookup
 from ingestd.persons.custom_fields import FieldDefinition, convert, explain
 from ingestd.persons.field_store import list_fields
@@ -100,7 +101,8 @@ class _Chunk:
 
     records: list[Record]
     slow: list[tuple[int, _Row]]
-    bulk: Bulk
+    bulk: Bulk  # creates
+    updates: Updates = field(default_factory=no_updates)
 
 
 class _Picture:
@@ -267,12 +269,13 @@ class Triage:
 
     def demote(self, chunk: _Chunk, mask: pa.Array) -> None:
         """Take the bulk rows of ``mask`` out of the bulk, to be resolved row by row."""
-        which = chunk.bulk.index.filter(mask).to_pylist()
-        if not which:
-            return
-        chunk.slow.extend((i, self.rows.prepare(chunk.records[i])) for i in which)
-        chunk.slow.sort(key=lambda pair: pair[0])
+        self._demote_rows(chunk, chunk.bulk.index.filter(mask).to_pylist())
         chunk.bulk = chunk.bulk.keep(pc.invert(mask))
+
+    def _demote_rows(self, chunk: _Chunk, which: list[int]) -> None:
+        if which:
+            chunk.slow.extend((i, self.rows.prepare(chunk.records[i])) for i in which)
+            chunk.slow.sort(key=lambda pair: pair[0])
 
     def chunk_ids(self, chunk: _Chunk) -> Ids:
         """Every id the chunk's rows name (``ids``), the bulk's included."""
@@ -284,21 +287,33 @@ class Triage:
         return ids
 
     def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
-        """Rows of the bulk that name a stored person go row by row (the anti-join)."""
+        """Bulk rows that name a stored person (the anti-join): updates by
+        external_person_id alone stay in bulk (``bulk_updates``) unless another row of the
+        chunk names that person; every other one goes row by row."""
         if not len(chunk.bulk) or not stored:
             return
+        bulk = chunk.bulk
         taken = None
         for name in ID_COLUMNS:
             values = [v for p in stored if (v := getattr(p, name))]
-            hit = pc.is_in(getattr(chunk.bulk, name), value_set=pa.array(
-                values, type=chunk.bulk.mdn.type))
+            hit = pc.is_in(getattr(bulk, name), value_set=pa.array(values, type=bulk.mdn.type))
             taken = hit if taken is None else pc.or_(taken, hit)
         assert taken is not None
-        if pc.sum(taken).as_py() * 2 > len(chunk.bulk):
-            # Mostly rows about stored people (a file of updates): the kernels' work would
-            # be thrown away, so the next chunks go row by row (and then try again).
+        updating = pc.and_(taken, ext_only(bulk))
+        others = pc.and_(taken, pc.invert(updating))
+        updates = updates_of(bulk.keep(updating), stored)
+        chunk.bulk = bulk.keep(pc.invert(updating))
+        self.demote(chunk, others.filter(pc.invert(updating)))
+        # Every row left row by row is known now: an update whose person one of them names
+        # joins them, so the two are decided in file order.
+        clash = pc.is_in(updates.person_id,
+                         value_set=named_people((r for _, r in chunk.slow), stored))
+        chunk.updates = updates.keep(pc.invert(clash))
+        self._demote_rows(chunk, updates.index.filter(clash).to_pylist())
+        if (pc.sum(others).as_py() or 0) + len(updates) - len(chunk.updates) > len(bulk) / 2:
+            # Mostly rows about stored people that cannot be decided in bulk: the kernels'
+            # work would be thrown away, so the next chunks go row by row (then try again).
             self.skip_kernels = _SKIP_KERNELS
-        self.demote(chunk, taken)
 
     @staticmethod
     def ids(rows: list[_Row]) -> Ids:
@@ -508,22 +523,25 @@ class PersonsProcessor:
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
+        if len(chunk.updates):
+            results.accept_many(pc.add(chunk.updates.index, chunk.records[0].number))
         PersonsProcessor._write(rules, chunk, db, picture, written, len(chunk.records),
-                                lookups, results, absent)
+                                lookups, results, absent, chunk.updates)
 
     @staticmethod
     def _write(rules: Rules, chunk: _Chunk, db: _Database, picture: _Picture, start: int,
                stop: int, lookups: dict[str, CarrierResult], results: Any,
-               absent: list[tuple[int, int]]) -> Future[None]:
+               absent: list[tuple[int, int]], updates: Updates | None = None) -> Future[None]:
         """Queue the write of the picture's changes and of the bulk rows from position
         ``start`` to ``stop``; ``absent``: (person_id, k) for rows told that none of the
-        first k new people has it."""
+        first k new people has it; ``updates``: the chunk's bulk updates (their people
+        are nobody else's in the chunk, so they go with any of its writes)."""
         bulk = chunk.bulk
         if start or stop < len(chunk.records):
             bulk = bulk.keep(pc.and_(pc.greater_equal(bulk.index, start),
                                      pc.less(bulk.index, stop)))
         bulk = PersonsProcessor._bulk_carriers(rules, chunk, bulk, lookups, results)
-        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent)
+        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent, updates)
 
     @staticmethod
     def _bulk_carriers(rules: Rules, chunk: _Chunk, bulk: Bulk,
@@ -584,8 +602,9 @@ class _Database(DatabaseThread):
         return self.run(self.store.lookup, ids)
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk, absent: list[tuple[int, int]]) -> Future[None]:
-        return self.run(self.store.write, changed, new, handoff, bulk, absent)
+              bulk: Bulk, absent: list[tuple[int, int]],
+              updates: Updates | None) -> Future[None]:
+        return self.run(self.store.write, changed, new, handoff, bulk, absent, updates)
 
     def next_id(self) -> int:
         return self.run(self.store.next_id).result()
