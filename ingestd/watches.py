@@ -2,10 +2,11 @@
 
 Only where a drop can appear: the landing root (a company folder made or moved in),
 each company's inbox, and a company's folder while it has no inbox (for the one made
-next). Each watch is on one folder, not below it. ``.processing/``, ``done/`` and
-``failed/`` are never watched: every file the daemon claims, applies and moves, and
-every sidecar it writes, would otherwise be a stream of events to read and throw
-away, on the threads the workers share the interpreter with.
+next). Each watch is on one folder, not below it (watchdog 7 reads them all through
+one inotify instance and thread, plus a small emitter thread each). ``.processing/``,
+``done/`` and ``failed/`` are never watched: every file the daemon claims, applies
+and moves, and every sidecar it writes, would otherwise be a stream of events to read
+and throw away, on the threads the workers share the interpreter with.
 
 A folder created or replaced is watched when its event arrives, or at the latest at
 the next rescan, which also finds a watch whose folder was swapped for another.
@@ -47,15 +48,13 @@ def _no_move_pairing() -> None:
     whose target folder is not watched) waited too, and with many renames each pairing
     scanned the whole queue. We need no pairs: a move pokes its source and its
     destination alike."""
-    for module, cls in (("watchdog.observers.inotify_move_event_grouper",
-                         "InotifyMoveEventGrouper"),  # watchdog 6+
-                        ("watchdog.observers.inotify_buffer", "InotifyBuffer")):  # 4, 5
-        try:
-            target = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError):
-            continue
-        if hasattr(target, "delay"):
-            target.delay = 0
+    try:
+        module = importlib.import_module("watchdog.observers.inotify_move_event_grouper")
+    except ImportError:
+        return  # no inotify here (the polling observer pairs nothing)
+    grouper = getattr(module, "InotifyMoveEventGrouper", None)
+    if grouper is not None and hasattr(grouper, "delay"):
+        grouper.delay = 0
 
 
 _no_move_pairing()
