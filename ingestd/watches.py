@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,17 +68,18 @@ Poke = Callable[[Path, "str | None", bool, "str | None"], None]
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, poke: Poke, folder_changed: Callable[[Path], None]) -> None:
+    def __init__(self, poke: Poke, folder_changed: Callable[[Path, bool], None]) -> None:
         self.poke = poke
-        self.folder_changed = folder_changed
+        self.folder_changed = folder_changed  # (folder, whether it was deleted or moved away)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in _READS:
             return  # a read changes nothing (our own lease checks open files, too)
         if event.is_directory and event.event_type in _FOLDER_CHANGES:
-            for p in (event.src_path, event.dest_path):
-                if p:
-                    self.folder_changed(Path(os.fsdecode(p)))
+            gone = event.event_type != EVENT_TYPE_CREATED
+            self.folder_changed(Path(os.fsdecode(event.src_path)), gone)
+            if event.dest_path:
+                self.folder_changed(Path(os.fsdecode(event.dest_path)), False)
         state: str | None = None
         arrival: str | None = None
         # IN_MODIFY means data was written; a bare create is not a write (a file renamed
@@ -115,8 +117,20 @@ class InboxWatches:
         self.root = root
         self._observer = (PollingObserver(timeout=settings.polling_interval)
                           if settings.polling_observer else Observer())
-        self._handler = _Handler(poke, folder_changed)
+        self._folder_changed = folder_changed
+        self._handler = _Handler(poke, self._changed)
         self._watched: dict[Path, tuple[int, Any]] = {}  # folder -> its inode, the watch
+        # Folders deleted or moved away since the last look (told on watchdog's thread).
+        # A folder made again at once often gets the inode just freed, so the inode
+        # alone cannot tell that a watch is on a folder that is gone.
+        self._gone: set[Path] = set()
+        self._gone_lock = threading.Lock()
+
+    def _changed(self, folder: Path, gone: bool) -> None:
+        if gone and (folder.parent == self.root or folder.name == landing.INBOX):
+            with self._gone_lock:
+                self._gone.add(folder)
+        self._folder_changed(folder)
 
     @property
     def observer_name(self) -> str:
@@ -139,6 +153,12 @@ class InboxWatches:
         """Watch the company's inbox, or while it has none its folder (to see one made).
         True: its inbox is newly watched, and files put there before are to be scanned."""
         inbox = company / landing.INBOX
+        with self._gone_lock:
+            gone, self._gone = self._gone, set()
+        for folder in gone & {inbox, company}:
+            self._unwatch(folder)  # its watch is on the folder that went
+        with self._gone_lock:
+            self._gone |= gone - {inbox, company}
         if _folder_id(inbox) is not None:
             fresh = self._watch(inbox)
             self._unwatch(company)
