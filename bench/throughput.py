@@ -71,21 +71,18 @@ from ingestd.persons.store import person_keys
 
 PERSONS = f'"{COMPANY}".persons'
 BASE, CUSTOM = f"{COMPANY}.persons_base", f"{COMPANY}.persons_custom"
-MIGRATIONS = Path(__file__).resolve().parents[1] / "ingestd" / "db" / "migrations" / "company"
 CREATE_COLUMNS = ("external_person_id", "mdn", "first_name", "tier", "signup_date")
 
 
-def write_floor_rows(path: Path, rows: int, keys: bool) -> None:
-    """The creates as the persons table holds them: (external_person_id, mdn, custom), led
-    by time-ordered person keys as ingestd makes them when ``keys`` (the 0001 table's
-    floor lets its default draw random ones instead, as ingestd did then)."""
-    made = person_keys(rows) if keys else None
+def write_floor_rows(path: Path, rows: int) -> None:
+    """The creates as the persons table holds them: (person_key, external_person_id, mdn,
+    custom), with time-ordered person keys as ingestd makes them."""
+    made = person_keys(rows)
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(rows):
             custom = (f'{{""first_name"": ""{first_name(i)}"", ""tier"": ""{tier(i)}"", '
                       f'""signup_date"": ""{signup_date(i)}""}}')
-            key = f"{next(made)}," if made else ""
-            fh.write(f'{key}{external_id(i)},{mdn(i)},"{custom}"\n')
+            fh.write(f'{next(made)},{external_id(i)},{mdn(i)},"{custom}"\n')
 
 
 def copy_file(conn: psycopg.Connection[object], sql: str, path: Path) -> None:
@@ -100,27 +97,6 @@ def timed(fn: object, *args: object) -> float:
     return time.perf_counter() - t0
 
 
-OLD_PERSONS = f"{COMPANY}.persons_0001"  # the persons table before migration 0003
-
-
-def create_old_table(conn: psycopg.Connection[object]) -> None:
-    """The persons table as company migration 0001 made it (indexes, defaults)."""
-    ddl = (MIGRATIONS / "0001_persons.sql").read_text().replace(
-        "{schema}.persons", OLD_PERSONS)
-    conn.execute(ddl)
-
-
-def indexed_floor_old(url: str, floor_rows: Path) -> float:
-    with psycopg.connect(url) as conn:
-        create_old_table(conn)
-        conn.commit()
-        t0 = time.perf_counter()
-        copy_file(conn, f"COPY {OLD_PERSONS} (external_person_id, mdn, custom) "
-                        "FROM STDIN WITH (FORMAT csv)", floor_rows)
-        conn.commit()
-        return time.perf_counter() - t0
-
-
 def indexed_floor(url: str, floor_rows: Path) -> float:
     with psycopg.connect(url) as conn:
         conn.execute(f"CREATE TABLE {COMPANY}.persons_floor (LIKE {BASE} INCLUDING ALL)")
@@ -133,24 +109,6 @@ def indexed_floor(url: str, floor_rows: Path) -> float:
         conn.execute(f"DROP TABLE {COMPANY}.persons_floor")
         conn.commit()
     return seconds
-
-
-def update_floor_old(url: str, updates: Path) -> float:
-    """Into the old table (filled by indexed_floor_old): one UPDATE … FROM."""
-    vacuum(url, OLD_PERSONS)
-    with psycopg.connect(url) as conn:
-        t0 = time.perf_counter()
-        conn.execute("CREATE TEMP TABLE upd (external_person_id text, first_name text, tier text)")
-        copy_file(conn, "COPY upd FROM STDIN WITH (FORMAT csv, HEADER true)", updates)
-        conn.execute(
-            f"UPDATE {OLD_PERSONS} AS p SET custom = p.custom || jsonb_build_object("
-            "'first_name', u.first_name, 'tier', u.tier), updated_at = now() "
-            "FROM upd AS u WHERE p.external_person_id = u.external_person_id")
-        conn.commit()
-        seconds = time.perf_counter() - t0
-        conn.execute(f"DROP TABLE {OLD_PERSONS}")
-        conn.commit()
-        return seconds
 
 
 def update_floor(url: str, updates: Path) -> float:
@@ -222,8 +180,6 @@ def pgloader(url: str, path: Path, table: str, columns: tuple[str, ...] | list[s
 MIXED = "persons: ingest mixed creates (5% bad, 10% naming an earlier row)"
 FLOOR_C = "persons: indexed floor (COPY into LIKE persons_base)"
 FLOOR_U = "persons: update floor (COPY + one upsert into persons_custom)"
-FLOOR_C_OLD = "persons: indexed floor, the 0001 table (COPY)"
-FLOOR_U_OLD = "persons: update floor, the 0001 table (COPY + UPDATE … FROM)"
 
 
 def one_run(url: str, k: int, files: dict[str, Path], args: argparse.Namespace,
@@ -247,8 +203,6 @@ def persons_run(db_url: str, env: dict[str, str], root: Path, files: dict[str, P
                 args: argparse.Namespace, record: Callable[[str, float], None]) -> None:
     record("persons: ingest creates", ingest(env, root, files["creates"], args.rows))
     record(FLOOR_C, indexed_floor(db_url, files["floor"]))
-    record(FLOOR_C_OLD, indexed_floor_old(db_url, files["floor_old"]))
-    record(FLOOR_U_OLD, update_floor_old(db_url, files["updates"]))
     vacuum(db_url, BASE)
     record(FLOOR_U, update_floor(db_url, files["updates"]))
     vacuum(db_url, BASE)
@@ -294,14 +248,13 @@ def main() -> None:
         files = {name: scratch / file for name, file in (
             ("creates", "creates.persons"), ("updates", "updates.persons"),
             ("mixed", "mixed.persons"),
-            ("floor", "floor.csv"), ("floor_old", "floor-0001.csv"), ("contacts", "contacts.csv"),
+            ("floor", "floor.csv"), ("contacts", "contacts.csv"),
             ("contacts_update", "contacts-update.csv"))}
         if args.only != "contacts":
             write_creates(files["creates"], args.rows)
             write_updates(files["updates"], args.rows)
             args.mixed_accepted = write_mixed(files["mixed"], args.rows, args.rows)
-            write_floor_rows(files["floor"], args.rows, keys=True)
-            write_floor_rows(files["floor_old"], args.rows, keys=False)
+            write_floor_rows(files["floor"], args.rows)
         if args.contacts and args.only != "persons":
             write_contacts(files["contacts"], args.contacts)
             write_contacts(files["contacts_update"], args.contacts, update=True)
@@ -317,7 +270,6 @@ def main() -> None:
         "persons: ingest updates": (pg_p, FLOOR_U),
         MIXED: (pg_p, "persons: ingest creates"),
         FLOOR_C: (pg_p, None), FLOOR_U: (pg_p, None),
-        FLOOR_C_OLD: (pg_p, None), FLOOR_U_OLD: (pg_p, None),
         "persons: plain COPY, unindexed text table": (pg_p, None),
         "contacts: ingest creates": (pg_c, None),
         "contacts: ingest updates (If-Unmodified-Since)": (pg_c, None),

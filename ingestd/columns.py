@@ -38,6 +38,38 @@ _UTC_DATE = (r"^(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
              r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$")
 
 
+# An RE2 class of the characters that str.strip() keeps (its whitespace lies below U+3001),
+# NUL aside: a cell with one of these is not blank.
+VISIBLE = "[^\\x00" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001))
+                              if c.isspace()) + "]"
+_SKIP_CHUNKS = 20
+
+
+class Worth:
+    """Whether a format's kernels are worth running on the next chunk. When most rows they
+    passed turn out to need row-by-row work all the same (a file of updates: they name
+    stored records), the next chunks skip them, and then try again."""
+
+    def __init__(self) -> None:
+        self._skip = 0
+
+    def __call__(self) -> bool:
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        return True
+
+    def wasted(self, demoted: int, passed: int) -> None:
+        if demoted * 2 > passed:
+            self._skip = _SKIP_CHUNKS
+
+
+def integer(value: int) -> pa.Scalar:
+    """An int64 scalar for a kernel's argument: given a Python int, pyarrow tries (and
+    fails, uncached) to import dateutil on every call."""
+    return pa.scalar(value, pa.int64())
+
+
 def column(values: Sequence[str]) -> pa.Array:
     return pa.array(values, type=STRING)
 
@@ -53,7 +85,7 @@ def matches(col: pa.Array, pattern: str) -> pa.Array:
 
 
 def empty(col: pa.Array) -> pa.Array:
-    return pc.equal(pc.binary_length(col), 0)
+    return pc.equal(pc.binary_length(col), integer(0))
 
 
 def plain_id(col: pa.Array) -> pa.Array:
@@ -125,12 +157,37 @@ def json_string(col: pa.Array) -> pa.Array:
     return concat('"', escaped, '"')
 
 
-def copy_text(col: pa.Array) -> pa.Array:
-    """Cells as COPY text fields; nulls as COPY's NULL."""
+def copy_text(col: pa.Array, plain: bool = False) -> pa.Array:
+    """Cells as COPY text fields; nulls as COPY's NULL. ``plain``: see ``plain_text``."""
     out = col
+    if plain:
+        return pc.fill_null(out, NULL_TEXT)
     for special, escape in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
         out = pc.replace_substring(out, special, escape)
     return pc.fill_null(out, NULL_TEXT)
+
+
+def split(lines: pa.Array, sep: str, width: int) -> list[pa.Array]:
+    """The ``width`` columns of lines that each hold ``width`` cells joined by ``sep``."""
+    cells = pc.split_pattern(lines, sep).flatten()
+    rows = pc.multiply(pa.array(range(len(lines)), pa.int64()), integer(width))
+    return [cells.take(pc.add(rows, integer(at))) for at in range(width)]
+
+
+def plain_text(col: pa.Array) -> bool:
+    """Whether no cell holds a character that a COPY field or a quoted array element
+    escapes (then ``copy_text`` and ``text_array`` need not look for them)."""
+    return not pc.any(matches(col, r'[\\"\t\n\r]')).as_py()
+
+
+def text_array(lines: pa.Array, sep: str, plain: bool) -> pa.Array:
+    """Lines of cells joined by ``sep`` (which no cell holds, nor NUL) as COPY text[]
+    fields, every element quoted: what ``db.copy_text.text_array`` makes of the cells, made
+    in C. ``plain``: see ``plain_text``."""
+    if not plain:
+        lines = pc.replace_substring(pc.replace_substring(lines, "\\", "\\\\"), '"', '\\"')
+    joined = concat('{"', pc.replace_substring(lines, sep, '","'), '"}')
+    return pc.fill_null(joined, NULL_TEXT) if plain else copy_text(joined)
 
 
 def null_if_empty(col: pa.Array) -> pa.Array:

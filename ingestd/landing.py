@@ -103,6 +103,18 @@ def inbox_company(path: Path, root: Path) -> str | None:
     return company.name
 
 
+def watched_company(folder: Path, root: Path) -> Path | None:
+    """The company folder whose watches a change to ``folder`` (absolute) concerns: that
+    of the company folder itself or of its inbox; None for any other folder."""
+    if folder.parent == root:
+        company = folder
+    elif folder.name == INBOX and folder.parent.parent == root:
+        company = folder.parent
+    else:
+        return None
+    return None if company.name.startswith(".") else company
+
+
 def drop_company(path: Path) -> str:
     """The company of a drop at ``path``, a file in a company's inbox."""
     return path.parent.parent.name

@@ -13,7 +13,9 @@ Four parts, one job each, put together by ``Tracker``:
 * ``StuckDetector``: which of them have not moved for ``stuck_seconds``;
 * ``InHandRows``: the ``ingestd.in_hand`` rows (on connections of their own, outside
   the file's transaction), which is what ``ingestd status`` reads from any shell,
-  host or instance; the lifecycle deletes a finished file's row in its last commit;
+  host or instance. A file gets its row at the first progress tick it is still in
+  hand at, so a small file, done between two ticks, costs no statement for it; the
+  lifecycle deletes a finished file's row, if it has one, in its last commit;
 * ``Reporter``: every ``progress_seconds`` a ``file.progress`` log line per file in
   hand for longer than that, and the figures into the rows.
 
@@ -58,7 +60,13 @@ class Handle:
         self._clock = clock
         self.started = clock()
         self.last_progress = self.started
-        self.row_deleted = False  # its in_hand row went with the file's last commit
+        # Its in_hand row: written at a progress tick (under the lock, so that a file
+        # finishing meanwhile either sees the row or stops it being written), never
+        # once the file is finished, gone with the file's last commit.
+        self.row_lock = threading.Lock()
+        self.row_written = False
+        self.row_closed = False
+        self.row_deleted = False
 
     def advance(self, rows_done: int, bytes_done: int | None = None) -> None:
         """The file is read up to ``bytes_done`` and ``rows_done`` rows are decided."""
@@ -115,21 +123,41 @@ class InHandRows:
         self.host = socket.gethostname()
         self.pid = os.getpid()
 
-    def insert(self, handle: Handle) -> None:
-        self._db(lambda conn: in_hand.insert(
-            conn, claim_id=handle.claim_id, company=handle.company, file=handle.file,
-            host=self.host, pid=self.pid, started_at=handle.started_at,
-            bytes_total=handle.bytes_total))
+    def publish(self, progress: list[tuple[Handle, bool]]) -> None:
+        """At a progress tick: a row for each file in hand that has none yet, then
+        each file's figures and whether it is stuck (``progress``) into the rows."""
+        for handle, _ in progress:
+            if not handle.row_written:
+                self._insert(handle)
+        self.update([self.progress(h, stuck) for h, stuck in progress if h.row_written])
+
+    def _insert(self, handle: Handle) -> None:
+        with handle.row_lock:
+            if handle.row_closed:
+                return  # finished meanwhile: its row would outlive it
+            handle.row_written = self._db(lambda conn: in_hand.insert(
+                conn, claim_id=handle.claim_id, company=handle.company, file=handle.file,
+                host=self.host, pid=self.pid, started_at=handle.started_at,
+                bytes_total=handle.bytes_total))
+
+    @staticmethod
+    def close(handle: Handle) -> bool:
+        """The file is finished: no row is written for it any more. True if it has
+        one, for the caller to delete."""
+        with handle.row_lock:
+            handle.row_closed = True
+            return handle.row_written and not handle.row_deleted
 
     def delete(self, handle: Handle) -> None:
-        """Its row, unless it already went with the file's last commit."""
-        if not handle.row_deleted:
+        """Its row, if it has one that did not go with the file's last commit."""
+        if self.close(handle):
             self._db(lambda conn: in_hand.delete(conn, handle.claim_id, self._owner(handle)))
 
     def delete_with(self, conn: psycopg.Connection[Any], handle: Handle) -> None:
-        """The handle's row deleted on ``conn``, in a transaction the caller commits: a
-        finished file's row goes with its last commit (one round trip fewer). The caller
-        says ``deleted`` once that commit is through; until then ``delete`` does it."""
+        """The handle's row (``close`` said it has one) deleted on ``conn``, in a
+        transaction the caller commits: a finished file's row goes with its last commit
+        (one round trip fewer). The caller says ``deleted`` once that commit is
+        through; until then ``delete`` does it."""
         if self._pool is not None:
             in_hand.delete(conn, handle.claim_id, self._owner(handle))
 
@@ -165,9 +193,10 @@ class InHandRows:
     def _owner(self, handle: Handle) -> in_hand.Owner:
         return in_hand.Owner(self.host, self.pid, handle.started_at)
 
-    def _db(self, work: Callable[[psycopg.Connection[Any]], object]) -> None:
+    def _db(self, work: Callable[[psycopg.Connection[Any]], object]) -> bool:
+        """Whether ``work`` committed."""
         if self._pool is None:
-            return
+            return False
         try:
             # One round trip where the work allows, and no wait for the WAL flush: these
             # rows are for people watching, and a server crash ends what they describe.
@@ -179,8 +208,9 @@ class InHandRows:
             if not self._failing:
                 log.warning("progress.db_error", error=str(exc))
             self._failing = True
-        else:
-            self._failing = False
+            return False
+        self._failing = False
+        return True
 
 
 class Registry:
@@ -194,7 +224,6 @@ class Registry:
 
     def begin(self, company: str, file: str, claim_id: str, bytes_total: int) -> Handle:
         handle = Handle(company, file, claim_id, bytes_total)
-        self._rows.insert(handle)
         with self._lock:
             self._handles[claim_id] = handle
         self._notify("begin", handle)
@@ -279,16 +308,16 @@ class Reporter:
 
     def report(self) -> None:
         now = time.monotonic()
-        rows = []
+        progress = []
         for h in self._registry.in_hand():
-            rows.append(self._rows.progress(h, self._detector.is_stuck(h, now)))
+            progress.append((h, self._detector.is_stuck(h, now)))
             if self._log_lines and h.elapsed_s(now) >= self.progress_seconds:
                 rows_per_s, eta = h.rates(now)
                 log.info("file.progress", company=h.company, file=h.file, claim=h.claim_id,
                          rows_done=h.rows_done, bytes_done=h.bytes_done,
                          bytes_total=h.bytes_total, rows_per_s=round(rows_per_s, 1),
                          eta_s=None if eta is None else round(eta, 1))
-        self._rows.update(rows)
+        self._rows.publish(progress)
 
 
 class Tracker:

@@ -213,18 +213,14 @@ def _where(key: str, config: str | None) -> str:
 
 
 def _check_settings(s: Settings, config: str | None) -> None:
-    if s.metrics_address is not None:
-        try:
-            parse_host_port(s.metrics_address)
-        except ValueError as exc:
-            raise SettingsError(f"invalid setting metrics_address "
-                                f"({_where('metrics_address', config)}): {exc}") from None
-    if s.http_address is not None:
-        try:
-            parse_host_port(s.http_address)
-        except ValueError as exc:
-            raise SettingsError(f"invalid setting http_address "
-                                f"({_where('http_address', config)}): {exc}") from None
+    for key in ("metrics_address", "http_address"):
+        address = getattr(s, key)
+        if address is not None:
+            try:
+                parse_host_port(address)
+            except ValueError as exc:
+                raise SettingsError(f"invalid setting {key} ({_where(key, config)}): {exc}") \
+                    from None
     if s.carrier_url is not None:
         url = urlsplit(s.carrier_url)
         if url.scheme not in ("http", "https") or not url.hostname:

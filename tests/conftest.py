@@ -41,7 +41,9 @@ from psycopg.conninfo import make_conninfo
 
 from ingestd.db import migrations
 from ingestd.db.companies import Company, add_company
+from ingestd.db.database import Database
 from ingestd.db.embedded import EmbeddedPostgres
+from ingestd.settings import load_settings
 
 # One template per pytest-xdist worker: workers may share a server (INGESTD_TEST_DATABASE_URL).
 TEMPLATE = f"ingestd_test_template{os.environ.get('PYTEST_XDIST_WORKER', '')}"
@@ -241,6 +243,15 @@ def landing(tmp_path: Path) -> Path:
     root = tmp_path / "landing"
     root.mkdir()
     return root
+
+
+@pytest.fixture
+def pipeline_db(db_url: str, landing: Path, tmp_path: Path) -> Iterator[Database]:
+    """The test database as an in-process ``Pipeline`` takes it (a small pool)."""
+    settings = load_settings(database_url=db_url, landing_root=landing,
+                             state_dir=tmp_path / "state")
+    with Database(settings, pool_size=2) as db:
+        yield db
 
 
 @pytest.fixture

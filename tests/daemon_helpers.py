@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from ingestd.db import migrations
 from ingestd.db.companies import add_company
@@ -232,6 +233,16 @@ def company_before(conn: psycopg.Connection[Any], version: int, name: str = "old
             conn.execute("INSERT INTO ingestd.company_migrations (company, version)"
                          " VALUES (%s, %s)", (name, v))
     conn.commit()
+
+
+def migrated_database(admin_url: str, dbname: str) -> str:
+    """A new database on the server of ``admin_url`` (a test's own), migrated; its URL."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    db_url = make_conninfo(admin_url, dbname=dbname)
+    with psycopg.connect(db_url) as conn:
+        migrations.upgrade(conn)
+    return db_url
 
 
 def setup_company(db_url: str, landing: Path, company: str,

@@ -5,10 +5,12 @@ module, groups records into sections itself, checks every cell of every row with
 ``_typed`` (the cell-level checks, the contract's building block) and, section by
 section in file order, reads the stored contact with one SELECT and writes the outcome
 at once with plain INSERTs and UPDATEs, remembering in a set which codes this file
-created or updated. The applier (``ingestd.contacts.apply``) instead groups and checks
-rows in its reader (typing a repeated contact cell once), reads a batch's contacts with
-one query on another thread, resolves the batch in memory and writes it in bulk; the
-two share no code beyond ``_typed``, the column list and the headers-file parser.
+created or updated. The applier (``ingestd.contacts.apply``) instead checks a batch's
+cells with column kernels and creates the new contacts they pass in bulk, groups and
+checks the other rows in its reader (typing a repeated contact cell once), reads a
+batch's contacts with one query on another thread, resolves the batch in memory and
+writes it in bulk; the two share no code beyond ``_typed``, the column list and the
+headers-file parser.
 
 Files are drawn so that rows collide on purpose: codes from a small pool (some stored
 before the file, modified before or after its If-Unmodified-Since), treatments from a
@@ -16,8 +18,10 @@ small pool, the same instant written differently, invalid values of every kind, 
 of the wrong width, blank codes, repeated and non-contiguous sections; ``chunk_size``
 is small, so every rule is exercised within a batch and across batch boundaries. Each
 example applies the same file to two fresh companies seeded alike, and asserts the
-same row outcomes (record, rows, class, message, fields, which contact) and the same
-tables afterwards.
+same row outcomes (record, rows, class, message, fields, which contact), read back from
+the stored row results as the sidecars read them, and the same tables afterwards.
+Longer files of mostly new contacts (decided in bulk) mix in every error class, and one
+test breaks a kernel on purpose to show the comparison notices.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import io
 import itertools
 import random
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,7 @@ from hypothesis import strategies as st
 
 from ingestd import errors
 from ingestd.apply_context import ApplyContext
+from ingestd.contacts import kernels
 from ingestd.contacts.apply import ContactsProcessor
 from ingestd.contacts.reader import (
     BLANK_CODE_MESSAGE,
@@ -45,15 +52,16 @@ from ingestd.contacts.reader import (
     COLUMN_BY_NAME,
     COLUMNS,
     TREATMENT_ID,
+    Kind,
     Level,
     Value,
     _typed,
     parse_headers_file,
 )
 from ingestd.contacts.store import DB_COLUMN
+from ingestd.db import ledger
 from ingestd.db.companies import Company, add_company
 from ingestd.db.ledger import RowResults
-from ingestd.errors import RowError
 from ingestd.settings import load_settings
 
 Conn = psycopg.Connection[Any]
@@ -68,22 +76,28 @@ SINCE = [None, "2025-01-01T00:00:00Z", "Wed, 01 Jan 2025 00:00:00 GMT",
 
 # Per column: values that pass its checks, values that fail them.
 STAMPS = ["2018-05-13T15:02:40.719Z", "2018-05-13T17:02:40.719+02:00", "2018-05-13T15:02Z",
-          "2018-05-13T15:02:40.7191239Z", ""]
+          "2018-05-13T15:02:40.7191239Z", "", "2018-05-13T15:02:40", "2020-02-29T00:00Z",
+          "2018-04-30T23:59:59.999999-1400", "2018-05-31T10:00:00+05", "2018-05-13T15:02:40.5Z"]
+# Cells the kernels must not misread: quotes, escapes, line breaks, blank-looking ones.
+TEXTS = ["", 'say "hi"', "back\\slash", "tab\there", "two\nlines", "\u3000", " ", "\x1c",
+         "\u00a0x", "é", "a,b"]
 VALUES: dict[str, tuple[list[str], list[str]]] = {
-    "creationTimeStamp": (STAMPS, ["2018-02-30T00:00:00Z", "soon"]),
-    "subjectId": (["s1", "s1 ", "s2", "=1+1"], [" "]),
+    "creationTimeStamp": (STAMPS, ["2018-02-30T00:00:00Z", "soon", "2018-04-31T00:00Z",
+                                   "2019-02-29T00:00Z", " 2018-05-13T15:02Z"]),
+    "subjectId": (["s1", "s1 ", "s2", "=1+1", "s\u00a0"], [" ", "\u3000", "a\x00b"]),
     "subjectLevel": (["", "household"], []),
-    "excludeFromContactRule": (["true", "false", "TRUE", ""], ["yes"]),
-    "conclusionResponseValue": (["", "v", "a,b"], []),
+    "excludeFromContactRule": (["true", "false", "TRUE", "", "fAlSe", " "], ["yes", "true "]),
+    "conclusionResponseValue": (TEXTS, []),
     "conclusionResponseType": (["", "crt"], []),
     "objectUri": (["/d/1", ""], []),
     "objectRevisionId": (["", "r1"], []),
     "objectType": (["decision"], []),
-    "objectVariables": (["", "a~~~b~~~c", "a~~~~~~c;d~~~e~~~f"], ["a~~~b", "~~~b~~~c"]),
+    "objectVariables": (["", "a~~~b~~~c", "a~~~~~~c;d~~~e~~~f", "a~~~~b~~~c", "a b~~~ ~~~c"],
+                        ["a~~~b", "~~~b~~~c", "a~~~b~~~c;", "a~~~b~~~~~~c"]),
     "receiverId": (["", "r"], []),
     "receiverRole": (["customer"], []),
     "channel": (["web", " web", "phone"], []),
-    "ruleFired": (["", "0101", "1"], ["012"]),
+    "ruleFired": (["", "0101", "1"], ["012", "1 "]),
     "pathTraversed": (["", "/a/b"], []),
     "abTests": (["", "ab"], []),
     "treatmentId": (["t0", "t1", "t2"], [""]),
@@ -94,7 +108,7 @@ VALUES: dict[str, tuple[list[str], list[str]]] = {
     "presented": (["true", "false", ""], ["maybe"]),
     "presentedTimeStamp": (STAMPS, ["2018-13-01T00:00Z"]),
     "respondedTimeStamp": (STAMPS, ["x"]),
-    "responseValue": (["", "clicked", 'say "hi"'], []),
+    "responseValue": (["", "clicked", *TEXTS], ["x\x00"]),
     "responseType": (["", "click"], []),
     "responseChannel": (["", "web"], []),
 }
@@ -260,35 +274,54 @@ def reference_apply(conn: Conn, schema: str, path: Path, since: datetime | None
 # --- the applier under test ----------------------------------------------------------------
 
 
-class Recorded(RowResults):
-    def __init__(self) -> None:
-        super().__init__(None, None)
-        self.outcomes: list[tuple[int, int, str, str, tuple[str, ...], str]] = []
+class Counted(RowResults):
+    """Row results that count the rows decided in bulk (by the column kernels)."""
 
-    def accept(self, record: int, fields: Any, ref: str | None = None, *,
-               keep: bool = False) -> None:
-        super().accept(record, fields, ref, keep=keep)
-        self.outcomes.append((record, 1, "", "", tuple(fields), str(ref)))
+    in_bulk = 0
 
-    def reject(self, record: int, error: RowError, fields: Any, *, rows: int = 1) -> None:
-        super().reject(record, error, fields, rows=rows)
-        self.outcomes.append((record, rows, error.error_class, error.message, tuple(fields), ""))
+    def accept_kept(self, count: int, lines: Callable[[str], memoryview]) -> None:
+        super().accept_kept(count, lines)
+        self.in_bulk += count
 
 
 def fast_apply(conn: Conn, schema: str, path: Path, headers: Path | None, chunk_size: int
-               ) -> list[Outcome]:
-    results = Recorded()
+               ) -> tuple[list[Outcome], int]:
+    """The applier's outcomes as the sidecars read them (from the row results stored), and
+    how many rows it decided in bulk."""
+    row = conn.execute(
+        "INSERT INTO ingestd.files (company, name, claim_id, sha256, size, status, started_at)"
+        " VALUES (%s, %s, %s, 'x', 0, 'failed', now()) RETURNING id",
+        (schema, path.name, schema)).fetchone()
+    assert row is not None
+    results = Counted(conn, row[0])
     ctx = ApplyContext(conn=conn, company=Company(schema, schema, "US"), path=path,
                        name=path.name, headers_path=headers, results=results,
                        settings=load_settings(chunk_size=chunk_size),
                        carrier=None)  # type: ignore[arg-type]
     with conn.transaction():
         ContactsProcessor().apply(ctx)
-    ids = dict(conn.execute(
-        f'SELECT id::text, response_tracking_code FROM "{schema}".contacts').fetchall())
-    conn.commit()
+        results.flush()
+    outcomes = stored_outcomes(conn, schema, row[0])
+    assert (results.rows, results.accepted) == (
+        sum(o[1] for o in outcomes), sum(o[1] for o in outcomes if not o[2]))
+    return outcomes, results.in_bulk
+
+
+def stored_outcomes(conn: Conn, schema: str, file_id: int) -> list[Outcome]:
+    """Accepted rows and rejected sections' leaders, in record order; a leader counts the
+    rows stored with it (errors.csv's)."""
     # Which contact an accepted row names, by its code (ids are random on both sides).
-    return [o if not o[5] else (*o[:5], ids[o[5]]) for o in results.outcomes]
+    codes = dict(conn.execute(
+        f'SELECT id::text, response_tracking_code FROM "{schema}".contacts').fetchall())
+    along = Counter(ref for (ref,) in conn.execute(
+        "SELECT ref FROM ingestd.row_results WHERE file_id = %s AND NOT accepted"
+        " AND ref IS NOT NULL", (file_id,)))
+    out: list[Outcome] = [(record, 1, "", "", tuple(fields), codes[ref])
+                          for record, ref, fields in ledger.accepted_rows(conn, file_id)]
+    out.extend((r.record, 1 + along[str(r.record)], r.error_class, r.message, tuple(r.fields),
+                "") for r in ledger.rejected_rows(conn, file_id, leaders_only=True))
+    conn.commit()
+    return sorted(out)
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -297,7 +330,8 @@ def fast_apply(conn: Conn, schema: str, path: Path, headers: Path | None, chunk_
 Seeded = list[tuple[str, list[str], datetime]]  # code, a row of its section, modified_at
 
 
-def draw(rnd: random.Random, bad_share: float = 0.1, sections: int = 10
+def draw(rnd: random.Random, bad_share: float = 0.1, sections: int = 10, fresh: float = 0.0,
+         plain: float = 0.0, chunk_sizes: tuple[int, ...] = (1, 2, 3, 5, 5000)
          ) -> tuple[list[str], Seeded, list[list[str]], str | None, int]:
     """The header, the stored contacts, the file's records, the precondition, chunk_size.
 
@@ -312,12 +346,16 @@ def draw(rnd: random.Random, bad_share: float = 0.1, sections: int = 10
     if rnd.random() < 0.2:
         rnd.shuffle(header)
 
+    def good(name: str) -> str:  # a valid value, the column's plainest one ``plain`` of the time
+        values = VALUES[name][0]
+        return values[0] if rnd.random() < plain else rnd.choice(values)
+
     def contact_cells(code: str) -> dict[str, str]:
-        cells = {n: rnd.choice(VALUES[n][0]) for n in CONTACT if n != CODE}
+        cells = {n: good(n) for n in CONTACT if n != CODE}
         return {**cells, CODE: code}
 
     def row(contact: dict[str, str], treatment: str) -> list[str]:
-        cells = {**contact, **{n: rnd.choice(VALUES[n][0]) for n in TREATMENT}}
+        cells = {**contact, **{n: good(n) for n in TREATMENT}}
         cells[TREATMENT_ID] = treatment
         kind = rnd.random()
         if kind < bad_share:  # a bad value somewhere
@@ -345,14 +383,16 @@ def draw(rnd: random.Random, bad_share: float = 0.1, sections: int = 10
         seeded[-1][1][[c.name for c in COLUMNS].index("treatmentGroupId")] = ""
     records: list[list[str]] = []
     for _ in range(rnd.randint(1, sections)):
-        code = rnd.choice(CODES)
+        # A new code now and then (the kernels create those in bulk), else a known one.
+        code = f"n{len(records)}" if rnd.random() < fresh else rnd.choice(
+            [*CODES, *[c for c in known if c not in CODES][-3:]])
         if code not in known or rnd.random() < 0.2:
             known[code] = contact_cells(code)
         treatments = rnd.sample(["t0", "t1", "t2"], rnd.randint(1, 3))
         if rnd.random() < 0.05:
             treatments.append(treatments[0])
         records.extend(row(known[code], t) for t in treatments)
-    return header, seeded, records, rnd.choice(SINCE), rnd.choice([1, 2, 3, 5, 5000])
+    return header, seeded, records, rnd.choice(SINCE), rnd.choice(chunk_sizes)
 
 
 def _seed(conn: Conn, schema: str, seeded: Seeded) -> None:
@@ -392,7 +432,10 @@ _counter = itertools.count()
 
 
 def agree(conn: Conn, tmp_path: Path, header: list[str], seeded: Seeded,
-          records: list[list[str]], since: str | None, chunk_size: int) -> list[Outcome]:
+          records: list[list[str]], since: str | None, chunk_size: int,
+          in_bulk: list[int] | None = None) -> list[Outcome]:
+    """Apply the file to two fresh companies seeded alike; assert both ways agree (``in_bulk``
+    gets how many rows the applier decided in bulk)."""
     n = next(_counter)
     fast, ref = f"cfast{n}", f"cref{n}"
     path = tmp_path / f"f{n}.csv"
@@ -410,9 +453,13 @@ def agree(conn: Conn, tmp_path: Path, header: list[str], seeded: Seeded,
 
     expected = reference_apply(
         conn, ref, path, parse_headers_file(headers.read_text()) if headers else None)
-    got = fast_apply(conn, fast, path, headers, chunk_size)
+    got, bulk = fast_apply(conn, fast, path, headers, chunk_size)
+    if in_bulk is not None:
+        in_bulk.append(bulk)
 
-    assert got == expected
+    # Row results keep U+FFFD where a field had a NUL (PostgreSQL text cannot hold it).
+    assert got == [(*o[:4], tuple(f.replace("\x00", "\ufffd") for f in o[4]), o[5])
+                   for o in expected]
     assert _tables(conn, fast) == _tables(conn, ref)
     return got
 
@@ -433,6 +480,32 @@ def test_longer_files_mostly_clean_or_mostly_bad_agree(
     """Files of up to 60 sections through the shared batch loop, most rows valid or most
     rows bad, batches of 1 to 5,000 rows."""
     agree(conn, tmp_path, *draw(random.Random(seed), bad_share, sections=60))
+
+
+@settings(max_examples=16, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), bad_share=st.sampled_from([0.02, 0.2, 0.6]))
+def test_files_of_new_contacts_decided_in_bulk_agree(
+        seed: int, bad_share: float, conn: Conn, tmp_path: Path) -> None:
+    """Files of up to 300 sections, mostly new contacts (which the column kernels decide in
+    bulk) among codes repeated in the file or stored, every error class, mostly clean or
+    mostly bad, batches of 1 to 5,000 rows: the same outcomes and tables as row at a time."""
+    agree(conn, tmp_path, *draw_new(random.Random(seed), bad_share))
+
+
+def draw_new(rnd: random.Random, bad_share: float
+             ) -> tuple[list[str], Seeded, list[list[str]], str | None, int]:
+    return draw(rnd, bad_share, sections=300, fresh=0.7, plain=0.9,
+                chunk_sizes=(1, 2, 3, 7, 64, 5000))
+
+
+def test_the_draws_of_new_contacts_reach_the_kernels(conn: Conn, tmp_path: Path) -> None:
+    """Those files are worth comparing: the kernels decide many of their rows."""
+    in_bulk: list[int] = []
+    rnd = random.Random(3)
+    for _ in range(4):
+        agree(conn, tmp_path, *draw_new(rnd, 0.02), in_bulk=in_bulk)
+    assert sum(in_bulk) > 100
 
 
 def test_the_draws_reach_every_outcome(conn: Conn, tmp_path: Path) -> None:
@@ -463,3 +536,35 @@ def test_a_section_after_its_contact_was_created_and_updated(
                row(treatmentId="t1", responseValue="clicked")]
     got = agree(conn, tmp_path, header, [], records, None, chunk_size)
     assert [o[2] for o in got] == ["", "", "", "", "", errors.CONTACTS_UPDATE_REJECTED, "", ""]
+
+
+def _kernel_case(row: dict[str, str]) -> tuple[list[str], Seeded, list[list[str]], None, int]:
+    """New contacts in one batch, the last with ``row``'s cells."""
+    header = [c.name for c in COLUMNS]
+    base = {n: VALUES[n][0][0] for n in VALUES} | {"subjectId": "s1"}
+    records = [[({**base, CODE: f"k{n}"}).get(h, "") for h in header] for n in range(6)]
+    records.append([({**base, CODE: "k9", **row}).get(h, "") for h in header])
+    return header, [], records, None, 5000
+
+
+@pytest.mark.parametrize(("kind", "broken", "row"), [
+    # Fractions finer than microseconds: PostgreSQL rounds them, the per-cell code truncates.
+    (Kind.TIMESTAMP, r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{5,8}(?:\.[0-9]+)?Z",
+     {"presentedTimeStamp": "2018-05-13T15:02:40.7191239Z"}),
+    # Spaces read as a value: the blank cell is stored as it is instead of null.
+    (Kind.TEXT, "[^\\x00]+", {"responseValue": " "}),
+    # "yes" let through: PostgreSQL takes it for true, the per-cell code rejects the row.
+    (Kind.BOOLEAN, "(?i:true|false|yes)", {"presented": "yes"}),
+])
+def test_the_reference_comparison_catches_a_broken_kernel(
+        kind: Kind, broken: str, row: dict[str, str], conn: Conn, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison is not blind to the kernels: with one kernel made wrong on purpose,
+    the same file no longer agrees (and agrees with the kernel as it is), and the rows
+    that agree are decided in bulk."""
+    in_bulk: list[int] = []
+    agree(conn, tmp_path, *_kernel_case(row), in_bulk)
+    assert in_bulk == [6]
+    monkeypatch.setitem(kernels._CELL, kind, broken)
+    with pytest.raises(AssertionError):
+        agree(conn, tmp_path, *_kernel_case(row))

@@ -47,14 +47,14 @@ from daemon_helpers import (
     is_finished,
     ledger,
     listing,
+    migrated_database,
     scalar,
     setup_company,
     wait_for,
 )
 from pg_proxy import free_port
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
-from ingestd.db import migrations
 from ingestd.db.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.skipif(not blackhole.available(),
@@ -131,15 +131,6 @@ def terminate(admin_url: str, pids: list[int]) -> None:
         admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
 
 
-def prepare(tcp_postgres: str) -> str:
-    with psycopg.connect(tcp_postgres, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{DBNAME}"')
-    db_url = make_conninfo(tcp_postgres, dbname=DBNAME)
-    with psycopg.connect(db_url) as conn:
-        migrations.upgrade(conn)
-    return db_url
-
-
 BIG = "external_person_id,note\n" + "".join(f"p{i},n{i}\n" for i in range(ROWS))
 SMALL = "external_person_id,note\ns1,small\ns2,small\np7,from-small\n"
 
@@ -168,7 +159,7 @@ def test_black_holed_connections_file_in_hand_and_next_file_done_once(
     terminates those sessions; ``kept``: it keeps them (one holds the company lock and
     the open transaction). Both files must be in done/ within 60 s of the cut, every
     row applied once, nothing failed, the daemon running."""
-    db_url = prepare(tcp_postgres)
+    db_url = migrated_database(tcp_postgres, DBNAME)
     admin_url = db_url
     acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
     how = ({"INGESTD_FAILPOINT": "before_commit:wait"} if at == "waiting"
@@ -228,7 +219,7 @@ def test_sigterm_during_a_cut_exits_within_stop_timeout(
     the server ends those sessions; then SIGTERM. The daemon exits 0 within
     ``stop_timeout`` (shorter here than ``db_dead_after_seconds``), leaving the file
     claimed; started again once the cut is lifted, it applies the file once."""
-    db_url = prepare(tcp_postgres)
+    db_url = migrated_database(tcp_postgres, DBNAME)
     admin_url = db_url
     acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
     stop_timeout = 5.0

@@ -226,17 +226,29 @@ def status(env: dict[str, str]) -> dict[str, Any]:
 
 def test_status_shows_instances_and_holders_and_a_peer_takes_over_a_paused_one(
         start_daemon: StartDaemon, env: dict[str, str], db_url: str,
-        landing: Path) -> None:
+        landing: Path, tmp_path: Path) -> None:
     acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
     # Alone and with a long lease, the paused instance keeps acme: nobody expires it.
-    p = start_daemon(INGESTD_FAILPOINT="before_commit:stop", INGESTD_LEASE_SECONDS="600")
+    # Its worker waits at a gate before the commit, its file's rows written, until a
+    # progress tick has found the file in hand (only then does a file get its in-hand
+    # row); the whole process is then SIGSTOPped there, and the gate opened for later.
+    gate = tmp_path / "gate"
+    p = start_daemon(INGESTD_FAILPOINT=f"before_commit:gate:{gate}",
+                     INGESTD_LEASE_SECONDS="600", INGESTD_PROGRESS_SECONDS="0.2")
     p_id = instance_id(p)
     drop(acme, "held.persons", "external_person_id,note\ne1,held\n")
+    wait_for(lambda: gate.with_name("gate.reached").exists(), TIMEOUT,
+             what="the worker at the gate before its commit", context=p.tail)
+    wait_for(lambda: [f["file"] for f in status(env)["companies"][0]["in_hand"]]
+             == ["held.persons"], TIMEOUT, what="held.persons in hand", context=p.tail)
+    assert p.proc is not None
+    p.proc.send_signal(signal.SIGSTOP)
     wait_for(lambda: stopped(p), TIMEOUT, what="the instance paused", context=p.tail)
+    gate.touch()  # on SIGCONT its worker goes on to the commit, and finds itself fenced
 
     report = status(env)
     [inst] = [i for i in report["instances"] if i["id"] == p_id]
-    assert p.proc is not None and inst["pid"] == p.proc.pid
+    assert inst["pid"] == p.proc.pid
     assert inst["companies"] == ["acme"] and inst["expired_at"] is None
     assert {"host", "version", "started_at", "heartbeat_age_s"} <= set(inst)
     assert [(f["company"], f["file"]) for f in inst["in_hand"]] == [("acme", "held.persons")]

@@ -3,20 +3,30 @@
 With several instances a paused owner is fenced and a peer takes the claim over,
 rewriting the row as its own. When the stale owner wakes, its progress updates and
 its delete at the end of the file must leave the peer's row alone.
+
+And a row is written only for a file still in hand at a progress tick: a small file
+costs no statement for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from ingestd import landing as landing_layout
 from ingestd.db import in_hand
+from ingestd.db.companies import Company
+from ingestd.db.database import Database
+from ingestd.lifecycle.pipeline import Pipeline
+from ingestd.persons.carrier import make_carrier
 from ingestd.progress import Tracker
+from ingestd.settings import load_settings
 
 CLAIM = "0001-stale-owner"
 
@@ -80,4 +90,68 @@ def test_fenced_tracker_waking_up_keeps_the_peers_progress(
         assert _row(autocommit) == ("peer-host", peer.pid, 5, 50)
 
         peer.end(theirs)
+        assert _row(autocommit) is None
+
+
+# -- a file gets its row only if it is still in hand at a progress tick (issue 17) ----------
+
+COUNT_IN_HAND = """
+CREATE TABLE public.in_hand_statements (op text);
+CREATE FUNCTION public.count_in_hand() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.in_hand_statements VALUES (TG_OP); RETURN NULL; END $$;
+CREATE TRIGGER count_in_hand AFTER INSERT OR UPDATE OR DELETE ON ingestd.in_hand
+    FOR EACH STATEMENT EXECUTE FUNCTION public.count_in_hand();
+"""
+
+
+def _statements(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT op FROM public.in_hand_statements")]
+
+
+def test_a_small_file_done_between_ticks_costs_no_in_hand_statement(
+        db_url: str, autocommit: psycopg.Connection[Any], company: Company,
+        landing: Path, tmp_path: Path) -> None:
+    autocommit.execute(COUNT_IN_HAND)
+    settings = load_settings(database_url=db_url, landing_root=landing,
+                             state_dir=tmp_path / "state")
+    dirs = landing_layout.company_dirs_of(landing, "acme")
+    dirs.create()
+    (dirs.inbox / "small.persons").write_text("external_person_id\ne1\n")
+    with Database(settings, pool_size=2) as db:
+        tracker = Tracker(progress_seconds=3600, stuck_seconds=3600, pool=db.pool,
+                          log_lines=False)  # no tick while the file is in hand
+        pipeline = Pipeline(settings, db, make_carrier(settings), tracker)
+        outcome = pipeline.process(landing_layout.drop(dirs.inbox / "small.persons", 0))
+    assert outcome.status == "done", outcome
+    assert _statements(autocommit) == []
+
+
+def test_a_file_in_hand_at_a_tick_gets_its_row_until_it_ends(
+        db_url: str, autocommit: psycopg.Connection[Any]) -> None:
+    with ConnectionPool(db_url, min_size=1, max_size=2, open=True) as pool:
+        tracker = Tracker(progress_seconds=3600, stuck_seconds=3600, pool=pool,
+                          log_lines=False)
+        handle = tracker.begin("acme", "big.persons", CLAIM, 1000)
+        assert _row(autocommit) is None
+        handle.advance(3, 30)
+        tracker.report()  # the tick
+        assert _row(autocommit) == (tracker.host, tracker.pid, 3, 30)
+        handle.advance(9, 90)
+        tracker.report()
+        assert _row(autocommit) == (tracker.host, tracker.pid, 9, 90)
+        tracker.end(handle)
+        assert _row(autocommit) is None
+
+
+def test_a_file_finished_before_the_tick_gets_no_row(
+        db_url: str, autocommit: psycopg.Connection[Any]) -> None:
+    with ConnectionPool(db_url, min_size=1, max_size=2, open=True) as pool:
+        tracker = Tracker(progress_seconds=3600, stuck_seconds=3600, pool=pool,
+                          log_lines=False)
+        handle = tracker.begin("acme", "big.persons", CLAIM, 1000)
+        # Its last commit is made (no row to delete in it) while it is still registered.
+        assert tracker.rows.close(handle) is False
+        tracker.report()  # a tick that sees it in hand writes no row for it now
+        assert _row(autocommit) is None
+        tracker.end(handle)
         assert _row(autocommit) is None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pytest
 from daemon_helpers import company_before
 from hypothesis import HealthCheck, given, settings
@@ -81,14 +82,14 @@ CUSTOM_VALUES = {
     "sms": (["", "hello", "Ça va"], ["a{b", "\u20ac"]),
     "ghost": ([""], ["boo"]),  # a column with no field definition
 }
-KEYS = [str(uuid.UUID(int=n, version=4)) for n in (1, 2, 3, 4)]  # seeded people's keys
+KEYS = [str(uuid.UUID(int=n, version=4)) for n in range(1, 41)]  # seeded people's keys
 UNKNOWN_KEY = str(uuid.UUID(int=99, version=4))
 UK_FIXED = "+442071234567"  # valid, never a mobile: the offline carrier lookup fails
 ID_VALUES = {
     # Seeded people get ids 1 to 4, people the file creates the ids after them.
     "person_id": (["", "1", "2", "3", "4", "5", "6", "7"], ["0", "x1",
                   "99999999999999999999"]),
-    "person_key": (["", *KEYS, UNKNOWN_KEY], ["NOT-A-KEY"]),
+    "person_key": (["", *KEYS[:4], UNKNOWN_KEY], ["NOT-A-KEY"]),
     "external_person_id": (["", "e1", "e2", "e3", "e4", " e1 "], []),
     "mdn": (["", "+12295550001", "2295550001", "+12295550002", "+12295550003", "2295550004"],
             ["229-555", "+11235550005", UK_FIXED]),
@@ -508,6 +509,97 @@ def test_bigger_files_decided_in_bulk_agree_with_the_reference(
           tmp_path / "big.persons", *draw_big_file(random.Random(seed), bad_share), results)
     if bad_share < 0.5 and chunk_size > 1:
         assert results.in_bulk > 0  # the kernels did decide rows
+
+
+def draw_update_file(rnd: random.Random, bad_share: float
+                     ) -> tuple[Seeded, list[str], list[list[str]]]:
+    """Mostly rows updating seeded people by external_person_id alone (the rows decided in
+    bulk as updates), among rows that name the same people by another id or change their
+    ids (before or after them in the chunk), rows creating people, and ``bad_share`` bad
+    custom values."""
+    people = rnd.randint(1, 30)
+    seeded: Seeded = [(f"u{k}", fresh_mdn(1000 + k, False) if rnd.random() < 0.7 else "",
+                       f"w{k}" if rnd.random() < 0.3 else "",
+                       rnd.choice(["{}", '{"tier": "gold"}', '{"age": 1, "nick": "x"}']))
+                      for k in range(people)]
+    customs = rnd.sample(BIG_COLUMNS[5:], rnd.randint(1, 4))
+    ids = ["external_person_id", *rnd.sample(BIG_COLUMNS[1:5], rnd.randint(0, 4))]
+    columns = [*ids, *customs]
+    rnd.shuffle(columns)
+    rows: list[list[str]] = []
+    for n in range(rnd.randint(20, 150)):
+        k = rnd.randrange(people)
+        cell = {"external_person_id": f"u{k}"}
+        kind = rnd.random()
+        if kind < 0.06:  # the same person by another id, now and then changing its ext
+            other = rnd.choice(["mdn", "vibes_device_id", "person_id", "person_key"])
+            cell = {"mdn": seeded[k][1], "vibes_device_id": seeded[k][2],
+                    "person_id": str(k + 1), "person_key": KEYS[k]}
+            cell = {other: cell[other], "external_person_id": rnd.choice(
+                ["", f"u{k}", f"z{n}", f"u{rnd.randrange(people)}"])}
+        elif kind < 0.1:  # somebody new, or an ext given up by an earlier row
+            cell = {"external_person_id": rnd.choice([f"n{n}", f"z{rnd.randrange(n + 1)}"])}
+        elif kind < 0.14:  # an update that also gives an mdn (its own or another's)
+            cell["mdn"] = rnd.choice([seeded[k][1], fresh_mdn(1000 + rnd.randrange(people),
+                                                              True), fresh_mdn(n, False)])
+        values = []
+        for column in columns:
+            if column in cell:
+                values.append(cell[column])
+            elif column in CUSTOM_VALUES:
+                good, wrong = CUSTOM_VALUES[column]
+                bad = rnd.random() < bad_share and wrong
+                values.append(rnd.choice(wrong) if bad else rnd.choice(good))
+            else:
+                values.append("")
+        rows.append(values)
+    return seeded, columns, rows
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), chunk_size=st.sampled_from(CHUNK_SIZES),
+       bad_share=st.sampled_from([0.05, 0.3, 0.9]))
+def test_updates_decided_in_bulk_agree_with_the_reference(
+        seed: int, chunk_size: int, bad_share: float, conn: Conn, config: Settings,
+        tmp_path: Path) -> None:
+    """Files of updates by external_person_id, mixed with rows that name the same people
+    another way or change their ids: the same outcomes and people as row at a time."""
+    results = Recorded()
+    seeded, fields, rows = draw_update_file(random.Random(seed), bad_share)
+    agree(conn, config.model_copy(update={"chunk_size": chunk_size}),
+          tmp_path / "updates.persons", seeded, fields, rows, results)
+    if bad_share < 0.1 and chunk_size >= 7 and len(seeded) >= 10:
+        assert results.in_bulk > 0  # updates were decided in bulk
+
+
+
+
+def _freed_id_case() -> tuple[Seeded, list[str], list[list[str]]]:
+    seeded: Seeded = [("u0", "", "", "{}"), ("u1", "", "", '{"tier": "gold"}')]
+    rows = [["1", "z0", ""], ["", "u0", "silver"], ["", "u1", "silver"]]
+    return seeded, ["person_id", "external_person_id", "tier"], rows
+
+
+def test_an_update_in_bulk_waits_for_a_row_that_frees_its_id(
+        conn: Conn, config: Settings, tmp_path: Path) -> None:
+    """A row that gives up person 1's external id before a row naming that id: the later
+    row creates a new person (row by row it would), it does not update person 1."""
+    results = Recorded()
+    agree(conn, config.model_copy(update={"chunk_size": 10}), tmp_path / "free.persons",
+          *_freed_id_case(), results)
+    assert results.in_bulk == 1  # u1's update; u0's row went row by row
+
+
+def test_the_reference_comparison_catches_updates_in_bulk_that_ignore_other_rows(
+        conn: Conn, config: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the check that keeps an update out of the bulk when another row of its chunk
+    names its person switched off, the comparison no longer agrees."""
+    monkeypatch.setattr("ingestd.persons.apply.named_people",
+                        lambda rows, stored: pa.array([], pa.int64()))
+    with pytest.raises(AssertionError):
+        agree(conn, config.model_copy(update={"chunk_size": 10}), tmp_path / "free.persons",
+              *_freed_id_case())
 
 
 def _kernel_case(rows: list[list[str]]) -> tuple[Seeded, list[str], list[list[str]]]:

@@ -28,13 +28,12 @@ from daemon_helpers import (
     is_finished,
     ledger,
     listing,
+    migrated_database,
     scalar,
     setup_company,
     wait_for,
 )
-from psycopg.conninfo import make_conninfo
 
-from ingestd.db import migrations
 from ingestd.db.embedded import EmbeddedPostgres
 
 TIMEOUT = 120.0
@@ -61,11 +60,7 @@ def test_postgres_restart_during_apply_retries_and_applies_once(
     """``fast``: a clean shutdown (sessions terminated); ``immediate``: like a crash of
     the server (crash recovery at start). Either way the open transaction is lost."""
     admin_url = own_postgres.url
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute('CREATE DATABASE "ingestd_restart"')
-    db_url = make_conninfo(admin_url, dbname="ingestd_restart")
-    with psycopg.connect(db_url) as conn:
-        migrations.upgrade(conn)
+    db_url = migrated_database(admin_url, "ingestd_restart")
     acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
     content = "external_person_id,note\n" + "".join(f"p{i},n{i}\n" for i in range(ROWS))
 
@@ -140,11 +135,7 @@ def test_postgres_restart_among_queued_files_keeps_drop_order(
     is back. Each file sets the same person's note: the last file dropped must win, and
     the ledger must hold the files in drop order."""
     admin_url = own_postgres.url
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute('CREATE DATABASE "ingestd_order"')
-    db_url = make_conninfo(admin_url, dbname="ingestd_order")
-    with psycopg.connect(db_url) as conn:
-        migrations.upgrade(conn)
+    db_url = migrated_database(admin_url, "ingestd_order")
     acme = setup_company(db_url, landing, "acme", NOTE_FIELD)
     names = [f"f{i:02}.persons" for i in range(12)]
     base = time.time() - 3600

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ingestd.errors import INVALID_MDN_FORMAT, RowError
@@ -134,6 +136,13 @@ def _reference(raw: str, region: str) -> str | RowError:
     digits = raw[1:] if plus else raw
     if not (digits.isascii() and digits.isdigit()) or (not plus and len(digits) != 10):
         return INVALID
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    idd = metadata.international_prefix if metadata is not None else None
+    if not plus and idd and re.match(f"(?:{idd})", digits):
+        # FORMATS.md: ten digits are always a national number of the region, so ten
+        # digits that begin with its international dialling prefix are no number there
+        # (phonenumbers would read '0050020000' in GB as the Falklands' +50020000).
+        return INVALID
     try:
         number = phonenumbers.parse(raw, None if plus else region)
     except phonenumbers.NumberParseException:
@@ -159,6 +168,7 @@ _REGIONS = st.sampled_from(["US", "CA", "PR", "BS", "GB", "DE", "IT", "RU", "IN"
 
 @settings(max_examples=2000, deadline=None)
 @given(st.one_of(_PLUS, _TEN), _REGIONS)
+@example("0050020000", "GB")  # ten digits led by GB's international prefix (00)
 def test_fast_path_agrees_with_phonenumbers_parse(raw: str, region: str) -> None:
     assert normalize_mdn(raw, region) == _reference(raw, region)
 

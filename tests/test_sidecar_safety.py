@@ -26,6 +26,7 @@ from carrier_server import CarrierServer, serving
 from daemon_helpers import Daemon, base_env, run_cli, setup_company, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
+from pipeline_env import PipelineEnv
 from test_contacts_format import AB_TESTS, sas_example_fixed
 
 from ingestd import errors, landing, sidecars
@@ -34,12 +35,10 @@ from ingestd.contacts.reader import COLUMNS, OBJECT_VARIABLES_MESSAGE
 from ingestd.db.companies import Company
 from ingestd.db.database import Database
 from ingestd.landing import CompanyDirs
-from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.persons.carrier import make_carrier
+from ingestd.lifecycle import Outcome
 from ingestd.persons.custom_fields import FieldDefinition
 from ingestd.persons.field_store import replace_fields
 from ingestd.persons.reader import open_persons, write_persons
-from ingestd.settings import load_settings
 
 Conn = psycopg.Connection[Any]
 
@@ -73,22 +72,10 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(fh))
 
 
-@dataclass
-class Env:
-    db_url: str
-    landing: Path
-    state: Path
-    conn: Conn
-    db: Database
-
+class Env(PipelineEnv):
     @property
     def done(self) -> Path:
         return self.landing / "acme" / "done"
-
-    def pipeline(self, **overrides: Any) -> Pipeline:
-        settings = load_settings(database_url=self.db_url, landing_root=self.landing,
-                                 state_dir=self.state, **overrides)
-        return Pipeline(settings, self.db, make_carrier(settings))
 
     def process(self, name: str, content: str, **overrides: Any) -> Outcome:
         inbox = self.landing / "acme" / "inbox"
@@ -110,14 +97,9 @@ class Env:
 
 
 @pytest.fixture
-def env(db_url: str, conn: Conn, company: Company, landing: Path,
-        tmp_path: Path) -> Iterator[Env]:
-    replace_fields(conn, "acme", FIELDS)
-    conn.commit()
-    settings = load_settings(database_url=db_url, landing_root=landing,
-                             state_dir=tmp_path / "state")
-    with Database(settings, pool_size=2) as db:
-        yield Env(db_url, landing, tmp_path / "state", conn, db)
+def env(db_url: str, conn: Conn, company: Company, landing: Path, tmp_path: Path,
+        pipeline_db: Database) -> Env:
+    return Env.acme(FIELDS, db_url, conn, landing, tmp_path, pipeline_db)
 
 
 # --- error_field and error_detail, one case per way a row is rejected ------------------------

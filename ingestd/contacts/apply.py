@@ -21,15 +21,25 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestd import columns
 from ingestd.apply_context import ApplyContext
 from ingestd.batch_loop import run_batches
+from ingestd.columns import STRING
+from ingestd.contacts.kernels import Bulk, Kernels, no_bulk
 from ingestd.contacts.reader import (
     HEADERS_FILE_MAX_BYTES,
     TREATMENT_ID,
     ContactRow,
+    ContactsReader,
     Fault,
+    RawSection,
     Section,
     Value,
     open_contacts,
@@ -58,7 +68,7 @@ from ingestd.errors import (
     quoted,
 )
 from ingestd.partner_files import open_partner_file
-from ingestd.uuid7 import uuid7s
+from ingestd.uuid7 import uuid7_block, uuid7s
 
 PRECONDITION_REQUIRED = "Precondition Required"  # HTTP 428: no If-Unmodified-Since
 PRECONDITION_FAILED = "Precondition Failed"  # HTTP 412: modified after it
@@ -75,36 +85,82 @@ class ContactsProcessor:
             store = Store(ctx.conn, ctx.company.schema)
             resolver = _Resolver(ctx.results, unmodified_since, reader.names,
                                  whole_request=ctx.whole_request)
-            batches = _batches(reader.sections(), ctx.settings.chunk_size)
+            batches = _batches(reader.raw_sections(), ctx.settings.chunk_size)
             with DatabaseThread("contacts-db") as db:
                 ctx.results.send_with(db.send)
                 try:
-                    run_batches(ctx, _Steps(store, resolver, db), batches, reader.bytes_read)
+                    run_batches(ctx, _Steps(reader, store, resolver, db), batches,
+                                reader.bytes_read)
                 finally:
                     ctx.results.send_with(None)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch's sections after the checks that need no database: sections created in
+    bulk (``bulk``) and sections checked cell by cell (``slow``, by position, in order)."""
+
+    raw: list[RawSection]
+    slow: list[tuple[int, Section]]
+    bulk: Bulk
+
+
 class _Steps:
-    """A contacts file's steps in the batch loop (``ingestd.batch_loop``): the stored
-    contacts a batch names are fetched, its sections resolved, its changes written."""
+    """A contacts file's steps in the batch loop (``ingestd.batch_loop``): a batch's
+    sections checked (its kernels first), the stored contacts it names fetched, its
+    sections resolved, its changes written."""
 
-    def __init__(self, store: Store, resolver: _Resolver, db: DatabaseThread) -> None:
-        self.store, self.resolver, self.db = store, resolver, db
+    def __init__(self, reader: ContactsReader, store: Store, resolver: _Resolver,
+                 db: DatabaseThread) -> None:
+        self.reader, self.store, self.resolver, self.db = reader, store, resolver, db
+        self.kernels = Kernels(reader.width, reader.positions)
+        self.worth = columns.Worth()  # whether the next batch's kernels are worth running
 
-    def check(self, sections: list[Section]) -> list[Section]:
-        return sections  # the reader has checked each row
+    def check(self, raw: list[RawSection]) -> _Batch:
+        if self.worth():
+            bulk, others = self.kernels.check(raw)
+        else:
+            bulk, others = no_bulk(), list(range(len(raw)))
+        return _Batch(raw, [(i, self.reader.section(raw[i])) for i in others], bulk)
 
-    def look_up(self, batch: list[Section]) -> Future[Fetched]:
-        return self.db.run(self.store.fetch, _codes(batch))
+    def look_up(self, batch: _Batch) -> Future[Fetched]:
+        codes = {s.code for _, s in batch.slow if s.error is None}
+        return self.db.run(self.store.fetch, _json_union(
+            orjson.dumps(list(codes)).decode() if codes else None,
+            columns.json_array(batch.bulk.code)))
 
-    def resolve(self, batch: list[Section], found: Fetched) -> None:
+    def resolve(self, batch: _Batch, found: Fetched) -> None:
         contacts = self.store.contacts(found)
-        self.resolver.resolve(batch, contacts)
-        self.db.run(self.store.write, self.store.encode(contacts.values()))
+        self._unstored(batch, contacts)
+        self.resolver.resolve([s for _, s in batch.slow], contacts)
+        changes = self.store.encode(contacts.values())
+        bulk = batch.bulk
+        if len(bulk):
+            ids = columns.column(uuid7_block(len(bulk)))
+            changes.copied_contacts = bulk.contacts_copy(ids)
+            changes.copied_treatments = bulk.treatments_copy(ids)
+            self.resolver.accept_bulk(len(bulk.record),
+                                      lambda prefix: bulk.accepted_lines(ids, prefix))
+        self.db.run(self.store.write, changes)
+
+    def _unstored(self, batch: _Batch, contacts: dict[str, Contact]) -> None:
+        """Bulk sections whose contact is stored go section by section (the anti-join)."""
+        if not len(batch.bulk) or not contacts:
+            return
+        stored = pc.is_in(batch.bulk.code, value_set=pa.array(list(contacts), STRING))
+        demoted = batch.bulk.at.filter(stored).to_pylist()
+        # Mostly updates: the next batches skip the kernels.
+        self.worth.wasted(len(demoted), len(batch.bulk))
+        if demoted:
+            batch.slow.extend((i, self.reader.section(batch.raw[i])) for i in demoted)
+            batch.slow.sort(key=lambda pair: pair[0])
+            batch.bulk = batch.bulk.keep(pc.invert(stored))
 
 
-def _codes(batch: list[Section]) -> set[str]:
-    return {s.code for s in batch if s.error is None}
+def _json_union(*arrays: str | None) -> str | None:
+    """JSON arrays' elements as one JSON array; None when there are none."""
+    inner = [a[1:-1] for a in arrays if a is not None]
+    return "[" + ",".join(inner) + "]" if inner else None
 
 
 def _read_headers(ctx: ApplyContext) -> datetime | None:
@@ -128,13 +184,13 @@ def _read_headers(ctx: ApplyContext) -> datetime | None:
     return parse_headers_file(text)
 
 
-def _batches(sections: Iterable[Section], rows: int) -> Iterator[list[Section]]:
+def _batches(sections: Iterable[RawSection], rows: int) -> Iterator[list[RawSection]]:
     """Sections grouped so a batch holds about ``rows`` rows (a section is never split)."""
-    batch: list[Section] = []
+    batch: list[RawSection] = []
     size = 0
     for section in sections:
         batch.append(section)
-        size += len(section.rows)
+        size += len(section)
         if size >= rows:
             yield batch
             batch, size = [], 0
@@ -181,6 +237,10 @@ class _Resolver:
             ref = contact.id
             for row in section.rows:
                 accept(row.record, row.fields, ref=ref, keep=True)
+
+    def accept_bulk(self, count: int, lines: Callable[[str], memoryview]) -> None:
+        """Record the rows of sections created in bulk (``RowResults.accept_kept``)."""
+        self._results.accept_kept(count, lines)
 
     def _reject(self, section: Section, error_class: str, message: str, fault: Fault) -> None:
         """Reject every row of ``section``: its first row leads (the rejected line of the

@@ -150,6 +150,10 @@ class ContactRow:
         return {name: self.fields[i] for name, i in self.index.items()}
 
 
+# A section's records as read: (record number, its fields or that it was too long).
+RawSection = list[tuple[int, list[str] | Oversize]]
+
+
 class Fault(NamedTuple):
     """What was wrong with a rejected section, for the partner's errors.csv: the record
     at fault, the column (empty when the row as a whole is wrong), and the detail."""
@@ -521,32 +525,57 @@ class ContactsReader:
                 f"The file is not UTF-8 text (byte 0x{exc.byte:02x} cannot be decoded).",
             ) from None
 
+    @property
+    def width(self) -> int:
+        return self._layout.width
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Where each known column sits in a row (the ignored id column left out)."""
+        return self._layout.index
+
     def sections(self) -> Iterator[Section]:
         """Sections in file order; a blank-code row is a rejected section of its own."""
-        builder: _SectionBuilder | None = None
+        return (self.section(rows) for rows in self.raw_sections())
+
+    def raw_sections(self) -> Iterator[RawSection]:
+        """Each section's records as read, in file order (records are numbered one after
+        another): contiguous rows with one non-blank code; a blank-code row and a record
+        too long to read stand alone."""
+        rows: RawSection = []
+        code = ""
         for record, fields in enumerate(self._records, start=1):
             if isinstance(fields, Oversize):
                 # Its code is unknown: it stands alone, like a blank-code row.
-                if builder is not None:
-                    yield builder.section
-                    builder = None
-                yield Section(code="", rows=[ContactRow(record, [])], error=self._too_long,
-                              fault=Fault(record, "", self._too_long_detail))
+                if rows:
+                    yield rows
+                    rows = []
+                yield [(record, fields)]
                 continue
-            code = self._layout.code_of(fields)
-            blank = not code.strip()
-            if builder is not None and not blank and code == builder.section.code:
-                builder.add(record, fields)
+            this = self._layout.code_of(fields)
+            if rows and this == code:
+                rows.append((record, fields))
                 continue
-            if builder is not None:
-                yield builder.section
-            builder = _SectionBuilder(self._layout, code)
+            if rows:
+                yield rows
+            rows, code = [(record, fields)], this
+            if not this.strip():  # blank codes form no section: the row stands (and fails) alone
+                yield rows
+                rows = []
+        if rows:
+            yield rows
+
+    def section(self, rows: RawSection) -> Section:
+        """A section's rows checked cell by cell (its first error, or its typed values)."""
+        record, fields = rows[0]
+        if isinstance(fields, Oversize):
+            return Section(code="", rows=[ContactRow(record, [])], error=self._too_long,
+                           fault=Fault(record, "", self._too_long_detail))
+        builder = _SectionBuilder(self._layout, self._layout.code_of(fields))
+        for record, fields in rows:
+            assert not isinstance(fields, Oversize)  # an oversize record stands alone
             builder.add(record, fields)
-            if blank:  # blank codes form no section: the row stands (and fails) alone
-                yield builder.section
-                builder = None
-        if builder is not None:
-            yield builder.section
+        return builder.section
 
 
 @contextmanager

@@ -105,18 +105,18 @@ class Store:
         self._update_treatments = _update_from_json(
             treatments, ["contact_id", "treatment_id"], TREATMENT_UPDATABLE)
 
-    def fetch(self, codes: set[str]) -> Fetched:
-        """The stored rows of the contacts with these codes (``contacts`` reads them).
+    def fetch(self, codes: str | None) -> Fetched:
+        """The stored rows of the contacts with these codes, a JSON array (``contacts``
+        reads them); None: no codes.
 
         Contact rows are locked (FOR UPDATE) so nothing else changes them, or their
         treatments, between the precondition check and the write. Only the queries run
         here (on the database thread); making contacts of the rows is left to the thread
         that resolves them.
         """
-        if not codes:
+        if codes is None:
             return [], []
-        found = self._conn.execute(
-            self._fetch_contacts, (orjson.dumps(list(codes)).decode(),)).fetchall()
+        found = self._conn.execute(self._fetch_contacts, (codes,)).fetchall()
         if not found:
             return [], []
         ids = orjson.dumps([row[0] for row in found]).decode()
@@ -166,12 +166,17 @@ class Store:
     def write(self, changes: Changes) -> None:
         """Insert the batch's new contacts and update the changed stored ones."""
         with self._conn.cursor() as cur:
-            if changes.contacts:
-                # psycopg's C formatter: the least time holding the GIL here.
+            if changes.contacts or changes.copied_contacts:
+                # Rows decided in bulk come as COPY text; the others go through psycopg's C
+                # formatter: the least time holding the GIL here.
                 with cur.copy(self._copy_contacts) as copy:
+                    if changes.copied_contacts:
+                        copy.write(changes.copied_contacts)
                     for row in changes.contacts:
                         copy.write_row(row)
                 with cur.copy(self._copy_treatments) as copy:
+                    if changes.copied_treatments:
+                        copy.write(changes.copied_treatments)
                     for row in changes.treatments:
                         copy.write_row(row)
             if changes.contact_updates:
@@ -193,6 +198,9 @@ class Changes:
     treatments: list[tuple[Any, ...]] = field(default_factory=list)
     contact_updates: str = ""
     treatment_updates: str = ""
+    # New contacts and their treatments as COPY text, made in bulk (``kernels.Bulk``).
+    copied_contacts: bytes | memoryview = b""
+    copied_treatments: bytes | memoryview = b""
 
 
 def _values(names: list[str]) -> Callable[[dict[str, Value]], tuple[Value, ...]]:

@@ -335,6 +335,16 @@ class RowResults:
         self.rows += len(records)
         self.accepted += len(records)
 
+    def accept_kept(self, count: int, lines: Callable[[str], memoryview]) -> None:
+        """Count ``count`` accepted records kept for the sidecars, whose stored lines
+        ``lines`` makes at once as COPY text (rows decided in bulk), given each line's start."""
+        self.rows += count
+        self.accepted += count
+        if self._conn is not None:
+            self._pending.append(str(lines(self._prefix), "utf-8"))
+            if len(self._pending) >= self._limit:
+                self.flush()
+
     def reject(self, record: int, error: RowError, fields: Sequence[str], *, rows: int = 1) -> None:
         """Record one rejected record (or a contacts section of ``rows`` rows led by it:
         every row counts; the others are stored with ``reject_along``)."""

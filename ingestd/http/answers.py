@@ -1,5 +1,6 @@
-"""What the HTTP intake answers: media types a client accepts, the SAS error object,
-and the ``multipart/mixed`` body, written part by part as its text arrives."""
+"""What the HTTP intake answers: media types a client accepts, the SAS error object
+(``Problem`` raised, ``error_response`` sent), and the ``multipart/mixed`` body,
+written part by part as its text arrives."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 MULTIPART = "multipart/mixed"
 ERROR_JSON = "application/vnd.sas.error+json"
 JSON = "application/json"
 CSV = 'text/csv; charset="utf-8"'
 PERSONS = 'text/plain; charset="utf-8"'
+
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            406: "Not Acceptable", 408: "Request Timeout", 409: "Conflict",
+            412: "Precondition Failed", 413: "Content Too Large",
+            428: "Precondition Required", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +73,38 @@ def error_object(status: int, message: str, details: Iterable[str] = ()) -> byte
         "httpStatusCode": status,
         "version": 2,
     })
+
+
+class Problem(Exception):
+    """An error answer: status, message, details."""
+
+    def __init__(self, status: int, message: str, *details: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = list(details)
+        self.headers = headers or {}
+
+
+def error_response(problem: Problem, accepts: Accepts | None,
+                   request_id: str | None = None) -> Response:
+    """The error object; ``accepts`` given (the contacts API) and allowing no error
+    type: 406 instead, as the SAS API does (its body still says what went wrong)."""
+    headers = dict(problem.headers)
+    if request_id:
+        headers["Ingestd-Request-Id"] = request_id
+    status, message, details = problem.status, problem.message, problem.details
+    media = ERROR_JSON
+    if accepts is not None:
+        chosen = accepts.error_type
+        if chosen is None and status != 401:  # 401 stays: its WWW-Authenticate matters
+            details = [f"{status} {_REASONS.get(status, '')}: {message}", *details]
+            status, message = 406, ("The error cannot be sent as multipart/mixed: accept "
+                                    f"{ERROR_JSON} as well.")
+        media = chosen or ERROR_JSON
+    return Response(error_object(status, message, details), status_code=status,
+                    media_type=media, headers=headers)
 
 
 def new_boundary() -> str:

@@ -1,6 +1,6 @@
 """The HTTP intake's work, apart from HTTP: who is calling, a request's row, its body
 handed to the lifecycle like a drop, and its stored outcome. Blocking calls, run on
-the server's worker threads; the routes (``app.py``) only translate.
+the server's worker threads; the routes (``app.py``, ``posting.py``) only translate.
 
 A request's body becomes a claim exactly as a drop does: spooled into the company's
 .processing/ (``landing.spool_path``), then ``Pipeline.process_spooled`` claims and

@@ -43,6 +43,23 @@ _HEADERS = {"Ingestd-Request-Id": {"schema": {"type": "string"},
 _MULTIPART = {"multipart/mixed": {"schema": {"type": "string", "format": "binary"}}}
 
 
+_BODY_STALLED = _error("The body stopped arriving (http_body_timeout).")
+_KEY_IN_HAND = _error("A request with this Idempotency-Key is in hand.")
+_TOO_LARGE = _error("The body is over http_body_limit.")
+_ANY_RESULT = {**_MULTIPART, "application/json": {"schema": {"type": "object"}}}
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["errorCode", "message", "details", "httpStatusCode", "version"],
+    "properties": {
+        "errorCode": {"type": "integer"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "string"}},
+        "httpStatusCode": {"type": "integer"},
+        "version": {"type": "integer"},
+    },
+}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -51,109 +68,104 @@ def document() -> dict[str, Any]:
                                 "(docs/http.md)."},
         "security": [{"bearer": []}],
         "paths": {
-            "/companies/{company}/contacts": {
-                "post": {
-                    "operationId": "postContacts",
-                    "summary": "Create or update contacts from CSV (the SAS contacts API).",
-                    "parameters": [_COMPANY, _DRY_RUN, _IDEMPOTENCY_KEY, _ACCEPT,
-                                   {"name": "If-Unmodified-Since", "in": "header",
-                                    "required": False, "schema": {"type": "string"},
-                                    "description": "Needed to update contacts that "
-                                                   "existed before the request."}],
-                    "requestBody": {"required": True, "content": {
-                        "text/csv": {"schema": {"type": "string"}}}},
-                    "responses": {
-                        "200": {"description": "Parts Accepted-CSV, Rejected-CSV, "
-                                               "Global-Issue (text/csv each).",
-                                "headers": _HEADERS, "content": _MULTIPART},
-                        "400": _error("The body is not CSV with a header row."),
-                        **_COMMON,
-                        "406": _error("An error the client cannot accept as multipart/mixed."),
-                        "408": _error("The body stopped arriving (http_body_timeout)."),
-                        "409": _error("A request with this Idempotency-Key is in hand."),
-                        "412": _error("A contact to update was modified after "
-                                      "If-Unmodified-Since."),
-                        "413": _error("The body is over http_body_limit."),
-                        "428": _error("The body updates existing contacts: "
-                                      "If-Unmodified-Since is required."),
-                    },
-                },
-                "get": {
-                    "operationId": "getContacts",
-                    "summary": "The company's contacts as CSV with an id column.",
-                    "parameters": [_COMPANY, {
-                        "name": "modifiedSince", "in": "query", "required": False,
-                        "schema": {"type": "string"},
-                        "description": "ISO-8601 or HTTP date: only contacts created or "
-                                       "updated after it."}],
-                    "responses": {
-                        "200": {"description": "CSV, one line per treatment.",
-                                "content": {"text/csv": {"schema": {"type": "string"}}}},
-                        "400": _error("modifiedSince is not a timestamp."),
-                        **_COMMON,
-                    },
-                },
-            },
-            "/companies/{company}/persons": {
-                "post": {
-                    "operationId": "postPersons",
-                    "summary": "Apply a Person Import file (header block and all).",
-                    "parameters": [_COMPANY, _DRY_RUN, _IDEMPOTENCY_KEY],
-                    "requestBody": {"required": True, "content": {
-                        "text/plain": {"schema": {"type": "string"}}}},
-                    "responses": {
-                        "200": {"description": "Applied: multipart/mixed with parts "
-                                               "result.json, errors.csv, retry.persons, or "
-                                               "the result.json object.",
-                                "headers": _HEADERS,
-                                "content": {**_MULTIPART, "application/json": {
-                                    "schema": {"type": "object"}}}},
-                        "400": {"description": "The file failed as a whole; nothing applied.",
-                                "content": {**_MULTIPART, "application/json": {
-                                    "schema": {"type": "object"}}}},
-                        **_COMMON,
-                        "406": _error("The client accepts neither answer type."),
-                        "408": _error("The body stopped arriving (http_body_timeout)."),
-                        "409": _error("A request with this Idempotency-Key is in hand."),
-                        "413": _error("The body is over http_body_limit."),
-                    },
-                },
-            },
-            "/companies/{company}/requests/{request_id}": {
-                "get": {
-                    "operationId": "getRequest",
-                    "summary": "The stored answer of an earlier request.",
-                    "parameters": [_COMPANY, {"name": "request_id", "in": "path",
-                                              "required": True, "schema": {"type": "string"}}],
-                    "responses": {
-                        "200": {"description": "The answer the request got.",
-                                "content": {**_MULTIPART, "application/json": {
-                                    "schema": {"type": "object"}}}},
-                        "400": _error("The request's stored answer was 400."),
-                        **_COMMON,
-                        "406": _error("The stored answer is an error the client cannot "
-                                      "accept."),
-                        "409": _error("The request is still in hand."),
-                        "412": _error("The request's stored answer was 412."),
-                        "413": _error("The request's stored answer was 413."),
-                        "428": _error("The request's stored answer was 428."),
-                    },
-                },
-            },
+            "/companies/{company}/contacts": {"post": _post_contacts(),
+                                              "get": _get_contacts()},
+            "/companies/{company}/persons": {"post": _post_persons()},
+            "/companies/{company}/requests/{request_id}": {"get": _get_request()},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["errorCode", "message", "details", "httpStatusCode", "version"],
-                "properties": {
-                    "errorCode": {"type": "integer"},
-                    "message": {"type": "string"},
-                    "details": {"type": "array", "items": {"type": "string"}},
-                    "httpStatusCode": {"type": "integer"},
-                    "version": {"type": "integer"},
-                },
-            }},
+            "schemas": {"Error": _ERROR_SCHEMA},
+        },
+    }
+
+
+def _post_contacts() -> dict[str, Any]:
+    return {
+        "operationId": "postContacts",
+        "summary": "Create or update contacts from CSV (the SAS contacts API).",
+        "parameters": [_COMPANY, _DRY_RUN, _IDEMPOTENCY_KEY, _ACCEPT,
+                       {"name": "If-Unmodified-Since", "in": "header",
+                        "required": False, "schema": {"type": "string"},
+                        "description": "Needed to update contacts that "
+                                       "existed before the request."}],
+        "requestBody": {"required": True, "content": {
+            "text/csv": {"schema": {"type": "string"}}}},
+        "responses": {
+            "200": {"description": "Parts Accepted-CSV, Rejected-CSV, "
+                                   "Global-Issue (text/csv each).",
+                    "headers": _HEADERS, "content": _MULTIPART},
+            "400": _error("The body is not CSV with a header row."),
+            **_COMMON,
+            "406": _error("An error the client cannot accept as multipart/mixed."),
+            "408": _BODY_STALLED,
+            "409": _KEY_IN_HAND,
+            "412": _error("A contact to update was modified after "
+                          "If-Unmodified-Since."),
+            "413": _TOO_LARGE,
+            "428": _error("The body updates existing contacts: "
+                          "If-Unmodified-Since is required."),
+        },
+    }
+
+
+def _get_contacts() -> dict[str, Any]:
+    return {
+        "operationId": "getContacts",
+        "summary": "The company's contacts as CSV with an id column.",
+        "parameters": [_COMPANY, {
+            "name": "modifiedSince", "in": "query", "required": False,
+            "schema": {"type": "string"},
+            "description": "ISO-8601 or HTTP date: only contacts created or "
+                           "updated after it."}],
+        "responses": {
+            "200": {"description": "CSV, one line per treatment.",
+                    "content": {"text/csv": {"schema": {"type": "string"}}}},
+            "400": _error("modifiedSince is not a timestamp."),
+            **_COMMON,
+        },
+    }
+
+
+def _post_persons() -> dict[str, Any]:
+    return {
+        "operationId": "postPersons",
+        "summary": "Apply a Person Import file (header block and all).",
+        "parameters": [_COMPANY, _DRY_RUN, _IDEMPOTENCY_KEY],
+        "requestBody": {"required": True, "content": {
+            "text/plain": {"schema": {"type": "string"}}}},
+        "responses": {
+            "200": {"description": "Applied: multipart/mixed with parts "
+                                   "result.json, errors.csv, retry.persons, or "
+                                   "the result.json object.",
+                    "headers": _HEADERS, "content": _ANY_RESULT},
+            "400": {"description": "The file failed as a whole; nothing applied.",
+                    "content": _ANY_RESULT},
+            **_COMMON,
+            "406": _error("The client accepts neither answer type."),
+            "408": _BODY_STALLED,
+            "409": _KEY_IN_HAND,
+            "413": _TOO_LARGE,
+        },
+    }
+
+
+def _get_request() -> dict[str, Any]:
+    return {
+        "operationId": "getRequest",
+        "summary": "The stored answer of an earlier request.",
+        "parameters": [_COMPANY, {"name": "request_id", "in": "path",
+                                  "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The answer the request got.", "content": _ANY_RESULT},
+            "400": _error("The request's stored answer was 400."),
+            **_COMMON,
+            "406": _error("The stored answer is an error the client cannot "
+                          "accept."),
+            "409": _error("The request is still in hand."),
+            "412": _error("The request's stored answer was 412."),
+            "413": _error("The request's stored answer was 413."),
+            "428": _error("The request's stored answer was 428."),
         },
     }
 

@@ -46,8 +46,9 @@ def finish(ctx: FileContext, formula_guard: bool, rows: InHandRows | None,
         ctx.guard()
         os.rename(p, final.parent / (final.name + suffix))
     handle = ctx.progress
-    if rows is not None and handle is not NO_PROGRESS:
-        # Its in-hand row goes in the same commit: one round trip fewer a file.
+    if rows is not None and handle is not NO_PROGRESS and rows.close(handle):
+        # Its in-hand row (a file in hand at a progress tick) goes in the same commit:
+        # one round trip fewer.
         ledger.set_finished(conn, entry.id, also=lambda c: rows.delete_with(c, handle))
         rows.deleted(handle)
     else:

@@ -96,9 +96,11 @@ class Recovery:
         action = "finish" if entry is not None else "apply"
         log.info("file.recovered", company=held.company, file=name,
                  claim=claim_dir.name, action=action)
+        if self._rows is not None:
+            # Its owner died in hand, maybe with a row; ours is written only if the file
+            # lasts to a progress tick, so theirs is not taken over.
+            self._rows.discard(claim_dir.name)
         if entry is not None:
-            if self._rows is not None:
-                self._rows.discard(claim_dir.name)  # its owner died in hand
             self._finish(ctx)
         else:
             self._apply_and_finish(ctx)

@@ -1,11 +1,13 @@
 """Applying a Person Import, a chunk at a time: the rules of its rows (no SQL here).
 
-Per chunk: each record is checked alone (shape, id syntax, mdn, custom values); one
-lookup (``PersonsStore.lookup``) finds every stored person any row names, by any id, as
-identifier or as data; rows are then resolved in Python in file order against that
-picture, so a later row sees what an earlier row did, and each row's outcome is recorded
-at once; finally the chunk's creates and changes go to ``PersonsStore.write``. Row errors
-are values, raised in ``Rules.resolve`` in the order FORMATS.md fixes ("one error a row").
+Per chunk: each record is checked alone (shape, id syntax, mdn, custom values: the
+kernels, else ``RowChecks``), and ``Triage`` sorts the rows decided in bulk from those
+resolved one at a time; one lookup (``PersonsStore.lookup``) finds every stored person
+any row names, by any id, as identifier or as data; rows are then resolved in Python in
+file order against that picture (``Rules``), so a later row sees what an earlier row did,
+and each row's outcome is recorded at once; finally the chunk's creates and changes go to
+``PersonsStore.write``. Row errors are values, raised in ``Rules.resolve`` in the order
+FORMATS.md fixes ("one error a row").
 
 Lookups and writes run on a database thread of the worker's own, in file order, while this
 thread checks the next chunk's records or resolves the current one: PostgreSQL and
@@ -29,6 +31,7 @@ from ingestd.batch_loop import run_batches
 from ingestd.db.worker import DatabaseThread
 from ingestd.errors import RowError, quoted
 from ingestd.partner_files import open_partner_file
+from ingestd.persons.bulk_updates import Updates, ext_only, named_people, no_updates, updates_of
 from ingestd.persons.carrier import CarrierResult, OfflineCarrierLookup
 from ingestd.persons.custom_fields import FieldDefinition, convert, explain
 from ingestd.persons.field_store import list_fields
@@ -87,7 +90,6 @@ class _Row:
     custom_error: RowError | None = None
 
 
-_SKIP_KERNELS = 20
 _ROW_ATTR = {"external_person_id": "ext", "mdn": "mdn", "vibes_device_id": "device"}
 
 
@@ -98,7 +100,8 @@ class _Chunk:
 
     records: list[Record]
     slow: list[tuple[int, _Row]]
-    bulk: Bulk
+    bulk: Bulk  # creates
+    updates: Updates = field(default_factory=no_updates)
 
 
 class _Picture:
@@ -148,98 +151,21 @@ class _Picture:
             self.by_device[p.vibes_device_id] = p
 
 
-class Rules:
-    """One file's rows against the company's custom fields and persons, in file order."""
+class RowChecks:
+    """A record's checks that need no database: shape, id syntax, mdn format, custom
+    values (the per-cell code every row the kernels do not pass gets)."""
 
-    def __init__(self, ctx: ApplyContext, fields: list[str], multi_delim: str,
-                 definitions: list[FieldDefinition],
-                 created_here: Callable[[int], bool]) -> None:
-        self.ctx = ctx
-        self.created_here = created_here  # whether an earlier row created this person_id
+    def __init__(self, fields: list[str], region: str, multi_delim: str,
+                 definitions: dict[str, FieldDefinition]) -> None:
+        self.region = region
         self.multi_delim = multi_delim
-        self.region = ctx.company.default_region or ctx.settings.default_region
-        self.definitions = {d.name: d for d in definitions}
-        self.pos = {name: i for i, name in enumerate(fields)}
+        self.definitions = definitions
         self.custom_cols = [(i, name) for i, name in enumerate(fields) if name not in IDENTIFYING]
-
         # Where each id column is, so a row reads its ids without a lookup by name.
-        self.id_pos = tuple(self.pos.get(name) for name in IDENTIFYING)
-        self.kernels = Kernels(fields, self.region, multi_delim, self.definitions, IDENTIFYING)
-        self.skip_kernels = 0  # chunks to check row by row only
-        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
-        self.offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
-                        and self.kernels.mdn_kernel.country_code == 1 else None)
-
-    def check(self, records: list[Record]) -> _Chunk:
-        """A chunk's checks that need no database: its kernels first; the rows they do not
-        pass, and rows that share an id value with another row of the chunk, row by row."""
-        if self.skip_kernels > 0:
-            self.skip_kernels -= 1
-            bulk, others = no_bulk(), list(range(len(records)))
-        else:
-            bulk, others = self.kernels.check(records)
-        slow = [(i, self.prepare(records[i])) for i in others]
-        chunk = _Chunk(records, slow, bulk)
-        if len(bulk):
-            shared = None
-            for name in ID_COLUMNS:
-                col = bulk.values(name)
-                counts = pc.value_counts(col)
-                repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-                named = {v for _, r in slow if r.error is None
-                         and (v := getattr(r, _ROW_ATTR[name]))}
-                names = pa.concat_arrays([repeated, pa.array(list(named), type=col.type)])
-                hit = pc.is_in(getattr(bulk, name), value_set=names)
-                shared = hit if shared is None else pc.or_(shared, hit)
-            assert shared is not None
-            self.demote(chunk, shared)
-        return chunk
-
-    def demote(self, chunk: _Chunk, mask: pa.Array) -> None:
-        """Take the bulk rows of ``mask`` out of the bulk, to be resolved row by row."""
-        which = chunk.bulk.index.filter(mask).to_pylist()
-        if not which:
-            return
-        chunk.slow.extend((i, self.prepare(chunk.records[i])) for i in which)
-        chunk.slow.sort(key=lambda pair: pair[0])
-        chunk.bulk = chunk.bulk.keep(pc.invert(mask))
-
-    def chunk_ids(self, chunk: _Chunk) -> Ids:
-        """Every id the chunk's rows name (``ids``), the bulk's included."""
-        ids = self.ids([r for _, r in chunk.slow])
-        for name in ID_COLUMNS:
-            text = columns.json_array(getattr(chunk.bulk, name))
-            if text is not None:
-                ids.json[name] = text
-        return ids
-
-    def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
-        """Rows of the bulk that name a stored person go row by row (the anti-join)."""
-        if not len(chunk.bulk) or not stored:
-            return
-        taken = None
-        for name in ID_COLUMNS:
-            values = [v for p in stored if (v := getattr(p, name))]
-            hit = pc.is_in(getattr(chunk.bulk, name), value_set=pa.array(
-                values, type=chunk.bulk.mdn.type))
-            taken = hit if taken is None else pc.or_(taken, hit)
-        assert taken is not None
-        if pc.sum(taken).as_py() * 2 > len(chunk.bulk):
-            # Mostly rows about stored people (a file of updates): the kernels' work would
-            # be thrown away, so the next chunks go row by row (and then try again).
-            self.skip_kernels = _SKIP_KERNELS
-        self.demote(chunk, taken)
-
-    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
-        if looked.error is None:
-            return None
-        # The shared cache keeps only class and message, so a cached result has no
-        # detail; only permanent results are cached.
-        return _at(looked.error, "mdn", looked.detail or (
-            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
+        pos = {name: i for i, name in enumerate(fields)}
+        self.id_pos = tuple(pos.get(name) for name in IDENTIFYING)
 
     def prepare(self, record: Record) -> _Row:
-        """Checks that need no database: shape, id syntax, mdn format, custom values."""
         row = _Row(record, error=record.error)
         if row.error:
             if not row.error.detail:
@@ -247,17 +173,24 @@ class Rules:
                 msg = row.error.message
                 row.error = _at(row.error, "", msg[:1].lower() + msg[1:])
             return row
-        v = record.values
+        self._identify(row)
+        if row.error is None:
+            self._convert_custom(row)
+        return row
+
+    def _identify(self, row: _Row) -> None:
+        """The row's ids, and which one names its person (``by``, ``ident``)."""
+        v = row.record.values
         pid_raw, key_raw, ext_raw, mdn_raw, device_raw = [
             "" if i is None else v[i].strip() for i in self.id_pos]
         pid = parse_person_id(pid_raw) if pid_raw else None
         if isinstance(pid, RowError):
             row.error = _at(pid, "person_id", _person_id_detail(pid_raw))
-            return row
+            return
         key = check_person_key(key_raw) if key_raw else None
         if isinstance(key, RowError):
             row.error = _at(key, "person_key", f"{quoted(key_raw)} is not a lowercase UUID")
-            return row
+            return
         row.ext = ext_raw or None
         row.device = device_raw or None
         if mdn_raw:
@@ -279,7 +212,10 @@ class Rules:
             row.by, row.ident = "vibes_device_id", row.device
         else:
             row.error = ERR_CREATE
-            return row
+
+    def _convert_custom(self, row: _Row) -> None:
+        """The row's custom values (``custom``), or the first that fails (``custom_error``)."""
+        v = row.record.values
         for i, name in self.custom_cols:
             raw = v[i]
             if raw == "":
@@ -287,13 +223,95 @@ class Rules:
             defn = self.definitions.get(name)
             if defn is None:
                 row.custom_error = _at(ERR_FIELD_NOT_FOUND, name, f"no custom field named {name}")
-                break
+                return
             value_or_error = convert(defn, raw, self.multi_delim)
             if isinstance(value_or_error, RowError):
                 row.custom_error = _at(value_or_error, name, explain(defn, raw, self.multi_delim))
-                break
+                return
             row.custom[name] = value_or_error
-        return row
+
+
+class Triage:
+    """Which of a chunk's rows the kernels decide in bulk and which go row by row: the
+    rows the kernels do not pass, and those that share an id value with another row of
+    the chunk or with a stored person."""
+
+    def __init__(self, kernels: Kernels, rows: RowChecks) -> None:
+        self.kernels = kernels
+        self.rows = rows
+        self.worth = columns.Worth()  # whether the next chunk's kernels are worth running
+
+    def check(self, records: list[Record]) -> _Chunk:
+        """A chunk's checks that need no database: its kernels first; the rows they do not
+        pass, and rows that share an id value with another row of the chunk, row by row."""
+        if self.worth():
+            bulk, others = self.kernels.check(records)
+        else:
+            bulk, others = no_bulk(), list(range(len(records)))
+        slow = [(i, self.rows.prepare(records[i])) for i in others]
+        chunk = _Chunk(records, slow, bulk)
+        if len(bulk):
+            shared = None
+            for name in ID_COLUMNS:
+                col = bulk.values(name)
+                counts = pc.value_counts(col)
+                repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+                named = {v for _, r in slow if r.error is None
+                         and (v := getattr(r, _ROW_ATTR[name]))}
+                names = pa.concat_arrays([repeated, pa.array(list(named), type=col.type)])
+                hit = pc.is_in(getattr(bulk, name), value_set=names)
+                shared = hit if shared is None else pc.or_(shared, hit)
+            assert shared is not None
+            self.demote(chunk, shared)
+        return chunk
+
+    def demote(self, chunk: _Chunk, mask: pa.Array) -> None:
+        """Take the bulk rows of ``mask`` out of the bulk, to be resolved row by row."""
+        self._demote_rows(chunk, chunk.bulk.index.filter(mask).to_pylist())
+        chunk.bulk = chunk.bulk.keep(pc.invert(mask))
+
+    def _demote_rows(self, chunk: _Chunk, which: list[int]) -> None:
+        if which:
+            chunk.slow.extend((i, self.rows.prepare(chunk.records[i])) for i in which)
+            chunk.slow.sort(key=lambda pair: pair[0])
+
+    def chunk_ids(self, chunk: _Chunk) -> Ids:
+        """Every id the chunk's rows name (``ids``), the bulk's included."""
+        ids = self.ids([r for _, r in chunk.slow])
+        for name in ID_COLUMNS:
+            text = columns.json_array(getattr(chunk.bulk, name))
+            if text is not None:
+                ids.json[name] = text
+        return ids
+
+    def unstored(self, chunk: _Chunk, stored: list[Person]) -> None:
+        """Bulk rows that name a stored person (the anti-join): updates by
+        external_person_id alone stay in bulk (``bulk_updates``) unless another row of the
+        chunk names that person; every other one goes row by row."""
+        if not len(chunk.bulk) or not stored:
+            return
+        bulk = chunk.bulk
+        taken = None
+        for name in ID_COLUMNS:
+            values = [v for p in stored if (v := getattr(p, name))]
+            hit = pc.is_in(getattr(bulk, name), value_set=pa.array(values, type=bulk.mdn.type))
+            taken = hit if taken is None else pc.or_(taken, hit)
+        assert taken is not None
+        updating = pc.and_(taken, ext_only(bulk))
+        others = pc.and_(taken, pc.invert(updating))
+        updates = updates_of(bulk.keep(updating), stored)
+        chunk.bulk = bulk.keep(pc.invert(updating))
+        self.demote(chunk, others.filter(pc.invert(updating)))
+        # Every row left row by row is known now: an update whose person one of them names
+        # joins them, so the two are decided in file order.
+        clash = pc.is_in(updates.person_id,
+                         value_set=named_people((r for _, r in chunk.slow), stored))
+        chunk.updates = updates.keep(pc.invert(clash))
+        self._demote_rows(chunk, updates.index.filter(clash).to_pylist())
+        # Mostly rows about stored people that cannot be decided in bulk: the kernels'
+        # work is thrown away, so the next chunks go row by row.
+        self.worth.wasted((pc.sum(others).as_py() or 0) + len(updates) - len(chunk.updates),
+                          len(bulk))
 
     @staticmethod
     def ids(rows: list[_Row]) -> Ids:
@@ -313,6 +331,26 @@ class Rules:
             if r.device:
                 ids.device_ids.add(r.device)
         return ids
+
+
+class Rules:
+    """Each row decided against the chunk's picture of the company's persons, in file
+    order: the row errors that need the stored persons are raised in ``resolve``."""
+
+    def __init__(self, ctx: ApplyContext, created_here: Callable[[int], bool],
+                 offline: OfflineCarrierLookup | None) -> None:
+        self.ctx = ctx
+        self.created_here = created_here  # whether an earlier row created this person_id
+        # Offline, a +1 mobile number's lookup is known without asking (no carrier name).
+        self.offline = offline
+
+    def carrier_error(self, mdn: str, looked: CarrierResult) -> RowError | None:
+        if looked.error is None:
+            return None
+        # The shared cache keeps only class and message, so a cached result has no
+        # detail; only permanent results are cached.
+        return _at(looked.error, "mdn", looked.detail or (
+            f"mdn {mdn} is not a mobile on a valid carrier (an earlier lookup)"))
 
     @staticmethod
     def new_mdns(rows: list[_Row], picture: _Picture) -> set[str]:
@@ -399,6 +437,18 @@ class Rules:
         picture.add(person)
 
 
+def _triage_and_rules(ctx: ApplyContext, fields: list[str], multi_delim: str,
+                      store: PersonsStore) -> tuple[Triage, Rules]:
+    """A file's triage and rules, for its fields and the company's custom fields."""
+    region = ctx.company.default_region or ctx.settings.default_region
+    definitions = {d.name: d for d in list_fields(ctx.conn, ctx.company.id)}
+    kernels = Kernels(fields, region, multi_delim, definitions, IDENTIFYING)
+    offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
+               and kernels.mdn_kernel.country_code == 1 else None)
+    return (Triage(kernels, RowChecks(fields, region, multi_delim, definitions)),
+            Rules(ctx, store.created_here, offline))
+
+
 class PersonsProcessor:
     format = "persons"
 
@@ -410,12 +460,12 @@ class PersonsProcessor:
             ctx.extra["delimiter"] = reader.delimiter
             ctx.extra["multi_select_delimiter"] = reader.multi_select_delimiter
             store = PersonsStore(ctx.conn, ctx.company.schema)
-            rules = Rules(ctx, reader.fields, reader.multi_select_delimiter,
-                          list_fields(ctx.conn, ctx.company.id), store.created_here)
+            triage, rules = _triage_and_rules(ctx, reader.fields,
+                                              reader.multi_select_delimiter, store)
             with _Database(store) as db:
                 ctx.results.send_with(db.send)
                 try:
-                    run_batches(ctx, _Steps(ctx, rules, db),
+                    run_batches(ctx, _Steps(ctx, triage, rules, db),
                                 reader.chunks(ctx.settings.chunk_size), lambda: fh.tell())
                 finally:
                     ctx.results.send_with(None)
@@ -471,22 +521,25 @@ class PersonsProcessor:
                 results.accept(row.record.number, row.record.values)
             else:
                 results.reject(row.record.number, error, row.record.values)
+        if len(chunk.updates):
+            results.accept_many(pc.add(chunk.updates.index, chunk.records[0].number))
         PersonsProcessor._write(rules, chunk, db, picture, written, len(chunk.records),
-                                lookups, results, absent)
+                                lookups, results, absent, chunk.updates)
 
     @staticmethod
     def _write(rules: Rules, chunk: _Chunk, db: _Database, picture: _Picture, start: int,
                stop: int, lookups: dict[str, CarrierResult], results: Any,
-               absent: list[tuple[int, int]]) -> Future[None]:
+               absent: list[tuple[int, int]], updates: Updates | None = None) -> Future[None]:
         """Queue the write of the picture's changes and of the bulk rows from position
         ``start`` to ``stop``; ``absent``: (person_id, k) for rows told that none of the
-        first k new people has it."""
+        first k new people has it; ``updates``: the chunk's bulk updates (their people
+        are nobody else's in the chunk, so they go with any of its writes)."""
         bulk = chunk.bulk
         if start or stop < len(chunk.records):
             bulk = bulk.keep(pc.and_(pc.greater_equal(bulk.index, start),
                                      pc.less(bulk.index, stop)))
         bulk = PersonsProcessor._bulk_carriers(rules, chunk, bulk, lookups, results)
-        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent)
+        return db.write(picture.changed, picture.new, picture.handoff, bulk, absent, updates)
 
     @staticmethod
     def _bulk_carriers(rules: Rules, chunk: _Chunk, bulk: Bulk,
@@ -520,17 +573,18 @@ class PersonsProcessor:
 class _Steps:
     """A Person Import's steps in the batch loop (``ingestd.batch_loop``)."""
 
-    def __init__(self, ctx: ApplyContext, rules: Rules, db: _Database) -> None:
-        self.ctx, self.rules, self.db = ctx, rules, db
+    def __init__(self, ctx: ApplyContext, triage: Triage, rules: Rules,
+                 db: _Database) -> None:
+        self.ctx, self.triage, self.rules, self.db = ctx, triage, rules, db
 
     def check(self, records: list[Record]) -> _Chunk:
-        return self.rules.check(records)
+        return self.triage.check(records)
 
     def look_up(self, chunk: _Chunk) -> Future[list[Person]]:
-        return self.db.lookup(self.rules.chunk_ids(chunk))
+        return self.db.lookup(self.triage.chunk_ids(chunk))
 
     def resolve(self, chunk: _Chunk, stored: list[Person]) -> None:
-        self.rules.unstored(chunk, stored)
+        self.triage.unstored(chunk, stored)
         PersonsProcessor._resolve(self.ctx, self.rules, self.db, chunk, stored)
 
 
@@ -546,8 +600,9 @@ class _Database(DatabaseThread):
         return self.run(self.store.lookup, ids)
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk, absent: list[tuple[int, int]]) -> Future[None]:
-        return self.run(self.store.write, changed, new, handoff, bulk, absent)
+              bulk: Bulk, absent: list[tuple[int, int]],
+              updates: Updates | None) -> Future[None]:
+        return self.run(self.store.write, changed, new, handoff, bulk, absent, updates)
 
     def next_id(self) -> int:
         return self.run(self.store.next_id).result()

@@ -3,7 +3,7 @@
 ``Kernels.check`` finds the rows of a chunk that can be decided in bulk: rows that pass
 every check and can only create a new person (no person_id, no person_key; ids, mdn and
 custom values all in spellings whose per-cell verdict is known), with the values they
-create it with, as columns. Every other row goes to ``Rules.prepare`` and
+create it with, as columns. Every other row goes to ``RowChecks.prepare`` and
 ``Rules.resolve`` as before, so its error and detail are word for word those of the
 per-cell code (a kernel that is unsure passes the row on; it never rejects).
 

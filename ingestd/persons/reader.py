@@ -48,9 +48,9 @@ Reading (docs/formats.md section 1, plus these choices where it is silent):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec
 
 from ingestd.bounded_csv import (
     DEFAULT_MAX_LINE_BYTES,
@@ -358,18 +358,6 @@ def check_person_key(raw: str) -> str | RowError:
     return raw if _PERSON_KEY.fullmatch(raw) else _INVALID_PERSON_KEY
 
 
-def write_persons(
-    fields: Sequence[str],
-    rows: Iterable[Sequence[str]],
-    delimiter: str = DEFAULT_DELIMITER,
-    multi_select_delimiter: str = DEFAULT_MULTI_SELECT_DELIMITER,
-    header_block: bool = False,
-) -> str:
-    """A Person Import text that ``open_persons`` reads back as ``fields`` and ``rows``
-    (``iter_persons`` joined)."""
-    return "".join(iter_persons(fields, rows, delimiter, multi_select_delimiter, header_block))
-
-
 def iter_persons(
     fields: Sequence[str],
     rows: Iterable[Sequence[str]],
@@ -412,6 +400,22 @@ def iter_persons(
         yield line + "\n"
     for row in rows:
         yield _format_row(row, delimiter) + "\n"
+
+
+_P = ParamSpec("_P")
+
+
+def _joined(lines: Callable[_P, Iterable[str]]) -> Callable[_P, str]:
+    """``lines``' text as one string, for the same arguments."""
+
+    def text(*args: _P.args, **kwargs: _P.kwargs) -> str:
+        return "".join(lines(*args, **kwargs))
+    return text
+
+
+# A Person Import text that ``open_persons`` reads back as ``fields`` and ``rows``:
+# ``iter_persons`` joined, for the same arguments.
+write_persons = _joined(iter_persons)
 
 
 def _format_row(values: Sequence[str], delimiter: str) -> str:

@@ -24,7 +24,7 @@ import bisect
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -34,6 +34,9 @@ from psycopg import sql
 from ingestd import columns
 from ingestd.persons.kernels import Bulk
 from ingestd.uuid7 import uuid7_block, uuid7s
+
+if TYPE_CHECKING:  # bulk_updates builds on this module's Person
+    from ingestd.persons.bulk_updates import Updates
 
 _MAX_ID = (1 << 63) - 1
 _BASE = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id", "carrier",
@@ -149,15 +152,19 @@ class PersonsStore:
         return i >= 0 and self.created[i][0] <= person_id <= self.created[i][1]
 
     def write(self, changed: list[Person], new: list[Person], handoff: bool,
-              bulk: Bulk | None = None, absent: Sequence[tuple[int, int]] = ()) -> None:
+              bulk: Bulk | None = None, absent: Sequence[tuple[int, int]] = (),
+              updates: Updates | None = None) -> None:
         """Store a chunk's outcome. ``handoff``: an id moves between two of ``changed``;
         ``bulk``: rows that each create a person, as columns; ``absent``: (person_id, k)
-        for rows that were told none of the first k new people (in file order) has it."""
+        for rows that were told none of the first k new people (in file order) has it;
+        ``updates``: custom fields of stored people, as columns."""
         # A row that repeats what is stored changes nothing, so nothing is written for it.
         changed = [p for p in changed if p.ids_changed or p.patch]
         # Updates first: they may free an external or device id that a new person takes.
         if changed:
             self._update(changed, handoff)
+        if updates is not None and len(updates):
+            self._patch(updates)
         if new or bulk:
             self._create(new, bulk, absent)
 
@@ -177,6 +184,20 @@ class PersonsStore:
                 for p in changed:
                     if p.patch and not p.has_custom:
                         copy.write_row((p.person_id, orjson.dumps(p.patch).decode()))
+
+    def _patch(self, updates: Updates) -> None:
+        """The bulk updates' patches, as ``_update`` writes them (built in C)."""
+        stored = updates.changing(stored=True)
+        if len(stored):
+            pairs = columns.joined(columns.concat(
+                "[", stored.person_id.cast(columns.STRING), ",", stored.custom, "],"))
+            text = "[" + bytes(pairs[:-1]).decode() + "]"
+            self.conn.execute(self._update_custom, (text,))
+        first = updates.changing(stored=False)
+        if len(first):
+            with self.conn.cursor() as cur, cur.copy(self._copy_custom) as copy:
+                copy.write(columns.copy_lines([first.person_id.cast(columns.STRING),
+                                               columns.copy_text(first.custom)]))
 
     def _create(self, new: list[Person], bulk: Bulk | None,
                 absent: Sequence[tuple[int, int]]) -> None:

@@ -13,19 +13,12 @@ from persons_helpers import FIELDS, Conn, Env
 
 from ingestd.db.companies import Company
 from ingestd.db.database import Database
-from ingestd.persons.field_store import replace_fields
-from ingestd.settings import load_settings
 
 
 @pytest.fixture
-def env(db_url: str, conn: Conn, company: Company, landing: Path,
-        tmp_path: Path) -> Iterator[Env]:
-    replace_fields(conn, "acme", FIELDS)
-    conn.commit()
-    settings = load_settings(database_url=db_url, landing_root=landing,
-                             state_dir=tmp_path / "state")
-    with Database(settings, pool_size=2) as db:
-        yield Env(db_url, landing, tmp_path / "state", conn, db)
+def env(db_url: str, conn: Conn, company: Company, landing: Path, tmp_path: Path,
+        pipeline_db: Database) -> Env:
+    return Env.acme(FIELDS, db_url, conn, landing, tmp_path, pipeline_db)
 
 
 @pytest.fixture

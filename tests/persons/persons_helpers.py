@@ -8,19 +8,16 @@ import csv
 import json
 import re
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
 from carrier_server import CarrierServer
+from pipeline_env import PipelineEnv
 
 from ingestd import errors, landing
-from ingestd.db.database import Database
 from ingestd.lifecycle import Outcome, Pipeline
-from ingestd.persons.carrier import CarrierLookup, make_carrier
 from ingestd.persons.custom_fields import FieldDefinition
-from ingestd.settings import Settings, load_settings
 
 Conn = psycopg.Connection[Any]
 
@@ -109,23 +106,9 @@ class P(NamedTuple):
     custom: dict[str, Any]
 
 
-@dataclass
-class Env:
-    """A landing root, a database with company acme and its custom fields, and pipelines."""
-
-    db_url: str
-    landing: Path
-    state: Path
-    conn: Conn
-    db: Database
-
-    def settings(self, **overrides: Any) -> Settings:
-        return load_settings(database_url=self.db_url, landing_root=self.landing,
-                             state_dir=self.state, **overrides)
-
-    def pipeline(self, carrier: CarrierLookup | None = None, **overrides: Any) -> Pipeline:
-        settings = self.settings(**overrides)
-        return Pipeline(settings, self.db, carrier or make_carrier(settings))
+class Env(PipelineEnv):
+    """A landing root, a database with company acme and its custom fields, and pipelines;
+    where a partner reads a file's outcome, and the stored persons."""
 
     @property
     def company_dir(self) -> Path:
