@@ -507,7 +507,9 @@ def test_bigger_files_decided_in_bulk_agree_with_the_reference(
     results = Recorded()
     agree(conn, config.model_copy(update={"chunk_size": chunk_size}),
           tmp_path / "big.persons", *draw_big_file(random.Random(seed), bad_share), results)
-    if bad_share < 0.5 and chunk_size > 1:
+    if bad_share < 0.5 and chunk_size >= 7:
+        # Chunks of a row or two can all be rows that share ids (hypothesis found a file of
+        # 2-row chunks with none decided in bulk); a chunk of 7 practically never is.
         assert results.in_bulk > 0  # the kernels did decide rows
 
 
