@@ -43,17 +43,26 @@ _UTC_DATE = (r"^(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
 VISIBLE = "[^\\x00" + "".join(f"\\x{{{ord(c):x}}}" for c in map(chr, range(0x3001))
                               if c.isspace()) + "]"
 _SKIP_CHUNKS = 20
+SMALL_FILE_ROWS = 32  # a file of fewer rows is checked row by row
 
 
 class Worth:
     """Whether a format's kernels are worth running on the next chunk. When most rows they
     passed turn out to need row-by-row work all the same (a file of updates: they name
-    stored records), the next chunks skip them, and then try again."""
+    stored records), the next chunks skip them, and then try again. A whole file of a few
+    rows skips them too: their fixed cost (some 40 compute calls, whatever the rows) is
+    more than the row-by-row checks of so few rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_rows: int) -> None:
         self._skip = 0
+        self._chunk_rows = chunk_rows  # a full chunk: a shorter one is the file's last
+        self._first = True
 
-    def __call__(self) -> bool:
+    def __call__(self, rows: int) -> bool:
+        """For the next chunk, of ``rows`` rows."""
+        first, self._first = self._first, False
+        if first and rows < min(self._chunk_rows, SMALL_FILE_ROWS):
+            return False
         if self._skip > 0:
             self._skip -= 1
             return False

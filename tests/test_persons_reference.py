@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from ingestd import errors
 from ingestd.apply_context import ApplyContext
+from ingestd.columns import SMALL_FILE_ROWS
 from ingestd.db import migrations
 from ingestd.db.companies import Company, add_company
 from ingestd.db.ledger import RowResults
@@ -495,6 +496,26 @@ def draw_big_file(rnd: random.Random, bad_share: float
 CHUNK_SIZES = [1, 2, 3, 7, 64, 5000]
 
 
+def kernels_run(rows: int, chunk_size: int) -> bool:
+    """Whether the kernels check a file of ``rows`` rows at all: a whole file of a few
+    rows (one chunk) is checked row by row."""
+    return rows >= SMALL_FILE_ROWS or rows > chunk_size
+
+
+@pytest.mark.parametrize(("rows", "in_bulk"), [(SMALL_FILE_ROWS - 1, 0),
+                                               (SMALL_FILE_ROWS, SMALL_FILE_ROWS)])
+def test_a_file_of_a_few_rows_is_checked_row_by_row(
+        rows: int, in_bulk: int, conn: Conn, config: Settings, tmp_path: Path) -> None:
+    """The kernels' fixed cost is more than the row-by-row checks of a small file: a file
+    under SMALL_FILE_ROWS rows in one chunk skips them, with the same outcomes."""
+    fields = ["external_person_id", "mdn", "tier"]
+    file_rows = [[f"s{n}", fresh_mdn(n, False), "gold"] for n in range(rows)]
+    results = Recorded()
+    agree(conn, config.model_copy(update={"chunk_size": 5000}), tmp_path / "small.persons",
+          [], fields, file_rows, results)
+    assert results.in_bulk == in_bulk
+
+
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32), chunk_size=st.sampled_from(CHUNK_SIZES),
@@ -505,9 +526,10 @@ def test_bigger_files_decided_in_bulk_agree_with_the_reference(
     """Mostly clean and mostly bad files, every error class, ids repeated within the file,
     chunks of 1 to 5,000 rows: the same outcomes and people as row at a time."""
     results = Recorded()
+    seeded, fields, rows = draw_big_file(random.Random(seed), bad_share)
     agree(conn, config.model_copy(update={"chunk_size": chunk_size}),
-          tmp_path / "big.persons", *draw_big_file(random.Random(seed), bad_share), results)
-    if bad_share < 0.5 and chunk_size >= 7:
+          tmp_path / "big.persons", seeded, fields, rows, results)
+    if bad_share < 0.5 and chunk_size >= 7 and kernels_run(len(rows), chunk_size):
         # Chunks of a row or two can all be rows that share ids (hypothesis found a file of
         # 2-row chunks with none decided in bulk); a chunk of 7 practically never is.
         assert results.in_bulk > 0  # the kernels did decide rows
@@ -571,7 +593,8 @@ def test_updates_decided_in_bulk_agree_with_the_reference(
     seeded, fields, rows = draw_update_file(random.Random(seed), bad_share)
     agree(conn, config.model_copy(update={"chunk_size": chunk_size}),
           tmp_path / "updates.persons", seeded, fields, rows, results)
-    if bad_share < 0.1 and chunk_size >= 7 and len(seeded) >= 10:
+    if bad_share < 0.1 and chunk_size >= 7 and len(seeded) >= 10 \
+            and kernels_run(len(rows), chunk_size):
         assert results.in_bulk > 0  # updates were decided in bulk
 
 
@@ -588,7 +611,7 @@ def test_an_update_in_bulk_waits_for_a_row_that_frees_its_id(
     """A row that gives up person 1's external id before a row naming that id: the later
     row creates a new person (row by row it would), it does not update person 1."""
     results = Recorded()
-    agree(conn, config.model_copy(update={"chunk_size": 10}), tmp_path / "free.persons",
+    agree(conn, config.model_copy(update={"chunk_size": 2}), tmp_path / "free.persons",
           *_freed_id_case(), results)
     assert results.in_bulk == 1  # u1's update; u0's row went row by row
 
@@ -600,7 +623,7 @@ def test_the_reference_comparison_catches_updates_in_bulk_that_ignore_other_rows
     monkeypatch.setattr("ingestd.persons.apply.named_people",
                         lambda rows, stored: pa.array([], pa.int64()))
     with pytest.raises(AssertionError):
-        agree(conn, config.model_copy(update={"chunk_size": 10}), tmp_path / "free.persons",
+        agree(conn, config.model_copy(update={"chunk_size": 2}), tmp_path / "free.persons",
               *_freed_id_case())
 
 

@@ -89,8 +89,8 @@ class ContactsProcessor:
             with DatabaseThread("contacts-db") as db:
                 ctx.results.send_with(db.send)
                 try:
-                    run_batches(ctx, _Steps(reader, store, resolver, db), batches,
-                                reader.bytes_read)
+                    steps = _Steps(reader, store, resolver, db, ctx.settings.chunk_size)
+                    run_batches(ctx, steps, batches, reader.bytes_read)
                 finally:
                     ctx.results.send_with(None)
 
@@ -111,13 +111,13 @@ class _Steps:
     sections resolved, its changes written."""
 
     def __init__(self, reader: ContactsReader, store: Store, resolver: _Resolver,
-                 db: DatabaseThread) -> None:
+                 db: DatabaseThread, batch_rows: int) -> None:
         self.reader, self.store, self.resolver, self.db = reader, store, resolver, db
         self.kernels = Kernels(reader.width, reader.positions)
-        self.worth = columns.Worth()  # whether the next batch's kernels are worth running
+        self.worth = columns.Worth(batch_rows)  # whether the next batch's kernels are worth it
 
     def check(self, raw: list[RawSection]) -> _Batch:
-        if self.worth():
+        if self.worth(sum(len(section) for section in raw)):
             bulk, others = self.kernels.check(raw)
         else:
             bulk, others = no_bulk(), list(range(len(raw)))

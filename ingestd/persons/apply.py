@@ -236,15 +236,15 @@ class Triage:
     rows the kernels do not pass, and those that share an id value with another row of
     the chunk or with a stored person."""
 
-    def __init__(self, kernels: Kernels, rows: RowChecks) -> None:
+    def __init__(self, kernels: Kernels, rows: RowChecks, chunk_rows: int) -> None:
         self.kernels = kernels
         self.rows = rows
-        self.worth = columns.Worth()  # whether the next chunk's kernels are worth running
+        self.worth = columns.Worth(chunk_rows)  # whether the next chunk's kernels are worth running
 
     def check(self, records: list[Record]) -> _Chunk:
         """A chunk's checks that need no database: its kernels first; the rows they do not
         pass, and rows that share an id value with another row of the chunk, row by row."""
-        if self.worth():
+        if self.worth(len(records)):
             bulk, others = self.kernels.check(records)
         else:
             bulk, others = no_bulk(), list(range(len(records)))
@@ -445,7 +445,8 @@ def _triage_and_rules(ctx: ApplyContext, fields: list[str], multi_delim: str,
     kernels = Kernels(fields, region, multi_delim, definitions, IDENTIFYING)
     offline = (ctx.carrier if isinstance(ctx.carrier, OfflineCarrierLookup)
                and kernels.mdn_kernel.country_code == 1 else None)
-    return (Triage(kernels, RowChecks(fields, region, multi_delim, definitions)),
+    return (Triage(kernels, RowChecks(fields, region, multi_delim, definitions),
+                   ctx.settings.chunk_size),
             Rules(ctx, store.created_here, offline))
 
 
