@@ -278,7 +278,7 @@ class Triage:
     def chunk_ids(self, chunk: _Chunk) -> Ids:
         """Every id the chunk's rows name (``ids``), the bulk's included."""
         ids = self.ids([r for _, r in chunk.slow])
-        for name in ID_COLUMNS:
+        for name in ID_COLUMNS if len(chunk.bulk) else ():
             text = columns.json_array(getattr(chunk.bulk, name))
             if text is not None:
                 ids.json[name] = text

@@ -49,9 +49,12 @@ class Updates:
         return self.keep(pc.and_(has, pc.not_equal(self.custom, _EMPTY_PATCH)))
 
 
+_NONE = Updates(pa.array([], pa.int64()), pa.array([], pa.int64()),
+                pa.array([], pa.bool_()), pa.array([], pa.large_string()))
+
+
 def no_updates() -> Updates:
-    return Updates(pa.array([], pa.int64()), pa.array([], pa.int64()),
-                   pa.array([], pa.bool_()), pa.array([], pa.large_string()))
+    return _NONE
 
 
 def ext_only(bulk: Bulk) -> pa.Array:
