@@ -58,6 +58,7 @@ class Candidate:
     # Written in place and its last byte is no line feed (asked once per version).
     partial: bool | None = None
     held_until: float | None = None  # monotonic end of its grace period, while held
+    writer_open: bool = False  # settled once, but a writer still had it open
     held_at: float = 0.0  # wall-clock time it was first held
     open_logged: bool = False  # file.writer_open said for this version
 
@@ -117,8 +118,16 @@ class Settling:
         now, wall = time.monotonic(), time.time()
         ready: list[tuple[int, str, Path, Settled]] = []
         next_due: float | None = None
+        older = self._settling_soon(now)
         for path, cand in list(self.candidates.items()):
             due = cand.due
+            first = older.get(path.parent)
+            if due is not None and due <= now and first is not None \
+                    and first[0] < (cand.key[1], path.name):
+                # An older file of its inbox settles in a moment (found by a scan, it
+                # waits out settle_seconds; this one came by an event): both go then,
+                # in drop order.
+                due = cand.due = first[1]
             if due is not None and due <= now:
                 looked = self._look(path, cand, now, wall)
                 if isinstance(looked, Settled):
@@ -131,6 +140,22 @@ class Settling:
         # settle together (a start-up scan, say) must still go in drop order.
         ready.sort(key=lambda r: (r[0], r[1]))
         return [(path, facts) for _, _, path, facts in ready], next_due
+
+    def _settling_soon(self, now: float) -> dict[Path, tuple[tuple[int, str], float]]:
+        """Per folder, the oldest file (mtime, name) that is only waiting out its settle
+        period (not being written, not held, no writer open), and when it is due."""
+        horizon = now + self.settings.settle_seconds + _TIMESTAMP_SLACK
+        oldest: dict[Path, tuple[tuple[int, str], float]] = {}
+        for path, cand in self.candidates.items():
+            due = cand.due
+            if due is None or not now < due <= horizon or cand.writing \
+                    or cand.writer_open or cand.held_until is not None:
+                continue
+            key = (cand.key[1], path.name)
+            known = oldest.get(path.parent)
+            if known is None or key < known[0]:
+                oldest[path.parent] = (key, due)
+        return oldest
 
     def _look(self, path: Path, cand: Candidate, now: float,
               wall: float) -> Settled | float | None:
@@ -156,6 +181,7 @@ class Settling:
             # we did not see): never taken while open. Looked at again now and then,
             # since a polling observer sees no close.
             self._log_open(path, cand, now)
+            cand.writer_open = True
             cand.due = now + max(self.settings.settle_seconds, 1.0)
             return cand.due
         if cand.writing:

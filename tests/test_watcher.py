@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import pytest
 from daemon_helpers import wait_for
 
 from ingestd.landing import CompanyDirs
+from ingestd.partial_holds import PartialHolds
 from ingestd.settings import load_settings
+from ingestd.settling import CLOSED, MOVED_IN, Settling
 from ingestd.watcher import Watcher
 from ingestd.work import Drop
 
@@ -123,3 +126,34 @@ def test_an_inbox_replaced_is_watched_again(tmp_path: Path, watcher: Watcher,
     (outside / "inbox" / "moved.persons").write_text("external_person_id\ne1\n")
     os.rename(outside, tmp_path / "landing" / "delta")
     wait_for(lambda: "moved.persons" in seen.ready_names(), TIMEOUT, what="moved.persons")
+
+
+def test_a_file_found_by_a_scan_goes_before_a_newer_one_an_event_made_ready_first(
+        tmp_path: Path) -> None:
+    """Drop order across the two ways a file is seen: an older file found by a scan waits
+    out settle_seconds from when it was seen; a newer one renamed in while it waits may be
+    ready first by its own clock. It waits for the older one, and both go oldest first."""
+    settings = load_settings(landing_root=tmp_path / "landing", state_dir=tmp_path / "state",
+                             settle_seconds=0.5, partial_grace_seconds=0)
+    inbox = tmp_path / "landing" / "acme" / "inbox"
+    inbox.mkdir(parents=True)
+    older, newer = inbox / "a-older.persons", inbox / "b-newer.persons"
+    older.write_text("external_person_id\ne1\n")
+    os.utime(older, ns=(1_000_000_000, 1_000_000_000))
+    staged = tmp_path / "b.persons"
+    staged.write_text("external_person_id\ne2\n")
+    os.rename(staged, newer)
+    settling = Settling(settings, PartialHolds(settings, tmp_path / "landing"))
+    start = time.monotonic()
+    # The event's file was seen first; the scan found the older one a moment later.
+    settling.observe(newer, start, CLOSED, True, MOVED_IN)
+    settling.observe(older, start + 0.3)
+    handed: list[str] = []
+
+    def both_ready() -> bool:
+        ready, _ = settling.check()
+        handed.extend(p.name for p, _ in ready)
+        return len(handed) == 2
+
+    wait_for(both_ready, TIMEOUT, what="both files ready", interval=0.01)
+    assert handed == ["a-older.persons", "b-newer.persons"]
