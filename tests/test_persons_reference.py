@@ -23,6 +23,7 @@ import itertools
 import json
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -496,6 +497,16 @@ def draw_big_file(rnd: random.Random, bad_share: float
 CHUNK_SIZES = [1, 2, 3, 7, 64, 5000]
 
 
+def bigger_files(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Hypothesis draws for the bigger files: a seed, a chunk size, a share of bad rows."""
+    def decorate(test: Callable[..., None]) -> Callable[..., None]:
+        drawn = given(seed=st.integers(0, 2**32), chunk_size=st.sampled_from(CHUNK_SIZES),
+                      bad_share=st.sampled_from([0.05, 0.3, 0.9]))(test)
+        return settings(max_examples=examples, deadline=None, suppress_health_check=[
+            HealthCheck.function_scoped_fixture, HealthCheck.too_slow])(drawn)
+    return decorate
+
+
 def kernels_run(rows: int, chunk_size: int) -> bool:
     """Whether the kernels check a file of ``rows`` rows at all: a whole file of a few
     rows (one chunk) is checked row by row."""
@@ -516,10 +527,7 @@ def test_a_file_of_a_few_rows_is_checked_row_by_row(
     assert results.in_bulk == in_bulk
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32), chunk_size=st.sampled_from(CHUNK_SIZES),
-       bad_share=st.sampled_from([0.05, 0.3, 0.9]))
+@bigger_files(12)
 def test_bigger_files_decided_in_bulk_agree_with_the_reference(
         seed: int, chunk_size: int, bad_share: float, conn: Conn, config: Settings,
         tmp_path: Path) -> None:
@@ -580,10 +588,7 @@ def draw_update_file(rnd: random.Random, bad_share: float
     return seeded, columns, rows
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32), chunk_size=st.sampled_from(CHUNK_SIZES),
-       bad_share=st.sampled_from([0.05, 0.3, 0.9]))
+@bigger_files(30)
 def test_updates_decided_in_bulk_agree_with_the_reference(
         seed: int, chunk_size: int, bad_share: float, conn: Conn, config: Settings,
         tmp_path: Path) -> None:
